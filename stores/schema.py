@@ -1,0 +1,181 @@
+"""The score store's schema, declared once.
+
+Every module reads variable, dimension and attribute names from here.  A store is one
+Zarr v3 group that ``xarray.open_zarr(path)`` opens as a Dataset with dimensions
+
+``run``
+    one training run; the coordinate value is the run's seed.
+``epoch``
+    0 = at initialisation, before any update; ``e`` = after ``e`` full epochs.
+``example``
+    position in the data set's fixed, documented order (see
+    :mod:`scorebank.pipeline.datasets`); the ``original_index`` coordinate gives the index
+    in the source data set when a ``--limit`` subset was taken.
+
+Float variables read NaN where nothing was recorded (yet), never 0.  Boolean variables
+cannot hold NaN: read them together with ``recorded`` (clean-pass variables) or
+``completed`` (``train_correct``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# ---------------------------------------------------------------- dimensions
+RUN = "run"
+EPOCH = "epoch"
+EXAMPLE = "example"
+ORIGINAL_INDEX = "original_index"
+
+# ---------------------------------------------------------------- variables
+MARGIN = "margin"
+EL2N = "el2n"
+LOSS = "loss"
+CORRECT = "correct"
+TRAIN_CORRECT = "train_correct"
+GRAND = "grand"
+NORM_PRODUCT = "norm_product"
+TRAIN_ACCURACY = "train_accuracy"
+TRAIN_LOSS = "train_loss"
+TEST_ACCURACY = "test_accuracy"
+TEST_LOSS = "test_loss"
+PRISTINE_ACCURACY = "pristine_accuracy"
+PRISTINE_LOSS = "pristine_loss"
+CORRUPT_ACCURACY = "corrupt_accuracy"
+CORRUPT_LOSS = "corrupt_loss"
+COMPLETED = "completed"
+RECORDED = "recorded"
+LABEL = "label"
+TRUE_LABEL = "true_label"
+CORRUPTED = "corrupted"
+
+# ---------------------------------------------------------------- attributes
+ATTR_FORMAT = "scorebank_format"
+FORMAT_VERSION = 1
+ATTR_VERSION = "scorebank_version"
+ATTR_CONFIG = "config"
+ATTR_DATASET = "dataset"
+ATTR_FINGERPRINT = "dataset_fingerprint"
+ATTR_CLASS_NAMES = "class_names"
+ATTR_CREATED = "created"
+ATTR_RUNS = "runs"  # {str(seed): {"status": ..., "failed_epoch": ..., "reason": ...}}
+
+RUN_PENDING = "pending"
+RUN_RUNNING = "running"
+RUN_COMPLETE = "complete"
+RUN_FAILED = "failed"
+
+# ---------------------------------------------------------------- groups / folders
+MANIFESTS_GROUP = "manifests"
+RETRAIN_GROUP = "retrain"
+COMPRESS_GROUP = "compress"
+CHECKPOINT_DIR = "checkpoints"  # torch checkpoints, one file per run; not part of the Zarr hierarchy
+LOCK_FILE = ".scorebank.lock"
+
+# Optional features: a variable with a feature exists only in stores that enabled it.
+FEATURE_GRAND = "grand"
+FEATURE_LABEL_NOISE = "label_noise"
+
+PER_EXAMPLE_CHUNK = 1 << 16  # examples per chunk along `example`
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One data variable of the store."""
+
+    name: str
+    dims: tuple[str, ...]
+    dtype: str
+    description: str
+    units: str = ""
+    feature: str | None = None
+
+    @property
+    def fill_value(self):
+        kind = np.dtype(self.dtype).kind
+        if kind == "f":
+            return np.nan
+        if kind == "b":
+            return False
+        return 0
+
+    @property
+    def attrs(self) -> dict:
+        out = {"description": self.description}
+        if self.units:
+            out["units"] = self.units
+        return out
+
+
+_REX = (RUN, EPOCH, EXAMPLE)
+_RE = (RUN, EPOCH)
+_X = (EXAMPLE,)
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(MARGIN, _REX, "float32",
+             "classification margin f_y(x) - max_{j != y} f_j(x) on raw logits; clean pass "
+             "(BatchNorm in eval mode, no augmentation); y is the training label `label`",
+             "logit"),
+    Variable(EL2N, _REX, "float32",
+             "EL2N error norm ||softmax(f(x)) - onehot(y)||_2 (Data Diet Def. 2.2); clean pass"),
+    Variable(LOSS, _REX, "float32", "cross-entropy loss of the example; clean pass", "nat"),
+    Variable(CORRECT, _REX, "bool",
+             "f_y(x) > max_{j != y} f_j(x), i.e. margin > 0 (a tie counts as wrong); clean pass; "
+             "False where `recorded` is False"),
+    Variable(TRAIN_CORRECT, _REX, "bool",
+             "classified correctly when presented in a minibatch during epoch e (train mode, "
+             "augmented input, before that step's update); forgetting events are counted on it; "
+             "False at epoch 0 and where `completed` is False"),
+    Variable(GRAND, _REX, "float32",
+             "GraNd: L2 norm of the example's cross-entropy gradient w.r.t. all trainable "
+             "parameters (Data Diet Def. 2.1), BatchNorm in eval mode, un-augmented input",
+             feature=FEATURE_GRAND),
+    Variable(NORM_PRODUCT, _RE, "float64",
+             "rho, the product of layer norms the margins paper divides margins by: without "
+             "BatchNorm the product of the conv/linear weight Frobenius norms; with BatchNorm "
+             "the product of the BatchNorm weight (gamma) norms and the last linear layer's norm"),
+    Variable(TRAIN_ACCURACY, _RE, "float32", "accuracy on the training set, clean pass", "fraction"),
+    Variable(TRAIN_LOSS, _RE, "float32", "mean cross-entropy on the training set, clean pass", "nat"),
+    Variable(TEST_ACCURACY, _RE, "float32", "accuracy on the test set (eval mode)", "fraction"),
+    Variable(TEST_LOSS, _RE, "float32", "mean cross-entropy on the test set (eval mode)", "nat"),
+    Variable(PRISTINE_ACCURACY, _RE, "float32",
+             "clean-pass training accuracy on examples whose label was not corrupted",
+             "fraction", feature=FEATURE_LABEL_NOISE),
+    Variable(PRISTINE_LOSS, _RE, "float32",
+             "clean-pass mean cross-entropy on examples whose label was not corrupted",
+             "nat", feature=FEATURE_LABEL_NOISE),
+    Variable(CORRUPT_ACCURACY, _RE, "float32",
+             "clean-pass training accuracy (w.r.t. the corrupted label) on corrupted examples",
+             "fraction", feature=FEATURE_LABEL_NOISE),
+    Variable(CORRUPT_LOSS, _RE, "float32",
+             "clean-pass mean cross-entropy (w.r.t. the corrupted label) on corrupted examples",
+             "nat", feature=FEATURE_LABEL_NOISE),
+    Variable(COMPLETED, _RE, "bool", "epoch e of this run finished and all its values are written"),
+    Variable(RECORDED, _RE, "bool", "the clean pass (margin, el2n, loss, correct) ran at this epoch"),
+    Variable(LABEL, _X, "int64", "label used for training (after label noise)"),
+    Variable(TRUE_LABEL, _X, "int64", "label in the data set"),
+    Variable(CORRUPTED, _X, "bool", "label != true_label (label noise changed it)"),
+)
+
+BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
+
+PER_EXAMPLE_SCORES = (MARGIN, EL2N, LOSS, CORRECT)  # written by the clean pass
+CLEAN_PASS_SUMMARIES = (TRAIN_ACCURACY, TRAIN_LOSS)
+
+
+def variables(features: frozenset[str] | set[str] = frozenset()) -> tuple[Variable, ...]:
+    """The variables a store with the given optional features holds, in schema order."""
+    return tuple(v for v in VARIABLES if v.feature is None or v.feature in features)
+
+
+def chunks_for(var: Variable, n_epochs: int, n_examples: int) -> tuple[int, ...]:
+    """Chunk shape of a variable.
+
+    Per-example arrays get one (run, epoch) slab of up to PER_EXAMPLE_CHUNK examples, so
+    writing epoch e touches only epoch e's chunks (O(one epoch of data)); per-(run, epoch)
+    arrays get one small chunk per run holding all epochs."""
+    sizes = {RUN: 1, EPOCH: 1 if EXAMPLE in var.dims else max(1, n_epochs),
+             EXAMPLE: max(1, min(n_examples, PER_EXAMPLE_CHUNK))}
+    return tuple(sizes[d] for d in var.dims)
