@@ -39,8 +39,8 @@ class ConfigMismatchError(ScorebankError, ValueError):
     """The requested configuration differs from the one recorded in the store."""
 
 
-class DataNotFoundError(ScorebankError, FileNotFoundError):
-    """Data set files are missing (and download was not allowed)."""
+class DataNotFoundError(InvalidArgumentError, FileNotFoundError):
+    """Data set files are missing and download was not allowed (a bad argument: exit 2)."""
 
 
 class RunFailedError(ScorebankError, RuntimeError):

@@ -1,0 +1,98 @@
+"""Helpers shared by the CLI commands: error-to-exit-code mapping, the Dask client built
+from ``--scheduler``, progress bars and printing.  Library code never imports this."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from scorebank.stores.errors import InvalidArgumentError, ScorebankError
+
+console = Console()
+err_console = Console(stderr=True)
+
+SCHEDULER_HELP = ("Dask scheduler: a distributed scheduler address (tcp://host:8786), "
+                  "'local' for a LocalCluster on this machine, or 'threads'/'synchronous'/"
+                  "'processes' for a local scheduler.  Default: threads.")
+
+
+def fail(message: str, code: int) -> None:
+    """Print a one-line error and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def handle_errors() -> Iterator[None]:
+    """Map scorebank errors to a one-line message and exit status 2 (bad argument) or
+    1 (failure).  Anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except InvalidArgumentError as exc:
+        fail(str(exc), 2)
+    except ScorebankError as exc:
+        fail(str(exc), 1)
+
+
+@contextlib.contextmanager
+def dask_scheduler(address: str | None) -> Iterator[Any]:
+    """Yield what library functions take as ``scheduler``: None (Dask's default threaded
+    scheduler), a scheduler name, or a ``distributed.Client`` connected to ``address``.
+
+    This is the only place scorebank creates a Dask client."""
+    if address is None or address in ("threads", "synchronous", "processes", "single-threaded"):
+        yield address
+        return
+    from distributed import Client, LocalCluster
+
+    if address == "local":
+        with LocalCluster(processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+        return
+    if "://" not in address and ":" not in address:
+        raise InvalidArgumentError(
+            f"--scheduler {address!r} is not a scheduler address; give tcp://HOST:PORT, "
+            "'local', 'threads', 'synchronous' or 'processes'")
+    try:
+        client = Client(address, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise ScorebankError(f"cannot connect to Dask scheduler {address!r}: {exc}") from None
+    with client:
+        yield client
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, *, enabled: bool = True
+                 ) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar; yields ``advance(n)``.  Disabled (a no-op) when ``enabled``
+    is False or stderr is not a terminal and ``total`` is unknown."""
+    if not enabled:
+        yield lambda n=1: None
+        return
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,265 @@
+"""Data sets as uint8 image arrays in a fixed, documented example order.
+
+Names accepted by :func:`load_dataset`:
+
+``digits`` (default, embedded)
+    scikit-learn's ``load_digits`` (1,797 8x8 grey images, pixel values 0..16 rescaled to
+    0..255 as ``round(v * 255 / 16)``).  It ships no split; scorebank's fixed split is
+    ``sklearn.model_selection.train_test_split(arange(1797), test_size=0.2,
+    stratify=target, random_state=0)``, each part sorted by original index: 1,437 train
+    and 360 test examples.  Example order = increasing original index.
+``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``
+    torchvision's loaders (``--data-dir``, downloaded on first use unless
+    ``download=False``), canonical order of the official release.
+``imagefolder:PATH``
+    a class-per-folder tree with ``train/`` and ``test/`` subtrees, as a directory or a
+    zip of one (an optional single top-level folder wrapping them is allowed).  Classes
+    are the sorted folder names (label ids 0..K-1); example order is sorted path order.
+    Decoded arrays are cached as ``.npz`` (no pickle) next to ``data_dir``.
+
+The fingerprint (:attr:`ImageData.fingerprint`) is a sha256 over the training examples'
+order (original indices), labels and pixels, so two stores can be checked to describe the
+same examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scorebank.stores.errors import DataNotFoundError, InvalidArgumentError
+
+TORCHVISION_SETS = ("cifar10", "cifar100", "mnist", "fashion-mnist")
+DATASETS = ("digits",) + TORCHVISION_SETS + ("imagefolder:PATH",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+
+
+@dataclass(frozen=True, eq=False)
+class ImageData:
+    """A data set with images as uint8 ``(N, C, H, W)`` arrays and int64 labels."""
+
+    name: str
+    train_images: np.ndarray  # (N, C, H, W) uint8
+    train_labels: np.ndarray  # (N,) int64
+    test_images: np.ndarray  # (M, C, H, W) uint8
+    test_labels: np.ndarray  # (M,) int64
+    class_names: tuple[str, ...]
+    original_index: np.ndarray = field(default=None)  # (N,) int64, index in the source set
+
+    def __post_init__(self):
+        if self.original_index is None:
+            object.__setattr__(self, "original_index",
+                               np.arange(len(self.train_labels), dtype=np.int64))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.train_images.shape[1:])
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over example order, labels and pixels of the training set."""
+        h = hashlib.sha256(b"scorebank-dataset-v1")
+        h.update(np.asarray(self.train_images.shape, dtype="<i8").tobytes())
+        h.update(np.ascontiguousarray(self.original_index, dtype="<i8").tobytes())
+        h.update(np.ascontiguousarray(self.train_labels, dtype="<i8").tobytes())
+        h.update(np.ascontiguousarray(self.train_images, dtype=np.uint8).tobytes())
+        return "sha256:" + h.hexdigest()
+
+
+def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, download: bool = True,
+                 limit: int | None = None) -> ImageData:
+    """Load a data set by name (see the module docstring), optionally a ``limit`` subset."""
+    if name == "digits":
+        data = _load_digits()
+    elif name in TORCHVISION_SETS:
+        data = _load_torchvision(name, _data_root(data_dir), download)
+    elif name.startswith("imagefolder:") and len(name) > len("imagefolder:"):
+        data = load_imagefolder(name[len("imagefolder:"):], cache_dir=data_dir)
+    else:
+        raise InvalidArgumentError(
+            f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    return data if limit is None else take_limit(data, limit)
+
+
+def _data_root(data_dir) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    return Path(os.environ.get("SCOREBANK_DATA", Path.home() / ".cache" / "scorebank" / "data"))
+
+
+def _load_digits() -> ImageData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    target = bunch.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(np.arange(len(target)), test_size=0.2,
+                                           stratify=target, random_state=0)
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    return ImageData("digits", images[train_idx], target[train_idx], images[test_idx],
+                     target[test_idx], tuple(str(c) for c in bunch.target_names),
+                     original_index=train_idx.astype(np.int64))
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> ImageData:
+    import torchvision.datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST,
+           "fashion-mnist": tvd.FashionMNIST}[name]
+    if not download and not root.is_dir():
+        raise DataNotFoundError(
+            f"data directory {str(root)!r} does not exist; pass --download or a --data-dir holding {name}")
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
+        raise DataNotFoundError(
+            f"{name} not found under {str(root)!r} ({exc}); pass --download or the right --data-dir") from None
+    except OSError as exc:
+        raise DataNotFoundError(f"could not download {name} into {str(root)!r}: {exc}") from None
+
+    def arrays(ds):
+        x = np.asarray(ds.data)
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # (N, C, H, W)
+        return np.ascontiguousarray(x, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
+
+    (xtr, ytr), (xte, yte) = arrays(train), arrays(test)
+    return ImageData(name, xtr, ytr, xte, yte, tuple(train.classes))
+
+
+def take_limit(data: ImageData, limit: int) -> ImageData:
+    """Class-stratified, seed-independent first-``limit`` subset of the training set.
+
+    Class c gets ``k_c`` examples, proportional to its share (largest-remainder rounding,
+    ties to the smaller class id), and contributes its first ``k_c`` examples in the fixed
+    order; the subset keeps that order.  The test set is unchanged."""
+    n = len(data.train_labels)
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= n:
+        raise InvalidArgumentError(f"--limit must be an integer in 1..{n} for {data.name}, got {limit!r}")
+    counts = np.bincount(data.train_labels, minlength=data.num_classes)
+    exact = counts * (limit / n)
+    take = np.floor(exact).astype(np.int64)
+    remainder = exact - take
+    order = np.lexsort((np.arange(len(counts)), -remainder))  # largest remainder first
+    take[order[: limit - int(take.sum())]] += 1
+    keep = np.zeros(n, dtype=bool)
+    for c, k in enumerate(take):
+        keep[np.flatnonzero(data.train_labels == c)[:k]] = True
+    idx = np.flatnonzero(keep)
+    return ImageData(data.name, data.train_images[idx], data.train_labels[idx], data.test_images,
+                     data.test_labels, data.class_names, original_index=data.original_index[idx])
+
+
+# ------------------------------------------------------------------ image folders
+def load_imagefolder(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> ImageData:
+    """Load a class-per-folder tree (directory or zip) with ``train/`` and ``test/`` subtrees."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataNotFoundError(f"image folder {str(path)!r} does not exist; give a directory or a .zip "
+                                "with train/<class>/... and test/<class>/...")
+    stat = p.stat()
+    key = hashlib.sha256(f"{p.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+    cache = _data_root(cache_dir) / f"imagefolder-{key}.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            return ImageData(f"imagefolder:{p.name}", z["xtr"], z["ytr"], z["xte"], z["yte"],
+                             tuple(str(c) for c in z["classes"]))
+    members = _list_images(p)
+    prefix = _split_prefix(members, str(path))
+    classes = sorted({m[len(prefix):].split("/")[1] for m in members if m.startswith(prefix + "train/")})
+    if not classes:
+        raise InvalidArgumentError(f"{str(path)!r} has no images under train/<class>/")
+    xtr, ytr = _decode_split(p, members, prefix + "train/", classes, str(path))
+    xte, yte = _decode_split(p, members, prefix + "test/", classes, str(path))
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise InvalidArgumentError(f"train images are {xtr.shape[1:]} but test images {xte.shape[1:]} in {str(path)!r}")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, xtr=xtr, ytr=ytr, xte=xte, yte=yte, classes=np.array(classes))
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # the cache is an optimisation; a read-only location just means decoding again
+    return ImageData(f"imagefolder:{p.name}", xtr, ytr, xte, yte, tuple(classes))
+
+
+def _list_images(p: Path) -> list[str]:
+    if p.is_dir():
+        names = [f.relative_to(p).as_posix() for f in p.rglob("*") if f.is_file()]
+    elif zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            names = [i.filename for i in z.infolist() if not i.is_dir()]
+    else:
+        raise InvalidArgumentError(f"{str(p)!r} is neither a directory nor a zip file")
+    return sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _split_prefix(members: list[str], shown: str) -> str:
+    if any(m.startswith("train/") for m in members):
+        return ""
+    tops = {m.split("/")[0] for m in members if "/" in m}
+    for top in sorted(tops):
+        if any(m.startswith(f"{top}/train/") for m in members):
+            return top + "/"
+    raise InvalidArgumentError(f"{shown!r} has no train/ and test/ subtrees of class folders")
+
+
+def _decode_split(p: Path, members: list[str], prefix: str, classes: list[str], shown: str):
+    from PIL import Image
+
+    files = [(m, m[len(prefix):].split("/")[0]) for m in members
+             if m.startswith(prefix) and m[len(prefix):].count("/") >= 1]
+    if not files:
+        raise InvalidArgumentError(f"{shown!r} has no images under {prefix!r}")
+    unknown = sorted({c for _, c in files} - set(classes))
+    if unknown:
+        raise InvalidArgumentError(f"{shown!r}: class folder(s) {unknown!r} under {prefix!r} are not in train/")
+    zf = zipfile.ZipFile(p) if p.is_file() else None
+    try:
+        arrays = []
+        for m, _ in files:
+            raw = zf.read(m) if zf is not None else (p / m).read_bytes()
+            with Image.open(io.BytesIO(raw)) as im:
+                a = np.asarray(im.convert("L") if im.mode in ("L", "1", "P", "I;16") else im.convert("RGB"))
+            arrays.append(a[:, :, None] if a.ndim == 2 else a)
+    finally:
+        if zf is not None:
+            zf.close()
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise InvalidArgumentError(f"images in {shown!r} differ in size/channels: {sorted(shapes)[:3]!r}; "
+                                   "resize them to one size first")
+    x = np.stack(arrays).transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    y = np.array([classes.index(c) for _, c in files], dtype=np.int64)
+    return np.ascontiguousarray(x), y
+
+
+# ------------------------------------------------------------------ label noise
+def apply_label_noise(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Data Diet's label noise: a seeded random ``fraction`` of the examples get their
+    labels permuted among themselves, so the label statistics are unchanged.
+    ``fraction=1.0`` is the margins paper's random-label experiment.
+
+    Returns ``(noisy_labels, corrupted)`` with ``corrupted = noisy_labels != labels``
+    (a selected example that drew its own label back is not counted as corrupted)."""
+    if not (0.0 <= fraction <= 1.0):
+        raise InvalidArgumentError(f"--label-noise must be a fraction in [0, 1], got {fraction!r}")
+    labels = np.asarray(labels, dtype=np.int64)
+    noisy = labels.copy()
+    m = int(round(fraction * len(labels)))
+    if m > 1:
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(len(labels), size=m, replace=False))
+        noisy[chosen] = labels[chosen][rng.permutation(m)]
+    return noisy, noisy != labels

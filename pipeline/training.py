@@ -1,0 +1,293 @@
+"""Training one run and recording its per-example scores.
+
+The data path follows airbench's pattern: the whole data set lives as a normalised float
+tensor on the training device, augmentation runs batched on that device, minibatches are
+index permutations, and per-example statistics go into preallocated device buffers that
+are copied to the host once per epoch.  No DataLoader workers, no per-example Python.
+
+Determinism: a run is a pure function of (configuration, data, seed).  The model is
+initialised under ``torch.manual_seed(seed)`` on the CPU; epoch e draws its permutation
+and augmentation from generators seeded by (seed, e), so resuming from a checkpoint at
+epoch e reproduces the uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scorebank.pipeline.config import ScoreConfig
+from scorebank.pipeline.datasets import ImageData
+from scorebank.pipeline.models import build_model, norm_product
+from scorebank.stores import schema as S
+from scorebank.stores.errors import InvalidArgumentError
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is refused."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(f"--device {device!r} asked for, but no CUDA GPU is available; use cpu or auto")
+        return torch.device(device)
+    raise InvalidArgumentError(f"unknown --device {device!r}; choose auto, cpu or cuda")
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceData:
+    """Training and test sets as normalised float32 tensors on the training device.
+
+    Normalisation: per-channel mean/std of the (possibly ``--limit``-ed) training images
+    scaled to [0, 1]."""
+
+    train_x: torch.Tensor  # (N, C, H, W) float32
+    train_y: torch.Tensor  # (N,) int64, the labels used for training (after label noise)
+    test_x: torch.Tensor  # (M, C, H, W)
+    test_y: torch.Tensor  # (M,)
+    corrupted: torch.Tensor  # (N,) bool
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def to_device_data(data: ImageData, labels: np.ndarray, device: torch.device) -> DeviceData:
+    x = data.train_images.astype(np.float32) / 255.0
+    mean = x.mean(axis=(0, 2, 3))  # (C,)
+    std = x.std(axis=(0, 2, 3))
+    std = np.where(std > 0, std, 1.0)
+
+    def norm(images: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(images).to(device=device, dtype=torch.float32).div_(255.0)
+        m = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+        return (t - m) / s
+
+    return DeviceData(norm(data.train_images), torch.from_numpy(np.asarray(labels, np.int64)).to(device),
+                      norm(data.test_images), torch.from_numpy(data.test_labels).to(device),
+                      torch.from_numpy(np.asarray(labels) != data.train_labels).to(device),
+                      data.num_classes, tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """(CPU generator for the permutation, device generator for augmentation) of one epoch."""
+    base = (seed * 1_000_003 + epoch * 7919 + 0x5C0BE) % (2**63 - 1)
+    g_perm = torch.Generator(device="cpu").manual_seed(base)
+    g_aug = torch.Generator(device=device).manual_seed(base ^ 0x2545F491)
+    return g_perm, g_aug
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero-padding by ``pad`` pixels, and a random horizontal flip with
+    probability 1/2, for every image of the batch independently, batched on x's device."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))  # (b, c, h+2p, w+2p)
+    shifts = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=x.device)
+    flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+    rows = shifts[:, 0:1] + torch.arange(h, device=x.device)  # (b, h)
+    cols = shifts[:, 1:2] + torch.arange(w, device=x.device)  # (b, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (b, h, w, c)
+    return out.permute(0, 3, 1, 2).contiguous()  # (b, c, h, w)
+
+
+def correct_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """f_y > max_{j != y} f_j (a tie counts as wrong), so ``correct == (margin > 0)``."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)  # (batch,)
+    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)  # (batch,)
+    return true > other
+
+
+def example_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-example margin, EL2N, loss and correctness from raw logits ``(batch, classes)``.
+
+    margin = f_y - max_{j != y} f_j (margins paper), EL2N = ||softmax(f) - onehot(y)||_2
+    (Data Diet Def. 2.2), loss = cross-entropy, correct = margin > 0."""
+    logits = logits.float()
+    true = logits.gather(1, labels[:, None]).squeeze(1)  # (batch,)
+    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)  # (batch,)
+    margin = true - other
+    onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)  # (batch, classes)
+    el2n = torch.linalg.vector_norm(logits.softmax(1) - onehot, dim=1)
+    loss = torch.logsumexp(logits, 1) - true
+    return {S.MARGIN: margin, S.EL2N: el2n, S.LOSS: loss, S.CORRECT: margin > 0}
+
+
+@torch.inference_mode()
+def clean_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """The clean recording pass: every training example once, BatchNorm in eval mode, no
+    augmentation.  Returns device tensors ``(N,)`` for margin, el2n, loss, correct."""
+    was_training = model.training
+    model.eval()
+    n = x.shape[0]
+    out = {S.MARGIN: torch.empty(n, device=x.device), S.EL2N: torch.empty(n, device=x.device),
+           S.LOSS: torch.empty(n, device=x.device), S.CORRECT: torch.empty(n, dtype=torch.bool, device=x.device)}
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        for name, values in example_scores(model(x[sl]), y[sl]).items():
+            out[name][sl] = values
+    model.train(was_training)
+    return out
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accuracy, mean cross-entropy) on (x, y) in eval mode, as 0-d device tensors."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=x.device)
+    loss = torch.zeros((), device=x.device, dtype=torch.float64)
+    for start in range(0, x.shape[0], batch_size):
+        logits = model(x[start:start + batch_size])
+        yb = y[start:start + batch_size]
+        correct += correct_from_logits(logits, yb).sum()
+        loss += F.cross_entropy(logits.float(), yb, reduction="sum").double()
+    model.train(was_training)
+    n = max(1, x.shape[0])
+    return correct / n, loss / n
+
+
+def new_model(config: ScoreConfig, data: DeviceData, seed: int, device: torch.device) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(config.model, tuple(data.train_x.shape[1:]), data.num_classes,
+                        batchnorm=config.batchnorm, init_std=config.init_std, width=config.width)
+    return model.to(device)
+
+
+def new_optimizer(config: ScoreConfig, model: nn.Module) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov, weight_decay=config.weight_decay)
+
+
+@dataclass
+class EpochResult:
+    """What one epoch produced, on the host, ready to be written."""
+
+    epoch: int
+    per_example: dict[str, np.ndarray]
+    per_epoch: dict[str, float]
+    diverged: bool = False
+
+
+class Trainer:
+    """Trains one run epoch by epoch and measures what the store records.
+
+    ``indices`` restricts training to a subset of the training set (retraining on a
+    manifest); the clean pass always covers all of ``data.train_x``."""
+
+    def __init__(self, config: ScoreConfig, data: DeviceData, seed: int, device: torch.device,
+                 indices: torch.Tensor | None = None, grand_fn: Callable | None = None):
+        from scorebank.pipeline.robust import make_estimator
+
+        self.config, self.data, self.seed, self.device = config, data, seed, device
+        self.indices = indices
+        self.model = new_model(config, data, seed, device)
+        self.optimizer = new_optimizer(config, self.model)
+        self.estimator = make_estimator(config.optimizer, batch_size=config.batch_size,
+                                        clip_count=config.clip_count)
+        self.schedule = config.parsed_schedule
+        self.grand_fn = grand_fn
+        self.epoch = 0
+        n = data.train_x.shape[0]
+        self._inflight = torch.zeros(n, dtype=torch.bool, device=device)
+
+    # ------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "estimator": self.estimator.state_dict(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.estimator.load_state_dict(state["estimator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = int(state["epoch"])
+
+    # ------------------------------------------------------------- epochs
+    def train_epoch(self) -> tuple[np.ndarray, bool]:
+        """Run epoch ``self.epoch + 1``; returns (in-flight train_correct (N,), diverged)."""
+        cfg, data = self.config, self.data
+        e = self.epoch + 1
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr_at(cfg.lr, e)
+        g_perm, g_aug = epoch_generators(self.seed, e, self.device)
+        pool = self.indices
+        n = data.train_x.shape[0] if pool is None else pool.shape[0]
+        perm = torch.randperm(n, generator=g_perm).to(self.device)
+        if pool is not None:
+            perm = pool[perm]
+        self._inflight.zero_()
+        loss_sum = torch.zeros((), device=self.device)
+        self.model.train()
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start:start + cfg.batch_size]  # (batch,)
+            xb, yb = data.train_x[idx], data.train_y[idx]
+            if cfg.augment:
+                xb = augment_batch(xb, g_aug)
+            logits = self.estimator.compute(self.model, xb, yb)  # sets p.grad; logits before the update
+            self.optimizer.step()
+            self._inflight[idx] = correct_from_logits(logits, yb)
+            loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        self.epoch = e
+        diverged = not bool(torch.isfinite(loss_sum))
+        return self._inflight.cpu().numpy(), diverged
+
+    def measure(self, record: bool, grand: bool) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """The end-of-epoch measurements: clean pass (if ``record``), GraNd (if ``grand``),
+        test accuracy/loss and the norm product."""
+        cfg, data = self.config, self.data
+        per_example: dict[str, np.ndarray] = {}
+        per_epoch: dict[str, float] = {}
+        if record:
+            scores = clean_pass(self.model, data.train_x, data.train_y, cfg.eval_batch_size)
+            correct = scores[S.CORRECT].float()
+            loss = scores[S.LOSS]
+            summary = {S.TRAIN_ACCURACY: correct.mean(), S.TRAIN_LOSS: loss.double().mean()}
+            if S.FEATURE_LABEL_NOISE in cfg.features:
+                c = data.corrupted
+                for mask, acc_name, loss_name in ((~c, S.PRISTINE_ACCURACY, S.PRISTINE_LOSS),
+                                                  (c, S.CORRUPT_ACCURACY, S.CORRUPT_LOSS)):
+                    k = mask.sum()
+                    summary[acc_name] = (correct * mask).sum() / k
+                    summary[loss_name] = (loss.double() * mask).sum() / k
+            per_example.update({k: v.cpu().numpy() for k, v in scores.items()})
+            per_epoch.update({k: float(v) for k, v in summary.items()})
+            per_epoch[S.RECORDED] = True
+        if grand:
+            per_example[S.GRAND] = self.grand_fn(self.model, data.train_x, data.train_y,
+                                                 batch_size=cfg.eval_batch_size).cpu().numpy()
+        acc, loss = evaluate(self.model, data.test_x, data.test_y, cfg.eval_batch_size)
+        per_epoch[S.TEST_ACCURACY] = float(acc)
+        per_epoch[S.TEST_LOSS] = float(loss)
+        per_epoch[S.NORM_PRODUCT] = norm_product(self.model)
+        return per_example, per_epoch
+
+    def measure_epoch(self) -> EpochResult:
+        """Measurements for the current epoch without training (epoch 0: at initialisation)."""
+        cfg, e = self.config, self.epoch
+        per_example, per_epoch = self.measure(e in cfg.record_epochs, e in cfg.grand_epochs)
+        return EpochResult(e, per_example, per_epoch, diverged=_nonfinite(per_epoch))
+
+    def run_epoch(self) -> EpochResult:
+        """Train one epoch, then measure.  A diverged epoch (non-finite training loss) is
+        reported with nothing to write."""
+        inflight, diverged = self.train_epoch()
+        if diverged:
+            return EpochResult(self.epoch, {}, {}, diverged=True)
+        result = self.measure_epoch()
+        result.per_example[S.TRAIN_CORRECT] = inflight
+        return result
+
+
+def _nonfinite(per_epoch: dict[str, float]) -> bool:
+    return any(not math.isfinite(per_epoch[k]) for k in (S.TRAIN_LOSS, S.TEST_LOSS) if k in per_epoch)

@@ -1,0 +1,79 @@
+"""Per-run summary of a store, read from the small per-(run, epoch) arrays only (never
+the per-example scores), so it is cheap even for remote or archived stores."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from scorebank.stores import schema as S
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    seed: int
+    status: str
+    last_epoch: int | None  # last completed epoch
+    failed_epoch: int | None
+    train_accuracy: float  # clean pass at the last recorded completed epoch (NaN if none)
+    test_accuracy: float  # at the last completed epoch
+    separation_epoch: int | None  # first recorded epoch with clean-pass train accuracy 1.0
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    dataset: str
+    fingerprint: str
+    n_examples: int
+    epochs: int  # highest epoch of the store
+    recorded_epochs: tuple[int, ...]  # clean-pass epochs named by the configuration
+    features: tuple[str, ...]
+    config: dict
+    runs: tuple[RunSummary, ...]
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def separation_epochs(train_accuracy: np.ndarray, recorded: np.ndarray, epochs: np.ndarray) -> list[int | None]:
+    """Margins paper's data separation: per run, the first recorded epoch whose clean-pass
+    training accuracy is 100% (None if never).  Arrays are (run, epoch)."""
+    out: list[int | None] = []
+    for acc, rec in zip(train_accuracy, recorded):
+        hit = np.flatnonzero(rec & (acc >= 1.0))
+        out.append(int(epochs[hit[0]]) if hit.size else None)
+    return out
+
+
+def summarize(ds: xr.Dataset) -> StoreSummary:
+    epochs = ds[S.EPOCH].values
+    completed = ds[S.COMPLETED].values
+    recorded = ds[S.RECORDED].values
+    train_acc = ds[S.TRAIN_ACCURACY].values
+    test_acc = ds[S.TEST_ACCURACY].values
+    runs_attr = ds.attrs.get(S.ATTR_RUNS, {})
+    seps = separation_epochs(train_acc, recorded & completed, epochs)
+    rows = []
+    for i, seed in enumerate(ds[S.RUN].values.tolist()):
+        info = runs_attr.get(str(seed), {})
+        done = np.flatnonzero(completed[i])
+        rec_done = np.flatnonzero(completed[i] & recorded[i])
+        rows.append(RunSummary(
+            seed=int(seed), status=info.get("status", S.RUN_PENDING),
+            last_epoch=int(epochs[done[-1]]) if done.size else None,
+            failed_epoch=info.get("failed_epoch"),
+            train_accuracy=float(train_acc[i, rec_done[-1]]) if rec_done.size else math.nan,
+            test_accuracy=float(test_acc[i, done[-1]]) if done.size else math.nan,
+            separation_epoch=seps[i]))
+    config = json.loads(ds.attrs.get(S.ATTR_CONFIG, "{}"))
+    return StoreSummary(dataset=ds.attrs.get(S.ATTR_DATASET, "?"),
+                        fingerprint=ds.attrs.get(S.ATTR_FINGERPRINT, "?"),
+                        n_examples=int(ds.sizes[S.EXAMPLE]), epochs=int(epochs[-1]) if len(epochs) else 0,
+                        recorded_epochs=tuple(config.get("record_epochs", ())),
+                        features=tuple(ds.attrs.get("features", ())), config=config, runs=tuple(rows))

@@ -1,0 +1,231 @@
+"""Creating and writing a score store (a Zarr v3 group laid out as :mod:`schema` says).
+
+The store is created complete (every array at full shape, filled with its fill value, so
+float variables read NaN) in a temporary sibling directory and renamed into place, so a
+path either holds a whole store or nothing.  Afterwards each epoch writes only its own
+chunks, and zarr writes every chunk atomically (temporary file + rename), so a ``kill -9``
+at any moment leaves a readable store.  Metadata is consolidated after every structural
+change so plain ``xarray.open_zarr(path)`` opens it quickly and without warnings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from scorebank.stores import schema as S
+from scorebank.stores.errors import StoreExistsError, StoreLockedError, StoreNotFoundError
+
+
+def scorebank_version() -> str:
+    try:
+        return version("scorebank")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def consolidate(path: str | os.PathLike) -> None:
+    """Re-write the store's consolidated metadata (after adding arrays/groups or attrs)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
+                                category=UserWarning)
+        # checkpoints/ and the lock file live inside the store but outside the Zarr hierarchy
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component",
+                                category=UserWarning)
+        zarr.consolidate_metadata(os.fspath(path))
+
+
+def is_scorebank_store(path: str | os.PathLike) -> bool:
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    return S.ATTR_FORMAT in doc.get("attributes", {})
+
+
+def remove_store(path: str | os.PathLike) -> None:
+    """Delete a scorebank store; refuses any path that is not one (someone else's files)."""
+    if not is_scorebank_store(path):
+        raise StoreExistsError(
+            f"refusing to delete {os.fspath(path)!r}: it is not a scorebank store; remove it yourself "
+            "or choose another --store path")
+    shutil.rmtree(path)
+
+
+def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, true_labels: np.ndarray,
+                 original_index: np.ndarray, seeds: tuple[int, ...], features: frozenset[str],
+                 attrs: Mapping) -> None:
+    """Create an empty store for epochs ``0..n_epochs`` and the given runs, atomically.
+
+    ``attrs`` are added to the root attributes (configuration JSON, data set, ...)."""
+    path = Path(path)
+    if path.exists():
+        raise StoreExistsError(f"{str(path)!r} already exists")
+    n = len(labels)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        root = zarr.open_group(tmp, mode="w", zarr_format=3)
+        shapes = {S.RUN: len(seeds), S.EPOCH: n_epochs + 1, S.EXAMPLE: n}
+        coords = {S.RUN: np.asarray(seeds, dtype=np.int64),
+                  S.EPOCH: np.arange(n_epochs + 1, dtype=np.int64),
+                  S.EXAMPLE: np.arange(n, dtype=np.int64)}
+        for dim, values in coords.items():
+            arr = root.create_array(dim, shape=values.shape, dtype="int64",
+                                    chunks=(max(1, min(len(values), S.PER_EXAMPLE_CHUNK)),),
+                                    dimension_names=(dim,), fill_value=0)
+            arr[:] = values
+        oi = root.create_array(S.ORIGINAL_INDEX, shape=(n,), dtype="int64",
+                               chunks=(max(1, min(n, S.PER_EXAMPLE_CHUNK)),),
+                               dimension_names=(S.EXAMPLE,), fill_value=0,
+                               attributes={"description": "index of the example in the source data set"})
+        oi[:] = np.asarray(original_index, dtype=np.int64)
+        for var in S.variables(features):
+            attributes = dict(var.attrs)
+            if S.EXAMPLE in var.dims:
+                attributes["coordinates"] = S.ORIGINAL_INDEX
+            arr = root.create_array(var.name, shape=tuple(shapes[d] for d in var.dims), dtype=var.dtype,
+                                    chunks=S.chunks_for(var, n_epochs + 1, n), dimension_names=var.dims,
+                                    fill_value=var.fill_value, attributes=attributes)
+            if var.name == S.LABEL:
+                arr[:] = np.asarray(labels, dtype=np.int64)
+            elif var.name == S.TRUE_LABEL:
+                arr[:] = np.asarray(true_labels, dtype=np.int64)
+            elif var.name == S.CORRUPTED:
+                arr[:] = np.asarray(labels) != np.asarray(true_labels)
+        root.attrs.update({
+            S.ATTR_FORMAT: S.FORMAT_VERSION,
+            S.ATTR_VERSION: scorebank_version(),
+            S.ATTR_CREATED: now_iso(),
+            S.ATTR_RUNS: {str(s): {"status": S.RUN_PENDING} for s in seeds},
+            "features": sorted(features),
+            **attrs,
+        })
+        consolidate(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class StoreWriter:
+    """Writes a run's epochs into an existing store.  Use as a context manager: it holds
+    an exclusive lock (``.scorebank.lock``) so two writers never interleave."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not is_scorebank_store(self.path):
+            raise StoreNotFoundError(f"no scorebank store at {str(self.path)!r}")
+        self._lock_file = None
+        self._open()
+
+    def _open(self) -> None:
+        # Not through the consolidated metadata: it would hand out stale shapes after a resize.
+        self.root = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
+        self.features = frozenset(self.root.attrs.get("features", []))
+
+    # -------------------------------------------------------------- locking
+    def __enter__(self) -> "StoreWriter":
+        f = open(self.path / S.LOCK_FILE, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise StoreLockedError(
+                f"store {str(self.path)!r} is being written by another scorebank process; "
+                "wait for it to finish") from None
+        self._lock_file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -------------------------------------------------------------- runs
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.root[S.RUN][:])
+
+    def run_index(self, seed: int) -> int:
+        return self.seeds.index(seed)
+
+    @property
+    def runs(self) -> dict[str, dict]:
+        return dict(self.root.attrs.get(S.ATTR_RUNS, {}))
+
+    def add_runs(self, seeds: tuple[int, ...]) -> None:
+        """Extend the ``run`` dimension with new seeds (NaN/False-filled)."""
+        new = [s for s in seeds if s not in self.seeds]
+        if not new:
+            return
+        old = len(self.seeds)
+        total = old + len(new)
+        for var in S.variables(self.features):
+            if var.dims[0] == S.RUN:
+                arr = self.root[var.name]
+                arr.resize((total,) + arr.shape[1:])
+        run = self.root[S.RUN]
+        run.resize((total,))
+        run[old:] = np.asarray(new, dtype=np.int64)
+        runs = self.runs
+        runs.update({str(s): {"status": S.RUN_PENDING} for s in new})
+        self.root.attrs[S.ATTR_RUNS] = runs
+        consolidate(self.path)
+        self._open()
+
+    def set_run_status(self, seed: int, status: str, **info) -> None:
+        runs = self.runs
+        runs[str(seed)] = {"status": status, **info}
+        self.root.attrs[S.ATTR_RUNS] = runs
+        consolidate(self.path)
+
+    # -------------------------------------------------------------- values
+    def completed_epochs(self, seed: int) -> np.ndarray:
+        return np.asarray(self.root[S.COMPLETED][self.run_index(seed), :], dtype=bool)
+
+    def write_epoch(self, seed: int, epoch: int, per_example: Mapping[str, np.ndarray],
+                    per_epoch: Mapping[str, float]) -> None:
+        """Write one epoch of one run; ``completed`` is set last, after everything else."""
+        r = self.run_index(seed)
+        for name, values in per_example.items():
+            self.root[name][r, epoch, :] = values
+        for name, value in per_epoch.items():
+            self.root[name][r, epoch] = value
+        self.root[S.COMPLETED][r, epoch] = True
+
+    # -------------------------------------------------------------- checkpoints
+    def checkpoint_path(self, seed: int) -> Path:
+        return self.path / S.CHECKPOINT_DIR / f"run-{seed}.pt"
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
