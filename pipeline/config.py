@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 from scorebank.pipeline.datasets import DATASETS
 from scorebank.pipeline.models import MODELS
+from scorebank.pipeline.robust import OPTIMIZERS
 from scorebank.stores.errors import InvalidArgumentError
-
-OPTIMIZERS = ("sgd", "m3", "rm3", "ra3", "winsorized")
 
 # Fields that do not change what is computed, so they may differ between invocations on
 # the same store.

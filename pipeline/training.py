@@ -181,15 +181,20 @@ class EpochResult:
 class Trainer:
     """Trains one run epoch by epoch and measures what the store records.
 
-    ``indices`` restricts training to a subset of the training set (retraining on a
-    manifest); the clean pass always covers all of ``data.train_x``."""
+    ``indices`` (a 1-D int64 device tensor) restricts training to a subset of the training
+    set (retraining on a manifest); the clean pass always covers all of ``data.train_x``.
+    ``steps_per_epoch`` fixes the number of optimiser steps of each epoch (Data Diet's
+    fixed-iteration budget): the epoch then walks through as many fresh permutations of
+    the subset as it needs; by default an epoch is one pass over the subset."""
 
     def __init__(self, config: ScoreConfig, data: DeviceData, seed: int, device: torch.device,
-                 indices: torch.Tensor | None = None, grand_fn: Callable | None = None):
+                 indices: torch.Tensor | None = None, grand_fn: Callable | None = None,
+                 steps_per_epoch: int | None = None):
         from scorebank.pipeline.robust import make_estimator
 
         self.config, self.data, self.seed, self.device = config, data, seed, device
         self.indices = indices
+        self.steps_per_epoch = steps_per_epoch
         self.model = new_model(config, data, seed, device)
         self.optimizer = new_optimizer(config, self.model)
         self.estimator = make_estimator(config.optimizer, batch_size=config.batch_size,
@@ -222,8 +227,10 @@ class Trainer:
             group["lr"] = self.schedule.lr_at(cfg.lr, e)
         g_perm, g_aug = epoch_generators(self.seed, e, self.device)
         pool = self.indices
-        n = data.train_x.shape[0] if pool is None else pool.shape[0]
-        perm = torch.randperm(n, generator=g_perm).to(self.device)
+        n_pool = data.train_x.shape[0] if pool is None else pool.shape[0]
+        n = n_pool if self.steps_per_epoch is None else self.steps_per_epoch * cfg.batch_size
+        perm = torch.cat([torch.randperm(n_pool, generator=g_perm)
+                          for _ in range(-(-n // n_pool))])[:n].to(self.device)  # (n,)
         if pool is not None:
             perm = pool[perm]
         self._inflight.zero_()

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from scorebank.cli.main import app
+
+runner = CliRunner()
+TINY = ["--limit", "120", "--width", "8", "--epochs", "2", "--batch-size", "32", "--quiet", "--device", "cpu"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_score_then_info(tmp_path):
+    store = tmp_path / "s.zarr"
+    r = invoke("score", *TINY, "--seeds", "0-1", "--store", store)
+    assert r.exit_code == 0, r.output
+    assert "complete" in r.output
+    r = invoke("info", store)
+    assert r.exit_code == 0 and "digits" in r.output and "120 examples" in r.output
+    r = invoke("info", store, "--json")
+    doc = json.loads(r.output)
+    assert [run["seed"] for run in doc["runs"]] == [0, 1]
+    assert doc["runs"][0]["last_epoch"] == 2 and doc["n_examples"] == 120
+    ds = xr.open_zarr(store)
+    assert doc["runs"][1]["test_accuracy"] == pytest.approx(float(ds.test_accuracy.values[1, 2]))
+    r = invoke("score", *TINY, "--seeds", "0-1", "--store", store)  # idempotent
+    assert r.exit_code == 0 and "skipped: seeds 0, 1" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+    (["--model", "vgg16"], "unknown model 'vgg16'"),
+    (["--schedule", "multistep:5,2:0.1"], "bad --schedule 'multistep:5,2:0.1'"),
+    (["--seeds", "3-1"], "bad seed list '3-1'"),
+    (["--seeds", "a"], "bad seed list 'a'"),
+    (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
+    (["--record-epochs", "0,9"], "outside 0..2"),
+    (["--label-noise", "2"], "--label-noise"),
+    (["--optimizer", "m3"], "divisible by 3"),
+    (["--device", "tpu"], "unknown --device 'tpu'"),
+    (["--dataset", "cifar10", "--no-download", "--data-dir", "/nonexistent/cifar"], "does not exist"),
+    (["--dataset", "imagefolder:/nonexistent/tree"], "does not exist"),
+    (["--grand-only", "--grand-epochs", "3"], "--grand-only"),
+])
+def test_bad_arguments_exit_2_and_write_nothing(tmp_path, args, message):
+    store = tmp_path / "s.zarr"
+    r = invoke("score", *TINY, "--store", store, *args)
+    assert r.exit_code == 2, r.output
+    assert message in " ".join(r.output.split())
+    assert len(r.output.strip().splitlines()) == 1  # one line
+    assert not store.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_config_mismatch_exits_1(tmp_path):
+    store = tmp_path / "s.zarr"
+    assert invoke("score", *TINY, "--seeds", "0", "--store", store).exit_code == 0
+    r = invoke("score", *TINY, "--seeds", "0", "--store", store, "--lr", "0.2")
+    assert r.exit_code == 1
+    assert "lr: store has 0.05, asked 0.2" in " ".join(r.output.split())
+
+
+def test_info_on_missing_store_exits_1(tmp_path):
+    r = invoke("info", tmp_path / "nothing.zarr")
+    assert r.exit_code == 1 and "no scorebank store" in r.output

@@ -1,0 +1,74 @@
+import pytest
+
+from scorebank.pipeline.config import Schedule, ScoreConfig, parse_seeds, resolve_config
+from scorebank.stores.errors import InvalidArgumentError
+
+
+def test_multistep_schedule_matches_torch_multisteplr():
+    import torch
+
+    s = Schedule.parse("multistep:2,4:0.5")
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.8)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 4], gamma=0.5)
+    for epoch in range(1, 8):
+        assert s.lr_at(0.8, epoch) == pytest.approx(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert str(s) == "multistep:2,4:0.5"
+    assert Schedule.parse("constant").lr_at(0.1, 100) == 0.1
+
+
+@pytest.mark.parametrize("text", ["multistep", "multistep:5,3:0.1", "multistep:0,3:0.1", "multistep:3:0",
+                                  "multistep:3:-1", "cosine", "multistep:a:0.1", ""])
+def test_bad_schedules(text):
+    with pytest.raises(InvalidArgumentError, match="schedule"):
+        Schedule.parse(text)
+
+
+def test_seeds():
+    assert parse_seeds("0-3,7") == (0, 1, 2, 3, 7)
+    assert parse_seeds("5") == (5,)
+    assert parse_seeds("3,1,1") == (1, 3)
+    for bad in ["", "a", "3-1", "-1", "1-", "0-2,x"]:
+        with pytest.raises(InvalidArgumentError, match="seed"):
+            parse_seeds(bad)
+
+
+def test_record_epochs():
+    assert resolve_config(epochs=5).record_epochs == (0, 1, 2, 3, 4, 5)
+    assert resolve_config(epochs=5, record_every=2).record_epochs == (0, 2, 4, 5)
+    assert resolve_config(epochs=5, record_epochs="5,0,2").record_epochs == (0, 2, 5)
+    with pytest.raises(InvalidArgumentError, match="outside 0..5"):
+        resolve_config(epochs=5, record_epochs="6")
+    with pytest.raises(InvalidArgumentError, match="not both"):
+        resolve_config(epochs=5, record_epochs="1", record_every=2)
+    with pytest.raises(InvalidArgumentError, match="--grand-epochs"):
+        resolve_config(epochs=5, grand_epochs="7")
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(dataset="imagenet"), "unknown data set 'imagenet'"),
+    (dict(model="vgg"), "unknown model 'vgg'"),
+    (dict(optimizer="adam"), "unknown optimizer 'adam'"),
+    (dict(lr=0.0), "--lr"),
+    (dict(lr=float("nan")), "--lr"),
+    (dict(batch_size=0), "--batch-size"),
+    (dict(epochs=-1), "--epochs"),
+    (dict(label_noise=1.5), "--label-noise"),
+    (dict(momentum=1.0), "--momentum"),
+    (dict(optimizer="m3", batch_size=32), "divisible by 3"),
+    (dict(clip_count=2), "--clip-count"),
+    (dict(limit=0), "--limit"),
+])
+def test_bad_fields(fields, message):
+    with pytest.raises(InvalidArgumentError, match=message.replace("(", r"\(")):
+        resolve_config(**fields)
+
+
+def test_json_round_trip_and_differences():
+    c = resolve_config(epochs=4, grand_epochs="0,4", label_noise=0.2)
+    assert ScoreConfig.from_json(c.to_json()) == c
+    d = resolve_config(epochs=4, grand_epochs="0,4", label_noise=0.2, lr=0.1, data_dir="/elsewhere")
+    assert set(c.differences(d)) == {"lr"}  # data_dir does not change values
+    assert c.identity_hash() != d.identity_hash()

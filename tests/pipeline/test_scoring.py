@@ -1,0 +1,238 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from scorebank.pipeline import scoring
+from scorebank.pipeline.scoring import score
+from scorebank.stores import schema as S
+from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, RunFailedError, StoreExistsError
+from scorebank.stores.location import open_scores
+from scorebank.stores.summary import summarize
+
+ISSUE_NAMES = {  # the names the foundation issue lists for the xarray view
+    "run", "epoch", "example", "original_index",
+    "margin", "el2n", "loss", "correct", "train_correct",
+    "norm_product", "train_accuracy", "train_loss", "test_accuracy", "test_loss", "completed", "recorded",
+    "label", "true_label", "corrupted",
+}
+
+
+def assert_stores_equal(a, b):
+    da, db = xr.open_zarr(a), xr.open_zarr(b)
+    assert set(da.variables) == set(db.variables)
+    for name in da.variables:
+        np.testing.assert_array_equal(da[name].values, db[name].values, err_msg=name)
+    assert {k: v["status"] for k, v in da.attrs["runs"].items()} == {k: v["status"] for k, v in db.attrs["runs"].items()}
+
+
+def test_store_schema_and_values(tmp_path, tiny_config):
+    cfg = tiny_config(record_epochs="0,2,3")
+    score(cfg, (0, 1), tmp_path / "s.zarr", device="cpu")
+    ds = xr.open_zarr(tmp_path / "s.zarr")  # plain xarray, no scorebank involved
+    assert set(ds.variables) == ISSUE_NAMES
+    assert dict(ds.sizes) == {"run": 2, "epoch": 4, "example": 200}
+    assert ds.run.values.tolist() == [0, 1]
+    # NaN where the clean pass did not run, values where it did
+    assert ds.recorded.values.tolist() == [[True, False, True, True]] * 2
+    assert np.isnan(ds.margin.sel(epoch=1).values).all()
+    assert not np.isnan(ds.margin.sel(epoch=[0, 2, 3]).values).any()
+    assert np.isnan(ds.train_accuracy.sel(epoch=1).values).all()
+    assert ds.completed.values.all()
+    np.testing.assert_array_equal(ds.correct.values, ds.margin.values > 0)
+    np.testing.assert_allclose(ds.train_accuracy.sel(epoch=3).values, ds.correct.sel(epoch=3).mean("example").values,
+                               rtol=1e-6)
+    np.testing.assert_allclose(ds.train_loss.sel(epoch=3).values, ds.loss.sel(epoch=3).mean("example").values,
+                               rtol=1e-5)
+    assert not ds.train_correct.sel(epoch=0).values.any()
+    inflight = ds.train_correct.mean("example").values  # (run, epoch): learning shows in flight too
+    assert (0 < inflight[:, 1]).all() and (inflight[:, 1] < inflight[:, 3]).all()
+    assert (np.diff(ds.original_index.values) > 0).all()
+    cfg_back = json.loads(ds.attrs["config"])
+    assert cfg_back["record_epochs"] == [0, 2, 3] and ds.attrs["dataset"] == "digits"
+    assert ds.attrs["dataset_fingerprint"].startswith("sha256:")
+    assert ds.attrs["runs"]["0"]["status"] == "complete"
+    s = summarize(open_scores(tmp_path / "s.zarr"))
+    assert [r.last_epoch for r in s.runs] == [3, 3]
+    assert s.runs[0].test_accuracy == pytest.approx(float(ds.test_accuracy.values[0, 3]))
+
+
+def test_recorded_values_match_the_checkpointed_model(tmp_path, tiny_config):
+    """The stored clean-pass margins are the final model's eval-mode margins."""
+    from scorebank.pipeline.datasets import load_dataset
+    from scorebank.pipeline.training import example_scores, new_model, to_device_data
+
+    cfg = tiny_config(model="cnn5", width=4, epochs=2)
+    path = tmp_path / "s.zarr"
+    score(cfg, (3,), path, device="cpu")
+    data = load_dataset("digits", limit=200)
+    dd = to_device_data(data, data.train_labels, torch.device("cpu"))
+    model = new_model(cfg, dd, 3, torch.device("cpu"))
+    state = torch.load(path / "checkpoints" / "run-3.pt", weights_only=True)
+    assert state["epoch"] == 2
+    model.load_state_dict(state["model"])
+    model.eval()
+    with torch.no_grad():
+        ref = example_scores(model(dd.train_x), dd.train_y)
+    ds = xr.open_zarr(path)
+    np.testing.assert_allclose(ds.margin.values[0, 2], ref[S.MARGIN].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ds.el2n.values[0, 2], ref[S.EL2N].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_deterministic_bit_for_bit(tmp_path, tiny_config):
+    cfg = tiny_config(model="cnn5", width=4, augment=True)
+    score(cfg, (0,), tmp_path / "a.zarr", device="cpu")
+    score(cfg, (0,), tmp_path / "b.zarr", device="cpu")
+    assert_stores_equal(tmp_path / "a.zarr", tmp_path / "b.zarr")
+    other = tmp_path / "c.zarr"
+    score(cfg, (1,), other, device="cpu")
+    assert not np.array_equal(xr.open_zarr(other).margin.values, xr.open_zarr(tmp_path / "a.zarr").margin.values)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_config, monkeypatch):
+    cfg = tiny_config(model="cnn5", width=4, augment=True, epochs=4, optimizer="rm3")
+    score(cfg, (0, 1), tmp_path / "ref.zarr", device="cpu")
+
+    def crash_at(seed, epoch):
+        def progress(event):
+            if event.kind == "epoch" and event.seed == seed and event.epoch == epoch:
+                raise Crash
+        return progress
+
+    path = tmp_path / "crash.zarr"
+    with pytest.raises(Crash):
+        score(cfg, (0, 1), path, device="cpu", progress=crash_at(1, 2))
+    runs = xr.open_zarr(path).attrs["runs"]
+    assert runs["0"]["status"] == "complete" and runs["1"]["status"] == "running"
+
+    # a crash after an epoch's values were written but before its checkpoint replaced the old one
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, f, *a, **k):
+        if obj.get("epoch") == 3:
+            raise Crash
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(scoring.torch, "save", failing_save)
+    with pytest.raises(Crash):
+        score(cfg, (0, 1), path, device="cpu")
+    assert xr.open_zarr(path).completed.values[1].tolist() == [True, True, True, True, False]
+    assert torch.load(path / "checkpoints" / "run-1.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(scoring.torch, "save", real_save)
+    outcomes = score(cfg, (0, 1), path, device="cpu")
+    assert [(o.seed, o.skipped) for o in outcomes] == [(0, True), (1, False)]
+    assert_stores_equal(path, tmp_path / "ref.zarr")
+
+
+def test_kill_9_leaves_readable_resumable_store(tmp_path):
+    args = ["--dataset", "digits", "--model", "cnn5", "--width", "8", "--epochs", "8", "--batch-size", "16",
+            "--seeds", "0", "--device", "cpu", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", "import torch; torch.set_num_threads(1); from scorebank.cli.main import main; main()",
+           "score", *args]
+    path = tmp_path / "k.zarr"
+    proc = subprocess.Popen(cmd + ["--store", str(path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = path / "checkpoints" / "run-0.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ds = open_scores(path)  # readable after kill -9
+    done = ds.completed.values[0]
+    assert done[0] and not done.all(), "the kill should land mid-run"
+    summarize(ds)
+    resumed = subprocess.run(cmd + ["--store", str(path)], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    ref = subprocess.run(cmd + ["--store", str(tmp_path / "ref.zarr")], env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    assert_stores_equal(path, tmp_path / "ref.zarr")
+
+
+def test_config_mismatch_overwrite_and_new_seeds(tmp_path, tiny_config):
+    path = tmp_path / "s.zarr"
+    cfg = tiny_config()
+    score(cfg, (0,), path, device="cpu")
+    before = xr.open_zarr(path).margin.values.copy()
+    with pytest.raises(ConfigMismatchError, match=r"lr: store has 0.05, asked 0.1"):
+        score(tiny_config(lr=0.1), (0,), path, device="cpu")
+    score(cfg, (0, 4), path, device="cpu")  # new seed, same configuration: extends `run`
+    ds = xr.open_zarr(path)
+    assert ds.run.values.tolist() == [0, 4]
+    np.testing.assert_array_equal(ds.margin.values[0], before[0])
+    assert ds.completed.values.all()
+    score(tiny_config(lr=0.1), (2,), path, device="cpu", overwrite=True)
+    ds = xr.open_zarr(path)
+    assert ds.run.values.tolist() == [2] and json.loads(ds.attrs["config"])["lr"] == 0.1
+
+
+def test_refuses_foreign_paths(tmp_path, tiny_config):
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("precious")
+    with pytest.raises(StoreExistsError, match="not a scorebank store"):
+        score(tiny_config(), (0,), foreign, device="cpu", overwrite=True)
+    assert (foreign / "chapter1.tex").read_text() == "precious"
+
+
+def test_diverging_run_is_marked_failed_and_others_finish(tmp_path, tiny_config):
+    from scorebank.pipeline import training
+
+    path = tmp_path / "s.zarr"
+    real = training.Trainer.train_epoch
+
+    def poisoned(self):
+        inflight, diverged = real(self)
+        if self.seed == 1 and self.epoch == 2:
+            return inflight, True
+        return inflight, diverged
+
+    training.Trainer.train_epoch = poisoned
+    try:
+        with pytest.raises(RunFailedError, match="seed 1 at epoch 2"):
+            score(tiny_config(), (0, 1, 2), path, device="cpu")
+    finally:
+        training.Trainer.train_epoch = real
+    ds = xr.open_zarr(path)
+    assert ds.attrs["runs"]["1"] == {"status": "failed", "failed_epoch": 2}
+    assert ds.attrs["runs"]["0"]["status"] == ds.attrs["runs"]["2"]["status"] == "complete"
+    assert ds.completed.values[1].tolist() == [True, True, False, False]
+    assert np.isnan(ds.margin.values[1, 2:]).all()
+
+
+def test_real_divergence_with_huge_learning_rate(tmp_path, tiny_config):
+    with pytest.raises(RunFailedError, match="diverged"):
+        score(tiny_config(lr=1e12, momentum=0.0, weight_decay=0.0, epochs=2), (0,), tmp_path / "s.zarr", device="cpu")
+    assert xr.open_zarr(tmp_path / "s.zarr").attrs["runs"]["0"]["status"] == "failed"
+
+
+def test_label_noise_store(tmp_path, tiny_config):
+    score(tiny_config(label_noise=0.4, epochs=1), (0,), tmp_path / "s.zarr", device="cpu")
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    corrupted = ds.corrupted.values
+    np.testing.assert_array_equal(corrupted, ds.label.values != ds.true_label.values)
+    assert 0.3 < corrupted.mean() <= 0.4
+    np.testing.assert_array_equal(np.bincount(ds.label.values), np.bincount(ds.true_label.values))
+    correct = ds.correct.values[0, 1]
+    assert float(ds.pristine_accuracy.values[0, 1]) == pytest.approx(correct[~corrupted].mean())
+    assert float(ds.corrupt_accuracy.values[0, 1]) == pytest.approx(correct[corrupted].mean())
+    assert set(ds.variables) == ISSUE_NAMES | {"pristine_accuracy", "pristine_loss", "corrupt_accuracy", "corrupt_loss"}
+
+
+def test_no_seeds_refused(tmp_path, tiny_config):
+    with pytest.raises(InvalidArgumentError, match="no seeds"):
+        score(tiny_config(), (), tmp_path / "s.zarr", device="cpu")
+    assert not (tmp_path / "s.zarr").exists()
