@@ -1,0 +1,672 @@
+"""Retraining fresh networks on a subset of the training set (Data Diet's protocol).
+
+Data Diet (Paul et al. 2021, Sec. 3 and appendix B): "after calculating scores and
+selecting a training subset, final test accuracies are obtained by retraining networks
+from random initializations on only the selected subset", and "when using a pruned
+dataset, to allow for a fair comparison with the full dataset, we keep the number of
+iterations and schedule fixed for different pruning levels".  Results are reported as
+the mean over independent runs with the 16th-84th percentile band.
+
+Budgets (:func:`step_budget`), with ``N`` training examples in the store, ``n`` in the
+subset, batch size ``B`` and ``E`` epochs:
+
+``steps`` (default, Data Diet)
+    every epoch takes ``ceil(N / B)`` optimiser steps -- as many as an epoch over the
+    full data -- drawn from as many fresh permutations of the subset as it needs, and the
+    epoch-based learning-rate schedule is unchanged; ``E * ceil(N / B)`` steps in all.
+``epochs``
+    an epoch is one pass over the subset: ``ceil(n / B)`` steps, ``E * ceil(n / B)`` in all.
+
+A budget of zero steps is refused.
+
+Seeds: retrain seed ``s`` initialises and shuffles like trainer seed
+``RETRAIN_SEED_OFFSET + s``, so a retrain never reuses the initialisation or minibatch
+order of the scoring run with the same seed (Data Diet retrains from fresh random
+initialisations).  The manifest retrain and its random baseline use the same seeds, so
+they are paired (same initialisation, different subset).
+
+Store layout: one Zarr group ``retrain/<name>`` per retrained subset with
+
+``run`` (run,) int64
+    the retrain seeds (coordinate).
+``epoch`` (epoch,) int64
+    0 = at initialisation, ``e`` = after ``e`` epochs of the budget (coordinate).
+``test_accuracy``, ``test_loss`` (run, epoch) float32
+    on the full test set, eval mode; NaN where not (yet) recorded.
+``completed`` (run, epoch) bool
+    the epoch's values are written.
+``final_test_accuracy`` (run,) float32
+    test accuracy after the last epoch; NaN until the run is complete.
+``indices`` (kept,) int64
+    the sorted example indices (positions along the store's ``example`` dimension) the
+    networks were trained on.
+
+and attributes ``retrain`` (the :class:`RetrainSpec` as JSON, with the full training
+configuration), ``manifest`` (the manifest document, or null), ``runs`` (per-seed
+status as in the root group) and ``created``.  ``xarray.open_zarr(store,
+group="retrain/<name>")`` opens it.  Checkpoints live at
+``<store>/checkpoints/retrain/<name>/run-<seed>.pt``.
+
+Crash safety and resume follow :mod:`scorebank.pipeline.scoring`: per epoch the values
+are written, then ``completed`` is set, then the checkpoint (model, optimizer,
+gradient-estimator and RNG state) is replaced atomically; checkpoints are loaded with
+``weights_only=True``.  Re-running skips finished seeds and resumes unfinished ones from
+their checkpoint, and the result equals an uninterrupted run bit for bit on CPU.  The
+group is created complete (every array at full shape) before any run starts and marked
+valid last; a group left half-created by a crash is recreated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scorebank.pipeline.config import ScoreConfig, resolve_config
+from scorebank.pipeline.datasets import ImageData, load_dataset
+from scorebank.pipeline.scoring import read_store_config
+from scorebank.pipeline.training import DeviceData, Trainer, evaluate, resolve_device, to_device_data
+from scorebank.stores import schema as S
+from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, RunFailedError,
+                                     StoreNotFoundError)
+from scorebank.stores.zarrstore import (StoreWriter, atomic_file, consolidate, is_scorebank_store,
+                                        now_iso, scorebank_version)
+
+BUDGETS = ("steps", "epochs")
+BASELINES = ("random",)
+RETRAIN_SEED_OFFSET = 1_000_000
+#: Configuration fields fixed by the store: a retrain trains on the store's examples and labels.
+DATA_FIELDS = ("dataset", "limit", "label_noise", "label_noise_seed")
+#: Fields that make no sense for a retrain (it records no clean pass and no GraNd).
+_NOT_OVERRIDABLE = frozenset({"record_epochs", "grand_epochs"})
+
+RETRAIN_FORMAT = 1
+ATTR_RETRAIN = "retrain"
+ATTR_MANIFEST = "manifest"
+ATTR_VALID = "scorebank_retrain_format"  # written last when the group is created
+KEPT = "kept"  # dimension of ``indices``
+INDICES = "indices"
+FINAL_TEST_ACCURACY = "final_test_accuracy"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")
+
+
+# ----------------------------------------------------------------------------- budget
+@dataclass(frozen=True)
+class Budget:
+    """The optimiser-step budget of a retrain (see the module docstring)."""
+
+    kind: str  # "steps" | "epochs"
+    n_full: int  # training examples in the store
+    n_subset: int
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def trainer_steps_per_epoch(self) -> int | None:
+        """What :class:`Trainer` takes as ``steps_per_epoch`` (None: one pass over the subset)."""
+        return self.steps_per_epoch if self.kind == "steps" else None
+
+
+def step_budget(kind: str, *, n_full: int, n_subset: int, batch_size: int, epochs: int) -> Budget:
+    """Steps per epoch for ``--budget kind``: ``ceil(n_full / batch_size)`` (``steps``, Data
+    Diet's fixed iterations) or ``ceil(n_subset / batch_size)`` (``epochs``).  Refuses a
+    budget of zero optimiser steps."""
+    if kind not in BUDGETS:
+        raise InvalidArgumentError(f"unknown --budget {kind!r}; choose one of {', '.join(BUDGETS)}")
+    if n_subset < 1:
+        raise InvalidArgumentError(f"the subset is empty ({n_subset!r} examples); nothing to train on")
+    per_epoch = math.ceil((n_full if kind == "steps" else n_subset) / batch_size)
+    budget = Budget(kind, n_full, n_subset, batch_size, epochs, per_epoch)
+    if budget.total_steps < 1:
+        raise InvalidArgumentError(
+            f"--budget {kind} with --epochs {epochs!r} yields {budget.total_steps} optimiser steps; "
+            "give --epochs >= 1")
+    return budget
+
+
+# ----------------------------------------------------------------------------- configuration
+def retrain_config(base: ScoreConfig, overrides: Mapping | None = None) -> ScoreConfig:
+    """The training configuration of a retrain: the store's (``base``) with ``overrides``
+    applied, validated like ``scorebank score`` validates, with no clean pass and no
+    GraNd epochs.  The data fields (:data:`DATA_FIELDS`) cannot change."""
+    overrides = dict(overrides or {})
+    known = {f.name for f in dataclasses.fields(ScoreConfig)} - _NOT_OVERRIDABLE
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InvalidArgumentError(
+            f"cannot override {', '.join(map(repr, unknown))} for a retrain; overridable: {', '.join(sorted(known))}")
+    for name in DATA_FIELDS:
+        if name in overrides and overrides[name] != getattr(base, name):
+            raise InvalidArgumentError(
+                f"--{name.replace('_', '-')} {overrides[name]!r} differs from the store's {getattr(base, name)!r}; "
+                "a retrain trains on the store's examples and labels, so it cannot change")
+    fields = dataclasses.asdict(base)
+    fields.update(overrides)
+    for name in _NOT_OVERRIDABLE:
+        fields.pop(name)
+    return resolve_config(record_epochs=(), grand_epochs=(), **fields)
+
+
+@dataclass(frozen=True)
+class RetrainSpec:
+    """Everything that determines a retrain group's values, except the seeds; saved as the
+    JSON attribute ``retrain`` of the group."""
+
+    training: ScoreConfig
+    budget: str
+    steps_per_epoch: int
+    total_steps: int
+    n_full: int
+    subset_size: int
+    seed_offset: int
+    dataset_fingerprint: str
+    source: str  # "manifest", "random-baseline" or "indices"
+    baseline_of: str | None = None  # for a random baseline: the group it is the baseline of
+    baseline_seed: int | None = None
+    class_balanced: bool | None = None  # for a random baseline: drawn with the manifest's class counts
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RetrainSpec":
+        raw = json.loads(text)
+        raw["training"] = ScoreConfig.from_json(json.dumps(raw["training"]))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def identity(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["training"] = self.training.identity()
+        return out
+
+    def differences(self, other: "RetrainSpec") -> dict[str, tuple]:
+        a, b = _flatten(self.identity()), _flatten(other.identity())
+        return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+# ----------------------------------------------------------------------------- inputs
+def check_group_name(name: str) -> str:
+    """A retrain/compress group name: 1-200 characters from ``A-Z a-z 0-9 . _ + = -``,
+    starting with a letter or digit."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidArgumentError(
+            f"bad group name {name!r}; use 1-200 characters from letters, digits and . _ + = -, "
+            "starting with a letter or digit")
+    return name
+
+
+def name_from_path(path: str | os.PathLike) -> str:
+    """Group name for a manifest file: its file name without ``.json``, with characters a
+    group name cannot hold replaced by ``-``."""
+    stem = Path(path).name
+    if stem.lower().endswith(".json"):
+        stem = stem[:-5]
+    stem = re.sub(r"[^A-Za-z0-9._+=-]", "-", stem).lstrip("._+=-")[:200]
+    return check_group_name(stem or "manifest")
+
+
+def check_indices(indices, n_examples: int) -> np.ndarray:
+    """Validate a subset: a non-empty 1-D array of unique integer indices in
+    ``0..n_examples-1``.  Returns them sorted as int64."""
+    arr = np.asarray(indices)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise InvalidArgumentError(
+            f"subset indices must be a 1-D array of integers, got shape {arr.shape!r} dtype {str(arr.dtype)!r}")
+    if arr.size == 0:
+        raise InvalidArgumentError("the subset is empty; give at least one example index")
+    arr = arr.astype(np.int64)
+    bad = arr[(arr < 0) | (arr >= n_examples)]
+    if bad.size:
+        raise InvalidArgumentError(
+            f"subset index {int(bad[0])!r} is out of range; the store has examples 0..{n_examples - 1}")
+    arr = np.sort(arr)
+    dup = arr[1:][arr[1:] == arr[:-1]]
+    if dup.size:
+        raise InvalidArgumentError(f"subset index {int(dup[0])!r} appears more than once; indices must be unique")
+    return arr
+
+
+def random_subset(labels: np.ndarray, size: int, seed: int, *, class_counts: Sequence[int] | None = None
+                  ) -> np.ndarray:
+    """A random subset of ``size`` examples, sorted, drawn with ``numpy.random.default_rng(seed)``.
+
+    With ``class_counts`` (length = number of classes, summing to ``size``) exactly
+    ``class_counts[c]`` examples of class ``c`` are drawn (uniformly within the class);
+    otherwise ``size`` examples uniformly from all."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not 1 <= size <= n:
+        raise InvalidArgumentError(f"random subset size {size!r} must be in 1..{n}")
+    rng = np.random.default_rng(seed)
+    if class_counts is None:
+        return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
+    counts = [int(c) for c in class_counts]
+    if sum(counts) != size:
+        raise InvalidArgumentError(f"class counts {counts!r} sum to {sum(counts)}, not the subset size {size!r}")
+    parts = []
+    for c, k in enumerate(counts):
+        members = np.flatnonzero(labels == c)
+        if k > len(members):
+            raise InvalidArgumentError(
+                f"class {c} has {len(members)} examples; cannot draw {k} of them for the baseline")
+        parts.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(parts)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- events / results
+@dataclass(frozen=True)
+class RetrainEvent:
+    """Sent to the ``progress`` callback: ``kind`` is ``"run"`` (a run starts or is skipped;
+    ``epoch`` is the first epoch it will train, ``total_epochs`` when skipped) or
+    ``"epoch"`` (an epoch was written; ``metrics`` holds test accuracy and loss)."""
+
+    kind: str
+    group: str
+    seed: int
+    epoch: int
+    total_epochs: int
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    seed: int
+    status: str  # schema.RUN_COMPLETE / RUN_FAILED
+    skipped: bool
+    final_test_accuracy: float
+    failed_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    group: str
+    spec: RetrainSpec
+    indices: np.ndarray
+    outcomes: tuple[RetrainOutcome, ...]
+
+
+@dataclass
+class StoreData:
+    """The store's data, loaded once and shared by several retrains (a pruning curve)."""
+
+    config: ScoreConfig
+    data: ImageData
+    labels: np.ndarray  # (N,) the store's training labels (after label noise)
+    fingerprint: str
+    device: torch.device
+    device_data: DeviceData
+
+
+def load_store_data(store: str | os.PathLike, *, device: str = "auto", data: ImageData | None = None,
+                    data_dir: str | None = None, download: bool | None = None) -> StoreData:
+    """Load the data set a store describes, check its fingerprint, and put it on ``device``
+    with the store's training labels.  ``data`` may be passed to skip loading (tests)."""
+    path = Path(store)
+    if not is_scorebank_store(path):
+        raise StoreNotFoundError(f"no scorebank store at {str(path)!r}: expected a store made by 'scorebank score'")
+    config = read_store_config(path)
+    dev = resolve_device(device)
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    recorded = attrs.get(S.ATTR_FINGERPRINT)
+    if data is None:
+        data = load_dataset(config.dataset, data_dir=data_dir if data_dir is not None else config.data_dir,
+                            download=config.download if download is None else download, limit=config.limit)
+    if data.fingerprint != recorded:
+        raise ConfigMismatchError(
+            f"store {str(path)!r} describes data set fingerprint {recorded!r} but {config.dataset!r} now gives "
+            f"{data.fingerprint!r}; the data changed, so the store's indices no longer name the same examples")
+    import zarr
+
+    labels = np.asarray(zarr.open_array(path / S.LABEL, mode="r")[:], dtype=np.int64)
+    return StoreData(config, data, labels, recorded, dev, to_device_data(data, labels, dev))
+
+
+# ----------------------------------------------------------------------------- the engine
+def retrain(store: str | os.PathLike, indices, name: str, seeds: Sequence[int], *,
+            overrides: Mapping | None = None, budget: str = "steps", device: str = "auto",
+            overwrite: bool = False, manifest: dict | None = None, source: str = "indices",
+            baseline_of: str | None = None, baseline_seed: int | None = None,
+            class_balanced: bool | None = None,
+            progress: Callable[[RetrainEvent], None] | None = None,
+            data: ImageData | StoreData | None = None) -> RetrainResult:
+    """Train fresh networks (one per seed) on only the examples ``indices`` of ``store``
+    and record their test accuracy and loss per epoch into the group ``retrain/<name>``.
+
+    Training options default to those recorded in the store; ``overrides`` (ScoreConfig
+    field -> value) changes any of them except the data fields, and the group records what
+    was used.  Re-running with the same subset and options skips finished seeds, resumes
+    unfinished ones and adds new ones; a different subset or options for an existing
+    ``name`` raises :class:`ConfigMismatchError` unless ``overwrite`` (which replaces the
+    group and its checkpoints).  Everything is validated before anything is written.
+    Raises :class:`RunFailedError` after all seeds ran if any diverged."""
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise InvalidArgumentError("no seeds given; pass e.g. --seeds 0-3")
+    if min(seeds) < 0:
+        raise InvalidArgumentError(f"seeds must be non-negative, got {min(seeds)!r}")
+    check_group_name(name)
+    path = Path(store)
+    if not is_scorebank_store(path):
+        raise StoreNotFoundError(f"no scorebank store at {str(path)!r}: expected a store made by 'scorebank score'")
+    base = read_store_config(path)
+    overrides = dict(overrides or {})
+    config = retrain_config(base, overrides)
+    if isinstance(data, StoreData):
+        sd = data
+    else:
+        sd = load_store_data(path, device=device, data=data, data_dir=config.data_dir, download=config.download)
+    n_full = len(sd.labels)
+    kept = check_indices(indices, n_full)
+    plan = step_budget(budget, n_full=n_full, n_subset=len(kept), batch_size=config.batch_size,
+                       epochs=config.epochs)
+    spec = RetrainSpec(training=config, budget=budget, steps_per_epoch=plan.steps_per_epoch,
+                       total_steps=plan.total_steps, n_full=n_full, subset_size=len(kept),
+                       seed_offset=RETRAIN_SEED_OFFSET, dataset_fingerprint=sd.fingerprint, source=source,
+                       baseline_of=baseline_of, baseline_seed=baseline_seed, class_balanced=class_balanced)
+    # the estimator's own checks (e.g. m3's batch-size rule) run before anything is written
+    from scorebank.pipeline.robust import make_estimator
+
+    make_estimator(config.optimizer, batch_size=config.batch_size, clip_count=config.clip_count)
+
+    with StoreWriter(path) as writer:
+        group = _open_or_create_group(writer, name, spec, kept, manifest, seeds, overwrite)
+        pool = torch.from_numpy(kept).to(sd.device)
+        outcomes = [_retrain_run(writer, group, name, spec, plan, sd, pool, seed, progress) for seed in seeds]
+    failed = [o for o in outcomes if o.status == S.RUN_FAILED]
+    if failed:
+        what = ", ".join(f"seed {o.seed} at epoch {o.failed_epoch}" for o in failed)
+        raise RunFailedError(f"{len(failed)} retrain run(s) of {name!r} diverged (non-finite loss): {what}; "
+                             "lower --lr; the other runs are in the store")
+    return RetrainResult(name, spec, kept, tuple(outcomes))
+
+
+def group_path(name: str) -> str:
+    return f"{S.RETRAIN_GROUP}/{name}"
+
+
+def checkpoint_dir(store: str | os.PathLike, name: str) -> Path:
+    return Path(store) / S.CHECKPOINT_DIR / S.RETRAIN_GROUP / name
+
+
+def _open_or_create_group(writer: StoreWriter, name: str, spec: RetrainSpec, kept: np.ndarray,
+                          manifest: dict | None, seeds: tuple[int, ...], overwrite: bool):
+    import zarr
+
+    root = writer.root
+    parent = root.require_group(S.RETRAIN_GROUP)
+    ckpt_dir = checkpoint_dir(writer.path, name)
+    group = None
+    if (writer.path / S.RETRAIN_GROUP / name / "zarr.json").is_file():
+        group = parent[name]
+        if group.attrs.get(ATTR_VALID) != RETRAIN_FORMAT:  # half-created by a crash: start afresh
+            group = None
+        elif not overwrite:
+            old = RetrainSpec.from_json(group.attrs[ATTR_RETRAIN])
+            diff = old.differences(spec)
+            old_idx = np.asarray(group[INDICES][:])
+            if not np.array_equal(old_idx, kept):
+                diff["indices"] = (f"{len(old_idx)} examples", f"{len(kept)} examples (different)")
+            if diff:
+                listing = "; ".join(f"{k}: group has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+                raise ConfigMismatchError(
+                    f"retrain group {group_path(name)!r} was made with a different subset or options ({listing}); "
+                    "use the same settings, another --name, or --overwrite")
+        else:
+            group = None
+        if group is None:
+            del parent[name]
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if group is None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        group = _create_group(parent, name, spec, kept, manifest, seeds)
+    else:
+        _add_runs(group, seeds)
+    consolidate(writer.path)
+    # re-open through the root so array handles see the new shapes
+    return zarr.open_group(writer.path / group_path(name), mode="r+", zarr_format=3, use_consolidated=False)
+
+
+def _create_group(parent, name: str, spec: RetrainSpec, kept: np.ndarray, manifest: dict | None,
+                  seeds: tuple[int, ...]):
+    n_epochs = spec.training.epochs + 1
+    group = parent.create_group(name)
+    run = group.create_array(S.RUN, shape=(len(seeds),), dtype="int64", chunks=(max(1, len(seeds)),),
+                             dimension_names=(S.RUN,), fill_value=0)
+    run[:] = np.asarray(seeds, dtype=np.int64)
+    ep = group.create_array(S.EPOCH, shape=(n_epochs,), dtype="int64", chunks=(n_epochs,),
+                            dimension_names=(S.EPOCH,), fill_value=0)
+    ep[:] = np.arange(n_epochs, dtype=np.int64)
+    for var in (S.TEST_ACCURACY, S.TEST_LOSS, S.COMPLETED):
+        v = S.BY_NAME[var]
+        group.create_array(var, shape=(len(seeds), n_epochs), dtype=v.dtype, chunks=(1, n_epochs),
+                           dimension_names=(S.RUN, S.EPOCH), fill_value=v.fill_value, attributes=v.attrs)
+    group.create_array(FINAL_TEST_ACCURACY, shape=(len(seeds),), dtype="float32", chunks=(max(1, len(seeds)),),
+                       dimension_names=(S.RUN,), fill_value=np.nan,
+                       attributes={"description": "test accuracy after the last epoch (NaN until complete)",
+                                   "units": "fraction"})
+    idx = group.create_array(INDICES, shape=kept.shape, dtype="int64",
+                             chunks=(max(1, min(len(kept), S.PER_EXAMPLE_CHUNK)),), dimension_names=(KEPT,),
+                             fill_value=0,
+                             attributes={"description": "sorted positions along the store's `example` "
+                                                        "dimension of the examples trained on"})
+    idx[:] = kept
+    group.attrs.update({
+        ATTR_RETRAIN: spec.to_json(),
+        ATTR_MANIFEST: manifest,
+        S.ATTR_RUNS: {str(s): {"status": S.RUN_PENDING} for s in seeds},
+        S.ATTR_CREATED: now_iso(),
+        S.ATTR_VERSION: scorebank_version(),
+        "subset_size": int(len(kept)),
+        "budget": spec.budget,
+    })
+    group.attrs[ATTR_VALID] = RETRAIN_FORMAT  # last: the group is complete
+    return group
+
+
+def _add_runs(group, seeds: tuple[int, ...]) -> None:
+    old = [int(s) for s in group[S.RUN][:]]
+    new = [s for s in seeds if s not in old]
+    if not new:
+        return
+    total = len(old) + len(new)
+    for var in (S.TEST_ACCURACY, S.TEST_LOSS, S.COMPLETED, FINAL_TEST_ACCURACY):
+        arr = group[var]
+        arr.resize((total,) + arr.shape[1:])
+    run = group[S.RUN]
+    run.resize((total,))
+    run[len(old):] = np.asarray(new, dtype=np.int64)
+    runs = dict(group.attrs.get(S.ATTR_RUNS, {}))
+    runs.update({str(s): {"status": S.RUN_PENDING} for s in new})
+    group.attrs[S.ATTR_RUNS] = runs
+
+
+def _set_status(writer: StoreWriter, group, seed: int, status: str, **info) -> None:
+    runs = dict(group.attrs.get(S.ATTR_RUNS, {}))
+    runs[str(seed)] = {"status": status, **info}
+    group.attrs[S.ATTR_RUNS] = runs
+    consolidate(writer.path)
+
+
+def _retrain_run(writer: StoreWriter, group, name: str, spec: RetrainSpec, plan: Budget, sd: StoreData,
+                 pool: torch.Tensor, seed: int, progress) -> RetrainOutcome:
+    cfg = spec.training
+    r = [int(s) for s in group[S.RUN][:]].index(seed)
+    status = dict(group.attrs.get(S.ATTR_RUNS, {})).get(str(seed), {})
+    if status.get("status") in (S.RUN_COMPLETE, S.RUN_FAILED):
+        if progress:
+            progress(RetrainEvent("run", name, seed, cfg.epochs, cfg.epochs))
+        return RetrainOutcome(seed, status["status"], skipped=True,
+                              final_test_accuracy=float(group[FINAL_TEST_ACCURACY][r]),
+                              failed_epoch=status.get("failed_epoch"))
+    trainer = Trainer(cfg, sd.device_data, spec.seed_offset + seed, sd.device, indices=pool,
+                      steps_per_epoch=plan.trainer_steps_per_epoch)
+    ckpt = checkpoint_dir(writer.path, name) / f"run-{seed}.pt"
+    if ckpt.is_file():
+        trainer.load_state_dict(torch.load(ckpt, map_location=sd.device, weights_only=True))
+    _set_status(writer, group, seed, S.RUN_RUNNING, device=str(sd.device), torch=torch.__version__)
+    if progress:
+        progress(RetrainEvent("run", name, seed, trainer.epoch, cfg.epochs))
+    data = sd.device_data
+
+    def measure_and_save() -> bool:
+        acc, loss = evaluate(trainer.model, data.test_x, data.test_y, cfg.eval_batch_size)
+        acc, loss = float(acc), float(loss)
+        if not math.isfinite(loss):
+            return False
+        e = trainer.epoch
+        group[S.TEST_ACCURACY][r, e] = acc
+        group[S.TEST_LOSS][r, e] = loss
+        group[S.COMPLETED][r, e] = True
+        with atomic_file(ckpt) as tmp:
+            torch.save(trainer.state_dict(), tmp)
+        if progress:
+            progress(RetrainEvent("epoch", name, seed, e, cfg.epochs,
+                                  {S.TEST_ACCURACY: acc, S.TEST_LOSS: loss}))
+        return True
+
+    def fail(epoch: int) -> RetrainOutcome:
+        _set_status(writer, group, seed, S.RUN_FAILED, failed_epoch=epoch)
+        return RetrainOutcome(seed, S.RUN_FAILED, skipped=False, final_test_accuracy=math.nan, failed_epoch=epoch)
+
+    if not ckpt.is_file() and not measure_and_save():
+        return fail(0)
+    while trainer.epoch < cfg.epochs:
+        _, diverged = trainer.train_epoch()
+        if diverged or not measure_and_save():
+            return fail(trainer.epoch)
+    final = float(group[S.TEST_ACCURACY][r, cfg.epochs])
+    group[FINAL_TEST_ACCURACY][r] = final
+    _set_status(writer, group, seed, S.RUN_COMPLETE, device=str(sd.device), torch=torch.__version__)
+    return RetrainOutcome(seed, S.RUN_COMPLETE, skipped=False, final_test_accuracy=final)
+
+
+# ----------------------------------------------------------------------------- reading / summary
+@dataclass(frozen=True)
+class RetrainRow:
+    """One line of the retrain summary (Data Diet's reporting: mean and 16-84 band)."""
+
+    group: str
+    source: str
+    baseline_of: str | None
+    subset_size: int
+    n_full: int
+    budget: str
+    seeds: tuple[int, ...]  # completed seeds
+    final_accuracies: tuple[float, ...]
+    mean: float
+    p16: float
+    p84: float
+    full_data_accuracy: float  # NaN when the store has no completed scoring run
+    difference: float  # mean - full_data_accuracy
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def band(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, 16th percentile, 84th percentile) of ``values`` (NaN for none); percentiles
+    by linear interpolation (numpy's default), as Data Diet's shaded bands."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    p16, p84 = np.percentile(v, [16, 84])
+    return float(v.mean()), float(p16), float(p84)
+
+
+def full_data_accuracy(store: str | os.PathLike) -> tuple[float, tuple[float, ...]]:
+    """Mean final test accuracy of the store's completed scoring runs (the full-data
+    reference), and the per-run values; NaN and () when no run is complete."""
+    import zarr
+
+    root = zarr.open_group(Path(store), mode="r", zarr_format=3, use_consolidated=False)
+    runs = root.attrs.get(S.ATTR_RUNS, {})
+    seeds = [int(s) for s in root[S.RUN][:]]
+    acc = np.asarray(root[S.TEST_ACCURACY][:], dtype=np.float64)  # (run, epoch)
+    values = tuple(float(acc[i, -1]) for i, s in enumerate(seeds)
+                   if runs.get(str(s), {}).get("status") == S.RUN_COMPLETE and math.isfinite(acc[i, -1]))
+    return (float(np.mean(values)) if values else math.nan), values
+
+
+def retrain_groups(store: str | os.PathLike) -> list[str]:
+    """Names of the complete retrain groups of a store, sorted."""
+    import zarr
+
+    # listed on the file system: iterating the root group would visit checkpoints/ and the lock
+    parent = Path(store) / S.RETRAIN_GROUP
+    if not parent.is_dir():
+        return []
+    out = []
+    for d in sorted(parent.iterdir()):
+        if (d / "zarr.json").is_file():
+            group = zarr.open_group(d, mode="r", zarr_format=3, use_consolidated=False)
+            if group.attrs.get(ATTR_VALID) == RETRAIN_FORMAT:
+                out.append(d.name)
+    return out
+
+
+def retrain_summary(store: str | os.PathLike, names: Sequence[str] | None = None) -> list[RetrainRow]:
+    """Summary rows of the named retrain groups (default: all), over their completed seeds."""
+    import zarr
+
+    path = Path(store)
+    if not is_scorebank_store(path):
+        raise StoreNotFoundError(f"no scorebank store at {str(path)!r}")
+    available = retrain_groups(path)
+    names = list(available if names is None else names)
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise InvalidArgumentError(
+            f"no retrain group {missing[0]!r} in {str(path)!r}; it has: {', '.join(available) or 'none'}")
+    full, _ = full_data_accuracy(path)
+    rows = []
+    for name in names:
+        group = zarr.open_group(path / group_path(name), mode="r", zarr_format=3, use_consolidated=False)
+        spec = RetrainSpec.from_json(group.attrs[ATTR_RETRAIN])
+        runs = group.attrs.get(S.ATTR_RUNS, {})
+        seeds = [int(s) for s in group[S.RUN][:]]
+        finals = np.asarray(group[FINAL_TEST_ACCURACY][:], dtype=np.float64)
+        done = [(s, float(finals[i])) for i, s in enumerate(seeds)
+                if runs.get(str(s), {}).get("status") == S.RUN_COMPLETE]
+        accs = tuple(a for _, a in done)
+        mean, p16, p84 = band(accs)
+        rows.append(RetrainRow(group=name, source=spec.source, baseline_of=spec.baseline_of,
+                               subset_size=spec.subset_size, n_full=spec.n_full, budget=spec.budget,
+                               seeds=tuple(s for s, _ in done), final_accuracies=accs, mean=mean, p16=p16,
+                               p84=p84, full_data_accuracy=full, difference=mean - full))
+    return rows
+
+
+def read_retrain(store: str | os.PathLike, name: str) -> tuple[RetrainSpec, np.ndarray, dict | None]:
+    """(spec, indices, manifest document) of one retrain group."""
+    import zarr
+
+    if name not in retrain_groups(store):
+        raise InvalidArgumentError(f"no retrain group {name!r} in {os.fspath(store)!r}")
+    group = zarr.open_group(Path(store) / group_path(name), mode="r", zarr_format=3, use_consolidated=False)
+    return (RetrainSpec.from_json(group.attrs[ATTR_RETRAIN]), np.asarray(group[INDICES][:]),
+            group.attrs.get(ATTR_MANIFEST))
