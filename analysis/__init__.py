@@ -1,1 +1,42 @@
-"""scorebank.analysis."""
+"""scorebank.analysis: lazy, streaming analyses of score stores (xarray + Dask).
+
+Every function takes a store path or an opened Dataset and ``scheduler=None`` (anything
+``dask.compute(scheduler=...)`` accepts, a ``distributed.Client`` included; never creates
+one), and returns xarray objects.  One module per idea:
+
+=================  =====================================================================
+scores             score specs ``name@epoch`` and scores averaged over runs
+forgetting         forgetting events (Toneva et al.; Data Diet)
+correlation        Spearman matrices and the run-count sensitivity curve (Data Diet D.1)
+separation         data-separation epoch (margins paper)
+overlap            overlaps of smallest-margin sets (margins paper Figs. 6, 8, 9)
+distribution       margin-distribution AUC and small-margin counts (margins paper 4.2)
+difficulty         easy/hard difficulty (Coherent Gradients at scale)
+noise              corrupted-label detection: ROC AUC, precision (Data Diet Sec. 4, E.2)
+selection          subset selection strategies behind ``scorebank select``
+plots              figures (matplotlib Agg)
+bench              synthetic store and benchmark
+=================  =====================================================================
+"""
+
+from scorebank.analysis.access import NEVER, completed_runs, open_store, parse_runs, resolve_runs
+from scorebank.analysis.correlation import sensitivity_curve, spearman, spearman_matrix
+from scorebank.analysis.difficulty import difficulty, threshold_epochs
+from scorebank.analysis.distribution import margin_distribution, sorted_margins
+from scorebank.analysis.forgetting import forgetting
+from scorebank.analysis.noise import noise_detection
+from scorebank.analysis.overlap import (final_set_retention, margin_overlaps, pairwise_overlap,
+                                        smallest_margin_sets)
+from scorebank.analysis.scores import (SCORES, ScoreSpec, average_score, average_scores, parse_score,
+                                       run_scores)
+from scorebank.analysis.selection import STRATEGIES, Selection, make_rule, select, select_indices, to_manifest
+from scorebank.analysis.separation import data_separation, final_epochs
+
+__all__ = [
+    "NEVER", "SCORES", "STRATEGIES", "ScoreSpec", "Selection", "average_score", "average_scores",
+    "completed_runs", "data_separation", "difficulty", "final_epochs", "final_set_retention",
+    "forgetting", "make_rule", "margin_distribution", "margin_overlaps", "noise_detection",
+    "open_store", "pairwise_overlap", "parse_runs", "parse_score", "resolve_runs", "run_scores",
+    "select", "select_indices", "sensitivity_curve", "smallest_margin_sets", "sorted_margins",
+    "spearman", "spearman_matrix", "threshold_epochs", "to_manifest",
+]

@@ -1,0 +1,261 @@
+"""Benchmark of the analysis stage on a synthetic store larger than a few chunks.
+
+:func:`build_synthetic_store` writes a store of R runs x E epochs x N examples through the
+real store layout (:func:`scorebank.stores.zarrstore.create_store`), one run and a few
+epochs at a time, so it never holds more than one block of the store in memory.
+:func:`run_benchmark` times forgetting, one Spearman matrix and one smallest-margin overlap
+curve with the scheduler the caller passes (a ``distributed.Client`` on a LocalCluster in
+``scorebank analyze-bench``), reporting seconds, peak memory and MB/s of score data read.
+
+The synthetic scores follow a simple model of training: each example has a difficulty
+shared by all runs plus a run-specific offset; margins grow with the epoch towards a value
+set by both, with per-epoch noise; ``train_correct`` is the in-flight (noisier) version of
+``correct``, so forgetting events happen; EL2N and loss are the binary-logistic functions of
+the margin.  Values are realistic in shape, not in detail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scorebank.stores import schema as S
+
+
+def _epoch_blocks(n_epochs: int, n_examples: int, budget: int = 16 * 2**20) -> list[tuple[int, int]]:
+    per = max(1, min(n_epochs, budget // max(1, 4 * n_examples)))
+    return [(e, min(n_epochs, e + per)) for e in range(0, n_epochs, per)]
+
+
+def build_synthetic_store(path: str | os.PathLike, *, runs: int = 10, epochs: int = 200,
+                          examples: int = 50_000, classes: int = 10, grand: bool = True,
+                          label_noise: float = 0.0, seed: int = 0) -> Path:
+    """Write a complete synthetic store at ``path`` (which must not exist) and return it.
+
+    ``epochs`` counts training epochs, so the store holds epochs 0..epochs.  Every epoch is
+    completed and recorded; GraNd (when ``grand``) is recorded at epoch 0 only, like
+    ``scorebank score --grand-only``.  ``label_noise`` corrupts that fraction of labels
+    (and their examples learn as if their difficulty were high).  Memory: O(examples x a
+    few epochs), never the whole store."""
+    import zarr
+
+    from scorebank.stores.zarrstore import consolidate, create_store
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    n, e_total = int(examples), int(epochs) + 1
+    true_labels = rng.integers(0, classes, n).astype(np.int64)
+    labels = true_labels.copy()
+    corrupted = np.zeros(n, dtype=bool)
+    if label_noise > 0:
+        k = int(round(label_noise * n))
+        pick = rng.choice(n, k, replace=False)
+        labels[pick] = (true_labels[pick] + rng.integers(1, classes, k)) % classes
+        corrupted[pick] = True
+    features = set()
+    if grand:
+        features.add(S.FEATURE_GRAND)
+    if label_noise > 0:
+        features.add(S.FEATURE_LABEL_NOISE)
+    cfg = {"dataset": "synthetic", "epochs": int(epochs), "record_epochs": list(range(e_total)),
+           "grand_epochs": [0] if grand else [], "label_noise": float(label_noise)}
+    seeds = tuple(range(runs))
+    create_store(path, n_epochs=int(epochs), labels=labels, true_labels=true_labels,
+                 original_index=np.arange(n, dtype=np.int64), seeds=seeds, features=frozenset(features),
+                 attrs={S.ATTR_CONFIG: json.dumps(cfg), S.ATTR_DATASET: "synthetic",
+                        S.ATTR_FINGERPRINT: f"synthetic-{seed}-{n}-{classes}-{label_noise}",
+                        S.ATTR_CLASS_NAMES: [f"class{i}" for i in range(classes)]})
+    root = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+    difficulty = rng.standard_normal(n).astype(np.float32)
+    difficulty[corrupted] += 3.0
+    tau = max(1.0, epochs / 8)
+    per_epoch = {k: np.full((runs, e_total), np.nan) for k in
+                 (S.TRAIN_ACCURACY, S.TRAIN_LOSS, S.TEST_ACCURACY, S.TEST_LOSS, S.NORM_PRODUCT)}
+    for r in seeds:
+        rr = np.random.default_rng([seed, r])
+        offset = (0.5 * rr.standard_normal(n)).astype(np.float32)
+        target = 6.0 * (1.0 - 0.6 * difficulty - offset)
+        for e0, e1 in _epoch_blocks(e_total, n):
+            ep = np.arange(e0, e1, dtype=np.float32)[:, None]
+            progress = 1.0 - np.exp(-ep / tau)
+            margin = progress * target + 0.3 * rr.standard_normal((e1 - e0, n), dtype=np.float32) - 0.1
+            inflight = margin + 0.8 * rr.standard_normal((e1 - e0, n), dtype=np.float32)
+            train_correct = inflight > 0
+            if e0 == 0:
+                train_correct[0] = False  # no presentation before the first epoch
+            loss = np.logaddexp(0.0, -margin).astype(np.float32)
+            el2n = (np.sqrt(2.0) / (1.0 + np.exp(margin))).astype(np.float32)
+            correct = margin > 0
+            root[S.MARGIN][r, e0:e1, :] = margin
+            root[S.EL2N][r, e0:e1, :] = el2n
+            root[S.LOSS][r, e0:e1, :] = loss
+            root[S.CORRECT][r, e0:e1, :] = correct
+            root[S.TRAIN_CORRECT][r, e0:e1, :] = train_correct
+            if grand and e0 == 0:
+                root[S.GRAND][r, 0, :] = (el2n[0] * (1.0 + np.abs(difficulty))).astype(np.float32)
+            per_epoch[S.TRAIN_ACCURACY][r, e0:e1] = correct.mean(axis=1)
+            per_epoch[S.TRAIN_LOSS][r, e0:e1] = loss.mean(axis=1)
+            per_epoch[S.TEST_ACCURACY][r, e0:e1] = np.clip(correct.mean(axis=1) - 0.1, 0, 1)
+            per_epoch[S.TEST_LOSS][r, e0:e1] = loss.mean(axis=1) + 0.2
+            per_epoch[S.NORM_PRODUCT][r, e0:e1] = (1.0 + 0.05 * ep[:, 0]) * (1.0 + 0.1 * r)
+    for name, values in per_epoch.items():
+        root[name][:] = values.astype(root[name].dtype)
+    root[S.COMPLETED][:] = np.ones((runs, e_total), dtype=bool)
+    root[S.RECORDED][:] = np.ones((runs, e_total), dtype=bool)
+    root.attrs[S.ATTR_RUNS] = {str(r): {"status": S.RUN_COMPLETE, "failed_epoch": None} for r in seeds}
+    consolidate(path)
+    return path
+
+
+# ------------------------------------------------------------------------------ timing
+class PeakMemory:
+    """Samples the resident memory of this process and its children (worker processes of
+    a LocalCluster) every ``interval`` seconds in a thread; ``peak`` is the maximum sum."""
+
+    def __init__(self, interval: float = 0.01):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = self._proc.memory_info().rss
+        for child in self._proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed analysis: wall seconds, bytes of score data it reads, peak memory."""
+
+    name: str
+    seconds: float
+    bytes_read: int
+    peak_memory_bytes: int
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_read / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    runs: int
+    epochs: int
+    examples: int
+    store_bytes_on_disk: int
+    build_seconds: float | None
+    timings: tuple[Timing, ...] = field(default_factory=tuple)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(t.seconds for t in self.timings)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.bytes_read for t in self.timings)
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        return max((t.peak_memory_bytes for t in self.timings), default=0)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.total_bytes / 1e6 / self.total_seconds if self.total_seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["timings"] = [dict(asdict(t), mb_per_s=t.mb_per_s) for t in self.timings]
+        out.update(total_seconds=self.total_seconds, total_bytes=self.total_bytes,
+                   peak_memory_bytes=self.peak_memory_bytes, mb_per_s=self.mb_per_s)
+        return out
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tuple[str, ...] | None = None,
+                  overlap_k: tuple[int, ...] = (20, 100, 200), build_seconds: float | None = None
+                  ) -> BenchResult:
+    """Time three analyses on the store at ``path`` with ``scheduler`` (never creates one):
+
+    * forgetting over all epochs (reads ``train_correct``: R x E x N bytes),
+    * one Spearman matrix of ``spearman_specs`` (default ``el2n@E/10``, ``loss@E/10``,
+      ``margin@E``, ``nmargin@E``, ``grand@0`` if present, ``forgetting@E``),
+    * one overlap curve of the ``overlap_k`` smallest normalised margins between runs at
+      every epoch (reads ``margin``: R x E x N x 4 bytes).
+
+    Peak memory is the resident memory of this process plus its child processes."""
+    from scorebank.analysis import access
+    from scorebank.analysis.correlation import spearman_matrix
+    from scorebank.analysis.forgetting import forgetting
+    from scorebank.analysis.overlap import pairwise_overlap
+    from scorebank.analysis.scores import parse_score
+
+    path = Path(path)
+    ds = access.open_store(path)
+    r, e_total, n = (int(ds.sizes[d]) for d in (S.RUN, S.EPOCH, S.EXAMPLE))
+    last = int(access.epochs(ds)[-1])
+    if spearman_specs is None:
+        early = max(0, last // 10)
+        specs = [f"el2n@{early}", f"loss@{early}", f"margin@{last}", f"nmargin@{last}"]
+        if S.GRAND in ds:
+            specs.append("grand@0")
+        specs.append(f"forgetting@{last}" if last >= 1 else "forgetting")
+        spearman_specs = tuple(specs)
+
+    def spec_bytes(spec: str) -> int:
+        s = parse_score(spec)
+        if s.name == "forgetting":
+            return r * (s.epoch if s.epoch is not None else last) * n
+        return r * n * 4
+
+    timings = []
+
+    def timed(name: str, nbytes: int, fn) -> None:
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+        timings.append(Timing(name, dt, nbytes, mem.peak))
+
+    timed("forgetting", r * (e_total - 1) * n,
+          lambda: forgetting(ds, scheduler=scheduler))
+    timed("spearman matrix (" + ", ".join(spearman_specs) + ")",
+          sum(spec_bytes(s) for s in spearman_specs),
+          lambda: spearman_matrix(ds, list(spearman_specs), scheduler=scheduler))
+    timed(f"overlap curve (k={','.join(map(str, overlap_k))})", r * e_total * n * 4,
+          lambda: pairwise_overlap(ds, k=overlap_k, scheduler=scheduler))
+    return BenchResult(runs=r, epochs=e_total - 1, examples=n, store_bytes_on_disk=_disk_bytes(path),
+                       build_seconds=build_seconds, timings=tuple(timings))

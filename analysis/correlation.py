@@ -1,0 +1,116 @@
+"""Spearman rank correlations between scores, and the sensitivity of an averaged score to
+the number of runs averaged.
+
+* :func:`spearman_matrix`: the Spearman rank correlation of every pair of scores, each
+  averaged over runs (Data Diet, Paul et al. 2021, appendix D.3 / Fig. 12, compares
+  GraNd at initialisation, EL2N at epoch 20 and forgetting at epoch 200 this way).
+* :func:`sensitivity_curve`: Data Diet appendix D.1 (Figs. 9 and 10, left): the Spearman
+  correlation between the score averaged over ``k`` runs and the score averaged over all
+  ``R`` runs, for ``k = 1..R``, with its mean and spread over ``k``-subsets of the runs.
+
+Spearman's rho is Pearson's correlation of the ranks, ties getting their average rank;
+it is NaN when a score is constant (no ranking).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import xarray as xr
+from scipy.stats import rankdata
+
+from scorebank.analysis import access
+from scorebank.analysis.scores import ScoreSpec, average_scores, parse_score, run_scores
+from scorebank.stores.errors import InvalidArgumentError
+
+
+def _centred_ranks(x: np.ndarray) -> np.ndarray | None:
+    r = rankdata(x, method="average")
+    r -= r.mean()
+    norm = math.sqrt(float(r @ r))
+    return None if norm == 0 else r / norm
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two equally long vectors (NaN if either is constant)."""
+    ra, rb = _centred_ranks(np.asarray(a)), _centred_ranks(np.asarray(b))
+    if ra is None or rb is None:
+        return math.nan
+    return float(np.clip(ra @ rb, -1.0, 1.0))
+
+
+def spearman_matrix(store: access.StoreLike, specs: Sequence[str | ScoreSpec], *,
+                    runs: Iterable[int] | None = None, reduce: str = "mean",
+                    never_learned: str = "count", scheduler=None) -> xr.DataArray:
+    """Spearman rank correlation matrix of scores averaged over runs (Data Diet D.3).
+
+    ``specs`` like ``["el2n@20", "grand@0", "forgetting@200", "margin@200"]``; each is
+    averaged over ``runs`` (default: all completed runs) as in
+    :func:`scorebank.analysis.scores.average_scores`, all in one Dask pass.  Returns a
+    symmetric (score_a, score_b) DataArray with coordinates the spec strings."""
+    if len(specs) < 2:
+        raise InvalidArgumentError(
+            f"a correlation needs at least two scores, got {[str(s) for s in specs]!r}; "
+            "e.g. el2n@20 grand@0 forgetting")
+    avg = average_scores(store, specs, runs=runs, reduce=reduce, never_learned=never_learned,
+                         scheduler=scheduler)
+    names = list(avg.data_vars)
+    ranks = [_centred_ranks(avg[n].values) for n in names]
+    k = len(names)
+    mat = np.full((k, k), np.nan)
+    for i in range(k):
+        for j in range(i, k):
+            if ranks[i] is not None and ranks[j] is not None:
+                mat[i, j] = mat[j, i] = 1.0 if i == j else float(np.clip(ranks[i] @ ranks[j], -1, 1))
+    out = xr.DataArray(mat, dims=("score_a", "score_b"), coords={"score_a": names, "score_b": names},
+                       name="spearman")
+    out.attrs.update(avg.attrs)
+    return out
+
+
+def _subsets(r: int, k: int, draws: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    if math.comb(r, k) <= draws:
+        return list(itertools.combinations(range(r), k))
+    return [tuple(sorted(rng.choice(r, k, replace=False).tolist())) for _ in range(draws)]
+
+
+def sensitivity_curve(store: access.StoreLike, spec: str | ScoreSpec, *, runs: Iterable[int] | None = None,
+                      draws: int = 20, seed: int = 0, never_learned: str = "count",
+                      scheduler=None) -> xr.Dataset:
+    """Data Diet appendix D.1: Spearman correlation between ``spec`` averaged over ``k``
+    runs and averaged over all ``R`` chosen runs, for ``k = 1..R``.
+
+    For each ``k`` every ``k``-subset of the runs is used when there are at most ``draws``
+    of them, otherwise ``draws`` subsets drawn uniformly at random (generator seeded with
+    ``seed``).  Returns a Dataset over ``k`` with ``mean``, ``std`` (population standard
+    deviation), ``min`` and ``max`` of the correlation across subsets and ``subsets``
+    (how many were used).  Reads the per-run scores once."""
+    if int(draws) < 1:
+        raise InvalidArgumentError(f"draws {draws!r} must be a positive integer")
+    spec = parse_score(spec)
+    per_run = run_scores(store, spec, runs=runs, never_learned=never_learned, scheduler=scheduler)
+    values = per_run.values  # (R, N)
+    r = values.shape[0]
+    ref = _centred_ranks(values.mean(axis=0))
+    rng = np.random.default_rng(seed)
+    stats = {name: np.full(r, np.nan) for name in ("mean", "std", "min", "max")}
+    used = np.zeros(r, dtype=np.int64)
+    for k in range(1, r + 1):
+        corr = []
+        for subset in _subsets(r, k, int(draws), rng):
+            sub = _centred_ranks(values[list(subset)].mean(axis=0))
+            corr.append(math.nan if sub is None or ref is None else float(np.clip(sub @ ref, -1, 1)))
+        c = np.asarray(corr)
+        used[k - 1] = c.size
+        if np.isfinite(c).all():
+            stats["mean"][k - 1], stats["std"][k - 1] = c.mean(), c.std()
+            stats["min"][k - 1], stats["max"][k - 1] = c.min(), c.max()
+    ks = np.arange(1, r + 1)
+    out = xr.Dataset({name: ("k", v) for name, v in stats.items()} | {"subsets": ("k", used)},
+                     coords={"k": ks})
+    out.attrs.update(spec=str(spec), runs=[int(s) for s in per_run[per_run.dims[0]].values],
+                     draws=int(draws), seed=int(seed))
+    return out

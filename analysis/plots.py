@@ -1,0 +1,124 @@
+"""Figures of the analyses, drawn with matplotlib's Agg renderer into PNG (or any format
+matplotlib writes, by the file's suffix).  Uses ``matplotlib.figure.Figure`` directly, so
+it never touches pyplot's global state or the notebook's backend.
+
+Each function takes the result of the matching analysis function and a path, and returns
+the path written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from scorebank.stores import schema as S
+
+
+def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.0):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_overlaps(result: xr.Dataset, path: str | os.PathLike) -> Path:
+    """The result of :func:`scorebank.analysis.overlap.margin_overlaps`: left, mean
+    pairwise overlap of the k smallest-margin sets between runs (band: min to max over
+    pairs; margins paper Fig. 6); right, fraction of the final k-set present at each epoch,
+    mean over runs, with the runs' data-separation epochs dotted (Figs. 8-9)."""
+    panels = 2 if "pairwise_mean" in result else 1
+    fig, axes = _figure(panels)
+    ep = result[S.EPOCH].values
+    ax = axes[0]
+    if panels == 2:
+        for k in result["k"].values:
+            sel = result.sel(k=k)
+            line = ax.plot(ep, sel["pairwise_mean"].values, marker=".", label=f"k = {k}")[0]
+            ax.fill_between(ep, sel["pairwise_min"].values, sel["pairwise_max"].values,
+                            color=line.get_color(), alpha=0.2)
+        ax.set(title="k smallest normalised margins: overlap between runs", xlabel="epoch",
+               ylabel="|A ∩ B| / k", ylim=(0, 1.02))
+        ax.legend()
+        ax = axes[1]
+    for k in result["k"].values:
+        ret = result["retention"].sel(k=k)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(np.where(np.isfinite(ret.values), ret.values, np.nan), axis=0) \
+                if np.isfinite(ret.values).any() else np.full(ep.size, np.nan)
+        ax.plot(ep, mean, marker=".", label=f"k = {k}")
+    for sep in result["separation_epoch"].values:
+        if sep >= 0:
+            ax.axvline(sep, color="grey", linestyle=":", linewidth=1)
+    ax.set(title="final-epoch k-set present at each epoch (mean over runs)", xlabel="epoch",
+           ylabel="fraction of final k-set", ylim=(0, 1.02))
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_sensitivity(curve: xr.Dataset, path: str | os.PathLike) -> Path:
+    """The result of :func:`scorebank.analysis.correlation.sensitivity_curve` (Data Diet
+    Figs. 9-10, left): Spearman correlation with the all-run average vs runs averaged."""
+    fig, (ax,) = _figure()
+    k = curve["k"].values
+    ax.errorbar(k, curve["mean"].values, yerr=curve["std"].values, marker="o", capsize=3, label="mean ± std")
+    ax.fill_between(k, curve["min"].values, curve["max"].values, alpha=0.2, label="min-max")
+    ax.set(title=f"sensitivity of {curve.attrs.get('spec', 'score')} to the number of runs",
+           xlabel="runs averaged (k)", ylabel=f"Spearman vs average of {k.max()} runs")
+    ax.set_xticks(k)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_margin_distribution(stats: xr.Dataset, curves: xr.DataArray | None, path: str | os.PathLike) -> Path:
+    """Margins paper Figs. 2-3: left, the sorted normalised-margin curves of one run at a
+    few epochs (:func:`scorebank.analysis.distribution.sorted_margins`); right, the AUC of
+    the curve per run over epochs (:func:`~scorebank.analysis.distribution.margin_distribution`)."""
+    panels = 1 if curves is None else 2
+    fig, axes = _figure(panels)
+    if curves is not None:
+        from matplotlib import colormaps
+
+        cmap = colormaps["viridis"]
+        ep = curves[S.EPOCH].values
+        for i, e in enumerate(ep):
+            axes[0].plot(curves["position"].values, curves.sel({S.EPOCH: e}).values,
+                         color=cmap(i / max(1, ep.size - 1)), label=f"epoch {e}")
+        axes[0].set(title=f"sorted normalised margins, run {curves.attrs.get('run')}",
+                    xlabel="fraction of examples (sorted)", ylabel="margin / rho")
+        axes[0].legend(fontsize="small")
+    ax = axes[-1]
+    for run in stats[S.RUN].values:
+        sel = stats["auc"].sel({S.RUN: run})
+        ok = np.isfinite(sel.values)
+        ax.plot(stats[S.EPOCH].values[ok], sel.values[ok], marker=".", label=f"run {run}")
+    ax.set(title="area under the sorted normalised-margin curve", xlabel="epoch", ylabel="AUC")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_spearman(matrix: xr.DataArray, path: str | os.PathLike) -> Path:
+    """A Spearman matrix (:func:`scorebank.analysis.correlation.spearman_matrix`) as a
+    heat map with the values written in (Data Diet Fig. 12)."""
+    names = [str(n) for n in matrix["score_a"].values]
+    fig, (ax,) = _figure(width=1.2 * len(names) + 2.5, height=1.0 * len(names) + 1.5)
+    im = ax.imshow(matrix.values, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            v = matrix.values[i, j]
+            ax.text(j, i, "nan" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=9)
+    fig.colorbar(im, ax=ax, label="Spearman rho")
+    ax.set_title("Spearman rank correlation of averaged scores")
+    return _save(fig, path)
