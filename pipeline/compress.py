@@ -510,7 +510,6 @@ def read_compression(store: str | os.PathLike, name: str):
     """The group ``compress/<name>`` as an xarray Dataset (loaded)."""
     import xarray as xr
 
-    gdir = Path(store) / S.COMPRESS_GROUP / name
     if not compression_exists(store, name):
         raise InvalidArgumentError(f"no compression {name!r} in {os.fspath(store)!r}")
     return xr.open_zarr(os.fspath(store), group=f"{S.COMPRESS_GROUP}/{name}").load()

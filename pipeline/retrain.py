@@ -67,6 +67,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -87,6 +88,9 @@ RETRAIN_SEED_OFFSET = 1_000_000
 #: Configuration fields fixed by the store: a retrain trains on the store's examples and labels.
 DATA_FIELDS = ("dataset", "limit", "label_noise", "label_noise_seed")
 #: Fields that make no sense for a retrain (it records no clean pass and no GraNd).
+if TYPE_CHECKING:
+    from scorebank.stores.manifest import Manifest
+
 _NOT_OVERRIDABLE = frozenset({"record_epochs", "grand_epochs"})
 
 RETRAIN_FORMAT = 1
@@ -96,7 +100,8 @@ ATTR_VALID = "scorebank_retrain_format"  # written last when the group is create
 KEPT = "kept"  # dimension of ``indices``
 INDICES = "indices"
 FINAL_TEST_ACCURACY = "final_test_accuracy"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}")  # manifest names are accepted as they are
+BASELINE_SUFFIX = ".random"  # the random baseline of retrain group NAME is NAME.random
 
 
 # ----------------------------------------------------------------------------- budget
@@ -211,23 +216,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 # ----------------------------------------------------------------------------- inputs
 def check_group_name(name: str) -> str:
-    """A retrain/compress group name: 1-200 characters from ``A-Z a-z 0-9 . _ + = -``,
-    starting with a letter or digit."""
+    """A retrain/compress group name: 1-200 characters from ``A-Z a-z 0-9 . _ @ + = -``,
+    starting with a letter or digit (every manifest name qualifies)."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidArgumentError(
-            f"bad group name {name!r}; use 1-200 characters from letters, digits and . _ + = -, "
+            f"bad group name {name!r}; use 1-200 characters from letters, digits and . _ @ + = -, "
             "starting with a letter or digit")
     return name
-
-
-def name_from_path(path: str | os.PathLike) -> str:
-    """Group name for a manifest file: its file name without ``.json``, with characters a
-    group name cannot hold replaced by ``-``."""
-    stem = Path(path).name
-    if stem.lower().endswith(".json"):
-        stem = stem[:-5]
-    stem = re.sub(r"[^A-Za-z0-9._+=-]", "-", stem).lstrip("._+=-")[:200]
-    return check_group_name(stem or "manifest")
 
 
 def check_indices(indices, n_examples: int) -> np.ndarray:
@@ -347,6 +342,82 @@ def load_store_data(store: str | os.PathLike, *, device: str = "auto", data: Ima
 
 
 # ----------------------------------------------------------------------------- the engine
+@dataclass(frozen=True)
+class RetrainJob:
+    """One validated retrain: the group it writes and what it trains on."""
+
+    name: str
+    indices: np.ndarray  # sorted, unique, in range
+    spec: RetrainSpec
+    plan: Budget
+    manifest: dict | None
+
+
+def store_identity(store: str | os.PathLike) -> tuple[str, int]:
+    """(data set fingerprint, number of training examples) recorded in a store."""
+    path = Path(store)
+    if not is_scorebank_store(path):
+        raise StoreNotFoundError(f"no scorebank store at {str(path)!r}: expected a store made by 'scorebank score'")
+    import zarr
+
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    return str(attrs.get(S.ATTR_FINGERPRINT)), int(zarr.open_array(path / S.LABEL, mode="r").shape[0])
+
+
+def plan_retrain(store: str | os.PathLike, indices, name: str, *, overrides: Mapping | None = None,
+                 budget: str = "steps", manifest: dict | None = None, source: str = "indices",
+                 baseline_of: str | None = None, baseline_seed: int | None = None,
+                 class_balanced: bool | None = None, overwrite: bool = False) -> RetrainJob:
+    """Validate a retrain without training or writing anything: group name, subset, training
+    options, step budget, gradient estimator, and (unless ``overwrite``) that an existing
+    group of that name holds the same subset and options (:class:`ConfigMismatchError`)."""
+    check_group_name(name)
+    fingerprint, n_full = store_identity(store)
+    config = retrain_config(read_store_config(store), overrides)
+    kept = check_indices(indices, n_full)
+    plan = step_budget(budget, n_full=n_full, n_subset=len(kept), batch_size=config.batch_size,
+                       epochs=config.epochs)
+    from scorebank.pipeline.robust import make_estimator
+
+    make_estimator(config.optimizer, batch_size=config.batch_size, clip_count=config.clip_count)
+    spec = RetrainSpec(training=config, budget=budget, steps_per_epoch=plan.steps_per_epoch,
+                       total_steps=plan.total_steps, n_full=n_full, subset_size=len(kept),
+                       seed_offset=RETRAIN_SEED_OFFSET, dataset_fingerprint=fingerprint, source=source,
+                       baseline_of=baseline_of, baseline_seed=baseline_seed, class_balanced=class_balanced)
+    job = RetrainJob(name, kept, spec, plan, manifest)
+    if not overwrite and name in retrain_groups(store):
+        old_spec, old_idx, _ = read_retrain(store, name)
+        _refuse_mismatch(name, old_spec, old_idx, job)
+    return job
+
+
+def _refuse_mismatch(name: str, old_spec: RetrainSpec, old_idx: np.ndarray, job: RetrainJob) -> None:
+    diff = old_spec.differences(job.spec)
+    if not np.array_equal(old_idx, job.indices):
+        diff["indices"] = (f"{len(old_idx)} examples", f"{len(job.indices)} examples (different)")
+    if diff:
+        listing = "; ".join(f"{k}: group has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        raise ConfigMismatchError(
+            f"retrain group {group_path(name)!r} was made with a different subset or options ({listing}); "
+            "use the same settings, another --name, or --overwrite")
+
+
+def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(int(s) for s in seeds)
+    if not out:
+        raise InvalidArgumentError("no seeds given; pass e.g. --seeds 0-3")
+    if min(out) < 0:
+        raise InvalidArgumentError(f"seeds must be non-negative, got {min(out)!r}")
+    return out
+
+
+def _store_data(store, job: RetrainJob, device: str, data) -> StoreData:
+    if isinstance(data, StoreData):
+        return data
+    cfg = job.spec.training
+    return load_store_data(store, device=device, data=data, data_dir=cfg.data_dir, download=cfg.download)
+
+
 def retrain(store: str | os.PathLike, indices, name: str, seeds: Sequence[int], *,
             overrides: Mapping | None = None, budget: str = "steps", device: str = "auto",
             overwrite: bool = False, manifest: dict | None = None, source: str = "indices",
@@ -364,45 +435,84 @@ def retrain(store: str | os.PathLike, indices, name: str, seeds: Sequence[int], 
     ``name`` raises :class:`ConfigMismatchError` unless ``overwrite`` (which replaces the
     group and its checkpoints).  Everything is validated before anything is written.
     Raises :class:`RunFailedError` after all seeds ran if any diverged."""
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise InvalidArgumentError("no seeds given; pass e.g. --seeds 0-3")
-    if min(seeds) < 0:
-        raise InvalidArgumentError(f"seeds must be non-negative, got {min(seeds)!r}")
-    check_group_name(name)
+    seeds = _check_seeds(seeds)
+    job = plan_retrain(store, indices, name, overrides=overrides, budget=budget, manifest=manifest, source=source,
+                       baseline_of=baseline_of, baseline_seed=baseline_seed, class_balanced=class_balanced,
+                       overwrite=overwrite)
+    return run_job(store, job, seeds, _store_data(store, job, device, data), overwrite=overwrite, progress=progress)
+
+
+def run_job(store: str | os.PathLike, job: RetrainJob, seeds: tuple[int, ...], sd: StoreData, *,
+            overwrite: bool = False, progress: Callable[[RetrainEvent], None] | None = None) -> RetrainResult:
+    """Train a planned retrain (:func:`plan_retrain`) for ``seeds`` under the store's lock."""
+    if sd.fingerprint != job.spec.dataset_fingerprint:
+        raise ConfigMismatchError(f"the loaded data (fingerprint {sd.fingerprint!r}) is not the store's "
+                                  f"({job.spec.dataset_fingerprint!r})")
     path = Path(store)
-    if not is_scorebank_store(path):
-        raise StoreNotFoundError(f"no scorebank store at {str(path)!r}: expected a store made by 'scorebank score'")
-    base = read_store_config(path)
-    overrides = dict(overrides or {})
-    config = retrain_config(base, overrides)
-    if isinstance(data, StoreData):
-        sd = data
-    else:
-        sd = load_store_data(path, device=device, data=data, data_dir=config.data_dir, download=config.download)
-    n_full = len(sd.labels)
-    kept = check_indices(indices, n_full)
-    plan = step_budget(budget, n_full=n_full, n_subset=len(kept), batch_size=config.batch_size,
-                       epochs=config.epochs)
-    spec = RetrainSpec(training=config, budget=budget, steps_per_epoch=plan.steps_per_epoch,
-                       total_steps=plan.total_steps, n_full=n_full, subset_size=len(kept),
-                       seed_offset=RETRAIN_SEED_OFFSET, dataset_fingerprint=sd.fingerprint, source=source,
-                       baseline_of=baseline_of, baseline_seed=baseline_seed, class_balanced=class_balanced)
-    # the estimator's own checks (e.g. m3's batch-size rule) run before anything is written
-    from scorebank.pipeline.robust import make_estimator
-
-    make_estimator(config.optimizer, batch_size=config.batch_size, clip_count=config.clip_count)
-
     with StoreWriter(path) as writer:
-        group = _open_or_create_group(writer, name, spec, kept, manifest, seeds, overwrite)
-        pool = torch.from_numpy(kept).to(sd.device)
-        outcomes = [_retrain_run(writer, group, name, spec, plan, sd, pool, seed, progress) for seed in seeds]
+        group = _open_or_create_group(writer, job, seeds, overwrite)
+        pool = torch.from_numpy(job.indices).to(sd.device)
+        outcomes = [_retrain_run(writer, group, job, sd, pool, seed, progress) for seed in seeds]
     failed = [o for o in outcomes if o.status == S.RUN_FAILED]
     if failed:
         what = ", ".join(f"seed {o.seed} at epoch {o.failed_epoch}" for o in failed)
-        raise RunFailedError(f"{len(failed)} retrain run(s) of {name!r} diverged (non-finite loss): {what}; "
+        raise RunFailedError(f"{len(failed)} retrain run(s) of {job.name!r} diverged (non-finite loss): {what}; "
                              "lower --lr; the other runs are in the store")
-    return RetrainResult(name, spec, kept, tuple(outcomes))
+    return RetrainResult(job.name, job.spec, job.indices, tuple(outcomes))
+
+
+def retrain_manifest(store: str | os.PathLike, manifest: "str | os.PathLike | Manifest", seeds: Sequence[int], *,
+                     name: str | None = None, baseline: str | None = None, baseline_seed: int = 0,
+                     overrides: Mapping | None = None, budget: str = "steps", device: str = "auto",
+                     overwrite: bool = False, progress: Callable[[RetrainEvent], None] | None = None,
+                     data: ImageData | StoreData | None = None) -> list[RetrainResult]:
+    """``scorebank retrain``: retrain on a selection manifest (a file path or a
+    :class:`~scorebank.stores.manifest.Manifest`) into ``retrain/<name>`` (default: the
+    manifest's name), and with ``baseline="random"`` also on a random subset of the same
+    size into ``retrain/<name>.random``.
+
+    The manifest is checked against the store (data set fingerprint and size:
+    :class:`ConfigMismatchError`; empty, duplicate or out-of-range indices:
+    :class:`InvalidArgumentError`), and both groups are planned, before anything is
+    written.  The baseline subset is drawn with ``numpy.random.default_rng(baseline_seed)``;
+    when the manifest was selected class-balanced (its ``parameters["class_balanced"]``)
+    it has exactly the manifest's counts per class, otherwise it is uniform over the whole
+    training set.  Both groups use the same retrain seeds, so each manifest run has a
+    paired baseline run (same initialisation, different subset)."""
+    from scorebank.stores.manifest import Manifest, read_manifest
+
+    seeds = _check_seeds(seeds)
+    fingerprint, n = store_identity(store)
+    if isinstance(manifest, Manifest):
+        doc = manifest.validate(expected_fingerprint=fingerprint, n_examples=n)
+    else:
+        doc = read_manifest(manifest, expected_fingerprint=fingerprint, n_examples=n)
+    if baseline is not None and baseline not in BASELINES:
+        raise InvalidArgumentError(f"unknown --baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+    if isinstance(baseline_seed, bool) or not isinstance(baseline_seed, (int, np.integer)) or baseline_seed < 0:
+        raise InvalidArgumentError(f"--baseline-seed must be a non-negative integer, got {baseline_seed!r}")
+    name = check_group_name(doc.name if name is None else name)
+    common = dict(overrides=overrides, budget=budget, overwrite=overwrite)
+    jobs = [plan_retrain(store, doc.indices, name, manifest=doc.to_dict(with_indices=False), source="manifest",
+                         **common)]
+    if baseline == "random":
+        import zarr
+
+        labels = np.asarray(zarr.open_array(Path(store) / S.LABEL, mode="r")[:])
+        balanced = bool(doc.parameters.get("class_balanced", False))
+        counts = None
+        if balanced:
+            k = max([int(c) for c in doc.counts_per_class] + [int(labels.max())]) + 1
+            counts = [doc.counts_per_class.get(str(c), 0) for c in range(k)]
+        rand = random_subset(labels, jobs[0].spec.subset_size, int(baseline_seed), class_counts=counts)
+        described = {"strategy": "random", "baseline_of": name, "seed": int(baseline_seed),
+                     "class_balanced": balanced, "n_kept": int(len(rand)),
+                     "counts_per_class": {str(c): int(v) for c, v in enumerate(np.bincount(labels[rand]))}}
+        jobs.append(plan_retrain(store, rand, check_group_name(name + BASELINE_SUFFIX), manifest=described,
+                                 source="random-baseline", baseline_of=name, baseline_seed=int(baseline_seed),
+                                 class_balanced=balanced, **common))
+    sd = _store_data(store, jobs[0], device, data)
+    return [run_job(store, job, seeds, sd, overwrite=overwrite, progress=progress) for job in jobs]
 
 
 def group_path(name: str) -> str:
@@ -413,46 +523,32 @@ def checkpoint_dir(store: str | os.PathLike, name: str) -> Path:
     return Path(store) / S.CHECKPOINT_DIR / S.RETRAIN_GROUP / name
 
 
-def _open_or_create_group(writer: StoreWriter, name: str, spec: RetrainSpec, kept: np.ndarray,
-                          manifest: dict | None, seeds: tuple[int, ...], overwrite: bool):
+def _open_or_create_group(writer: StoreWriter, job: RetrainJob, seeds: tuple[int, ...], overwrite: bool):
     import zarr
 
-    root = writer.root
-    parent = root.require_group(S.RETRAIN_GROUP)
+    name = job.name
+    parent = writer.root.require_group(S.RETRAIN_GROUP)
     ckpt_dir = checkpoint_dir(writer.path, name)
     group = None
     if (writer.path / S.RETRAIN_GROUP / name / "zarr.json").is_file():
         group = parent[name]
-        if group.attrs.get(ATTR_VALID) != RETRAIN_FORMAT:  # half-created by a crash: start afresh
-            group = None
-        elif not overwrite:
-            old = RetrainSpec.from_json(group.attrs[ATTR_RETRAIN])
-            diff = old.differences(spec)
-            old_idx = np.asarray(group[INDICES][:])
-            if not np.array_equal(old_idx, kept):
-                diff["indices"] = (f"{len(old_idx)} examples", f"{len(kept)} examples (different)")
-            if diff:
-                listing = "; ".join(f"{k}: group has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
-                raise ConfigMismatchError(
-                    f"retrain group {group_path(name)!r} was made with a different subset or options ({listing}); "
-                    "use the same settings, another --name, or --overwrite")
-        else:
-            group = None
-        if group is None:
+        if group.attrs.get(ATTR_VALID) != RETRAIN_FORMAT or overwrite:  # half-created by a crash, or replaced
             del parent[name]
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            group = None
+        else:  # checked by plan_retrain already; checked again under the lock
+            _refuse_mismatch(name, RetrainSpec.from_json(group.attrs[ATTR_RETRAIN]), np.asarray(group[INDICES][:]), job)
     if group is None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-        group = _create_group(parent, name, spec, kept, manifest, seeds)
+        _create_group(parent, job, seeds)
     else:
         _add_runs(group, seeds)
     consolidate(writer.path)
-    # re-open through the root so array handles see the new shapes
+    # re-open so the array handles see the new shapes
     return zarr.open_group(writer.path / group_path(name), mode="r+", zarr_format=3, use_consolidated=False)
 
 
-def _create_group(parent, name: str, spec: RetrainSpec, kept: np.ndarray, manifest: dict | None,
-                  seeds: tuple[int, ...]):
+def _create_group(parent, job: RetrainJob, seeds: tuple[int, ...]):
+    name, spec, kept, manifest = job.name, job.spec, job.indices, job.manifest
     n_epochs = spec.training.epochs + 1
     group = parent.create_group(name)
     run = group.create_array(S.RUN, shape=(len(seeds),), dtype="int64", chunks=(max(1, len(seeds)),),
@@ -512,8 +608,9 @@ def _set_status(writer: StoreWriter, group, seed: int, status: str, **info) -> N
     consolidate(writer.path)
 
 
-def _retrain_run(writer: StoreWriter, group, name: str, spec: RetrainSpec, plan: Budget, sd: StoreData,
-                 pool: torch.Tensor, seed: int, progress) -> RetrainOutcome:
+def _retrain_run(writer: StoreWriter, group, job: RetrainJob, sd: StoreData, pool: torch.Tensor, seed: int,
+                 progress) -> RetrainOutcome:
+    name, spec, plan = job.name, job.spec, job.plan
     cfg = spec.training
     r = [int(s) for s in group[S.RUN][:]].index(seed)
     status = dict(group.attrs.get(S.ATTR_RUNS, {})).get(str(seed), {})
