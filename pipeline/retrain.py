@@ -276,9 +276,10 @@ def random_subset(labels: np.ndarray, size: int, seed: int, *, class_counts: Seq
 # ----------------------------------------------------------------------------- events / results
 @dataclass(frozen=True)
 class RetrainEvent:
-    """Sent to the ``progress`` callback: ``kind`` is ``"run"`` (a run starts or is skipped;
-    ``epoch`` is the first epoch it will train, ``total_epochs`` when skipped) or
-    ``"epoch"`` (an epoch was written; ``metrics`` holds test accuracy and loss)."""
+    """Sent to the ``progress`` callback: ``kind`` is ``"run"`` (a run starts, resumes or is
+    skipped; ``epoch`` is the number of its epochs 0..total_epochs already recorded, so
+    ``total_epochs + 1`` for a finished run) or ``"epoch"`` (epoch ``epoch`` was written;
+    ``metrics`` holds test accuracy and loss)."""
 
     kind: str
     group: str
@@ -616,18 +617,19 @@ def _retrain_run(writer: StoreWriter, group, job: RetrainJob, sd: StoreData, poo
     status = dict(group.attrs.get(S.ATTR_RUNS, {})).get(str(seed), {})
     if status.get("status") in (S.RUN_COMPLETE, S.RUN_FAILED):
         if progress:
-            progress(RetrainEvent("run", name, seed, cfg.epochs, cfg.epochs))
+            progress(RetrainEvent("run", name, seed, cfg.epochs + 1, cfg.epochs))
         return RetrainOutcome(seed, status["status"], skipped=True,
                               final_test_accuracy=float(group[FINAL_TEST_ACCURACY][r]),
                               failed_epoch=status.get("failed_epoch"))
     trainer = Trainer(cfg, sd.device_data, spec.seed_offset + seed, sd.device, indices=pool,
                       steps_per_epoch=plan.trainer_steps_per_epoch)
     ckpt = checkpoint_dir(writer.path, name) / f"run-{seed}.pt"
-    if ckpt.is_file():
+    resumed = ckpt.is_file()
+    if resumed:
         trainer.load_state_dict(torch.load(ckpt, map_location=sd.device, weights_only=True))
     _set_status(writer, group, seed, S.RUN_RUNNING, device=str(sd.device), torch=torch.__version__)
     if progress:
-        progress(RetrainEvent("run", name, seed, trainer.epoch, cfg.epochs))
+        progress(RetrainEvent("run", name, seed, trainer.epoch + 1 if resumed else 0, cfg.epochs))
     data = sd.device_data
 
     def measure_and_save() -> bool:
