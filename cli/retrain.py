@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from scorebank.cli.common import console, err_console, handle_errors, print_json
@@ -60,11 +61,21 @@ def _floats(text: str | None, option: str) -> list[float] | None:
 
 
 def _pct(v: float) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
 def _signed(v: float) -> str:
-    return "-" if math.isnan(v) else f"{100 * v:+.2f}"
+    return "-" if math.isnan(v) else f"{100 * v:+.1f}"
+
+
+def _table(first: str, *columns: str, names: list[str] = ()) -> Table:
+    """A compact table: the first column is as wide as its longest entry in ``names``
+    (folding beyond 60 characters), the others never wrap."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column(first, overflow="fold", min_width=min(60, max([len(first)] + [len(n) for n in names])))
+    for c in columns:
+        table.add_column(c, no_wrap=True)
+    return table
 
 
 class _RetrainProgress:
@@ -81,13 +92,13 @@ class _RetrainProgress:
         self.task = self.progress.add_task(label, total=total)
 
     def __enter__(self):
-        self.progress.start()
-        return self
+        return self  # the bar appears with the first event, after the library validated everything
 
     def __exit__(self, *exc):
         self.progress.stop()
 
     def __call__(self, event, prefix: str = "") -> None:
+        self.progress.start()
         key = (event.group, event.seed)
         self.done[key] = event.epoch if event.kind == "run" else event.epoch + 1
         desc = f"{prefix}{event.group} seed {event.seed} epoch {min(event.epoch, event.total_epochs)}/{event.total_epochs}"
@@ -97,12 +108,17 @@ class _RetrainProgress:
         self.progress.update(self.task, completed=sum(self.done.values()), description=desc)
 
 
+def _band(lo: float, hi: float) -> str:
+    return "-" if math.isnan(lo) else f"{100 * lo:.1f}-{100 * hi:.1f}"
+
+
 def _print_rows(rows) -> None:
-    table = Table("group", "source", "subset", "seeds", "mean test acc", "16-84 band", "full data", "diff (pp)")
+    table = _table("group", "kind", "subset", "seeds", "acc %", "16-84 %", "full %", "diff pp",
+                   names=[r.group for r in rows])
     for r in rows:
-        table.add_row(r.group, r.source if r.baseline_of is None else f"random baseline of {r.baseline_of}",
-                      f"{r.subset_size}/{r.n_full}", str(len(r.seeds)), _pct(r.mean),
-                      f"{_pct(r.p16)} - {_pct(r.p84)}", _pct(r.full_data_accuracy), _signed(r.difference))
+        table.add_row(r.group, "random" if r.baseline_of is not None else r.source,
+                      f"{r.subset_size}/{r.n_full}", str(len(r.seeds)), _pct(r.mean), _band(r.p16, r.p84),
+                      _pct(r.full_data_accuracy), _signed(r.difference))
     console.print(table)
 
 
@@ -234,15 +250,15 @@ def prune_curve_command(
         write_table(curve, paths[0], paths[1])
         plot_curve(curve, paths[2])
         window = curve.mode == "window"
-        table = Table("strategy", "offset" if window else "pruned", "kept", "subset", "seeds", "mean test acc",
-                      "16-84 band", "diff to full (pp)")
+        table = _table("strategy", "offset" if window else "pruned", "kept", "subset", "seeds", "acc %",
+                       "16-84 %", "diff pp", names=[r.strategy for r in curve.rows])
         for r in curve.rows:
             table.add_row(r.strategy, "-" if (window and r.offset is None) else f"{r.offset if window else r.fraction_pruned:g}",
                           f"{r.fraction_kept:g}", str(r.subset_size), str(len(r.seeds)), _pct(r.mean),
-                          f"{_pct(r.p16)} - {_pct(r.p84)}", _signed(r.difference))
+                          _band(r.p16, r.p84), _signed(r.difference))
         console.print(table)
         full = curve.full_data
-        console.print(f"full data: {_pct(full['mean'])} (16-84: {_pct(full['p16'])} - {_pct(full['p84'])}, "
+        console.print(f"full data: {_pct(full['mean'])}% test accuracy (16-84: {_band(full['p16'], full['p84'])}%, "
                       f"{len(full['accuracies'])} scoring runs)", highlight=False)
         console.print(f"wrote {', '.join(map(str, paths))}", highlight=False)
 
@@ -289,9 +305,9 @@ def compress_command(
                                 title=f"run {cfg.run}, {cfg.schedule} compression to {cfg.keep} examples")
         console.print(f"run {cfg.run}: separated at epoch {start['separation_epoch']}; continued from its latest "
                       f"checkpoint (epoch {start['checkpoint_epoch']}, training accuracy "
-                      f"{_pct(start['checkpoint_train_accuracy'])}, test accuracy "
-                      f"{_pct(start['checkpoint_test_accuracy'])})", highlight=False)
-        table = Table("stage", "examples left", "epochs", "separated", "test error", "train error (left)")
+                      f"{_pct(start['checkpoint_train_accuracy'])}%, test accuracy "
+                      f"{_pct(start['checkpoint_test_accuracy'])}%)", highlight=False)
+        table = _table("stage", "examples left", "epochs", "separated", "test err %", "train err %")
         for s, row in enumerate(traj.stage_end_rows()):
             table.add_row(str(s), str(traj.stage_size[s]), str(traj.stage_epochs[s]),
                           "yes" if traj.stage_separated[s] else "no", _pct(traj.test_error[row]),
@@ -309,13 +325,13 @@ class _CompressProgress:
         self.task = self.progress.add_task("compressing", total=None)
 
     def __enter__(self):
-        self.progress.start()
-        return self
+        return self  # the bar appears with the first event, after the library validated everything
 
     def __exit__(self, *exc):
         self.progress.stop()
 
     def __call__(self, event) -> None:
+        self.progress.start()
         # stage k is under way: k - 1 stages after the checkpoint are finished
         self.progress.update(self.task, total=event.n_stages, completed=max(0, event.stage - 1),
                              description=f"stage {event.stage}/{event.n_stages}: {event.examples_left} left, "
