@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 
 # --- command registration: one line per command module -------------------------------
+from scorebank.cli import archive as _archive  # noqa: E402
 from scorebank.cli import info as _info  # noqa: E402
 from scorebank.cli import retrain as _retrain  # noqa: E402
 from scorebank.cli import score as _score  # noqa: E402
@@ -23,6 +24,7 @@ from scorebank.cli import score as _score  # noqa: E402
 _score.register(app)
 _info.register(app)
 _retrain.register(app)
+_archive.register(app)
 # --- end of command registration -------------------------------------------------------
 
 
