@@ -16,14 +16,20 @@ app = typer.Typer(
 )
 
 # --- command registration: one line per command module -------------------------------
+from scorebank.cli import analyze as _analyze  # noqa: E402
 from scorebank.cli import archive as _archive  # noqa: E402
+from scorebank.cli import bench as _bench  # noqa: E402
 from scorebank.cli import info as _info  # noqa: E402
 from scorebank.cli import retrain as _retrain  # noqa: E402
 from scorebank.cli import score as _score  # noqa: E402
+from scorebank.cli import select as _select  # noqa: E402
 
 _score.register(app)
 _info.register(app)
+_bench.register(app)
 _retrain.register(app)
+_analyze.register(app)
+_select.register(app)
 _archive.register(app)
 # --- end of command registration -------------------------------------------------------
 

@@ -219,8 +219,11 @@ class Trainer:
         self.epoch = int(state["epoch"])
 
     # ------------------------------------------------------------- epochs
-    def train_epoch(self) -> tuple[np.ndarray, bool]:
-        """Run epoch ``self.epoch + 1``; returns (in-flight train_correct (N,), diverged)."""
+    def train_epoch(self, record: bool = True) -> tuple[np.ndarray | None, bool]:
+        """Run epoch ``self.epoch + 1``; returns (in-flight train_correct (N,), diverged).
+
+        ``record=False`` skips the in-flight statistics (correctness and the loss sum that
+        detects divergence) and returns ``(None, False)``: the plain epoch of the benchmark."""
         cfg, data = self.config, self.data
         e = self.epoch + 1
         for group in self.optimizer.param_groups:
@@ -233,7 +236,8 @@ class Trainer:
                           for _ in range(-(-n // n_pool))])[:n].to(self.device)  # (n,)
         if pool is not None:
             perm = pool[perm]
-        self._inflight.zero_()
+        if record:
+            self._inflight.zero_()
         loss_sum = torch.zeros((), device=self.device)
         self.model.train()
         for start in range(0, n, cfg.batch_size):
@@ -243,9 +247,12 @@ class Trainer:
                 xb = augment_batch(xb, g_aug)
             logits = self.estimator.compute(self.model, xb, yb)  # sets p.grad; logits before the update
             self.optimizer.step()
-            self._inflight[idx] = correct_from_logits(logits, yb)
-            loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+            if record:
+                self._inflight[idx] = correct_from_logits(logits, yb)
+                loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
         self.epoch = e
+        if not record:
+            return None, False
         diverged = not bool(torch.isfinite(loss_sum))
         return self._inflight.cpu().numpy(), diverged
 
