@@ -8,10 +8,12 @@ curve with the scheduler the caller passes (a ``distributed.Client`` on a LocalC
 ``scorebank analyze-bench``), reporting seconds, peak memory and MB/s of score data read.
 
 The synthetic scores follow a simple model of training: each example has a difficulty
-shared by all runs plus a run-specific offset; margins grow with the epoch towards a value
-set by both, with per-epoch noise; ``train_correct`` is the in-flight (noisier) version of
-``correct``, so forgetting events happen; EL2N and loss are the binary-logistic functions of
-the margin.  Values are realistic in shape, not in detail.
+shared by all runs plus a run-specific offset; margins grow with the epoch towards a
+positive value set by both, with noise that shrinks as training converges, so every run
+separates the data part-way through; ``train_correct`` is the in-flight (noisier) version
+of ``correct``, so forgetting events happen; EL2N and loss are the binary-logistic
+functions of the margin; GraNd at initialisation follows the difficulty.  Values are
+realistic in shape, not in detail.
 """
 
 from __future__ import annotations
@@ -80,12 +82,14 @@ def build_synthetic_store(path: str | os.PathLike, *, runs: int = 10, epochs: in
     for r in seeds:
         rr = np.random.default_rng([seed, r])
         offset = (0.5 * rr.standard_normal(n)).astype(np.float32)
-        target = 6.0 * (1.0 - 0.6 * difficulty - offset)
+        target = 0.5 + 6.0 * np.exp(-0.5 * (difficulty + offset))
         for e0, e1 in _epoch_blocks(e_total, n):
             ep = np.arange(e0, e1, dtype=np.float32)[:, None]
             progress = 1.0 - np.exp(-ep / tau)
-            margin = progress * target + 0.3 * rr.standard_normal((e1 - e0, n), dtype=np.float32) - 0.1
-            inflight = margin + 0.8 * rr.standard_normal((e1 - e0, n), dtype=np.float32)
+            sigma = 0.4 * (1.0 - progress) + 0.03
+            margin = (progress * target - 0.3 * (1.0 - progress)
+                      + sigma * rr.standard_normal((e1 - e0, n), dtype=np.float32))
+            inflight = margin + 0.6 * rr.standard_normal((e1 - e0, n), dtype=np.float32)
             train_correct = inflight > 0
             if e0 == 0:
                 train_correct[0] = False  # no presentation before the first epoch
@@ -98,7 +102,8 @@ def build_synthetic_store(path: str | os.PathLike, *, runs: int = 10, epochs: in
             root[S.CORRECT][r, e0:e1, :] = correct
             root[S.TRAIN_CORRECT][r, e0:e1, :] = train_correct
             if grand and e0 == 0:
-                root[S.GRAND][r, 0, :] = (el2n[0] * (1.0 + np.abs(difficulty))).astype(np.float32)
+                noise = 0.5 * rr.standard_normal(n, dtype=np.float32)
+                root[S.GRAND][r, 0, :] = np.logaddexp(0.0, difficulty + offset + noise).astype(np.float32)
             per_epoch[S.TRAIN_ACCURACY][r, e0:e1] = correct.mean(axis=1)
             per_epoch[S.TRAIN_LOSS][r, e0:e1] = loss.mean(axis=1)
             per_epoch[S.TEST_ACCURACY][r, e0:e1] = np.clip(correct.mean(axis=1) - 0.1, 0, 1)

@@ -118,7 +118,8 @@ def plot_spearman(matrix: xr.DataArray, path: str | os.PathLike) -> Path:
     for i in range(len(names)):
         for j in range(len(names)):
             v = matrix.values[i, j]
-            ax.text(j, i, "nan" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=9)
+            ax.text(j, i, "nan" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=9,
+                    color="white" if np.isfinite(v) and abs(v) > 0.6 else "black")
     fig.colorbar(im, ax=ax, label="Spearman rho")
     ax.set_title("Spearman rank correlation of averaged scores")
     return _save(fig, path)

@@ -304,8 +304,11 @@ def to_manifest(selection: Selection, store: access.StoreLike, *, name: str | No
     from scorebank.stores.zarrstore import scorebank_version
 
     ds = access.open_store(store)
-    path = (os.path.abspath(os.fspath(store)) if not hasattr(store, "attrs")
-            else str(ds.encoding.get("source", "")))
+    if hasattr(store, "attrs"):
+        path = str(ds.encoding.get("source", ""))
+    else:
+        path = os.fspath(store)
+        path = os.path.abspath(path) if os.path.exists(path) else str(path)
     return Manifest(
         name=check_name(name) if name is not None else default_name(selection.rule.strategy, selection.score),
         store=path, dataset=str(ds.attrs.get(S.ATTR_DATASET, "")),

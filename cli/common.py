@@ -92,6 +92,10 @@ def print_json(obj: Any) -> None:
 
 
 def _finite(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, (np.generic, np.ndarray)):
+        obj = obj.tolist()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):

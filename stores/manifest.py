@@ -248,6 +248,10 @@ def record_manifest(store: str | os.PathLike, manifest: Manifest) -> str:
     manifest.validate()
     name = check_name(manifest.name)
     path = Path(store)
+    if not path.is_dir():
+        raise InvalidArgumentError(
+            f"cannot record the manifest in {os.fspath(store)!r}: only a store directory is "
+            "writable (not an archive or URL); pass --no-record to skip recording")
     if not is_scorebank_store(path):
         raise StoreNotFoundError(f"no scorebank store at {os.fspath(store)!r} to record the manifest in")
     with StoreWriter(path):
