@@ -1,0 +1,99 @@
+import os
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from scorebank.stores import schema as S
+from scorebank.stores.errors import StoreExistsError, StoreLockedError, StoreNotFoundError
+from scorebank.stores.location import open_scores
+from scorebank.stores.zarrstore import StoreWriter, create_store, remove_store
+
+
+def make(path, n=5, epochs=3, seeds=(0, 1), features=frozenset()):
+    labels = np.arange(n) % 3
+    create_store(path, n_epochs=epochs, labels=labels, true_labels=labels, original_index=np.arange(n) * 10,
+                 seeds=seeds, features=features, attrs={S.ATTR_CONFIG: "{}"})
+
+
+def test_new_store_reads_nan_and_false(tmp_path):
+    make(tmp_path / "s.zarr", features=frozenset({S.FEATURE_GRAND}))
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert np.isnan(ds.margin.values).all() and np.isnan(ds.grand.values).all()
+    assert np.isnan(ds.norm_product.values).all()
+    assert not ds.completed.values.any() and not ds.correct.values.any()
+    assert ds.original_index.values.tolist() == [0, 10, 20, 30, 40]
+    assert ds.label.values.tolist() == [0, 1, 2, 0, 1]
+    assert ds.margin.encoding["chunks"] == (1, 1, 5)
+
+
+def test_creation_is_atomic(tmp_path, monkeypatch):
+    import scorebank.stores.zarrstore as zs
+
+    def boom(path):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(zs, "consolidate", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        make(tmp_path / "s.zarr")
+    assert list(tmp_path.iterdir()) == []  # neither the store nor a partial directory
+
+
+def test_write_epoch_touches_only_that_epochs_chunks(tmp_path):
+    path = tmp_path / "s.zarr"
+    make(path, n=4, epochs=5)
+    with StoreWriter(path) as w:
+        w.write_epoch(1, 2, {S.MARGIN: np.arange(4, dtype="f4")}, {S.TEST_ACCURACY: 0.5})
+        before = {p: p.stat().st_mtime_ns for p in path.rglob("c/*/*/*")}
+        w.write_epoch(1, 3, {S.MARGIN: np.ones(4, dtype="f4")}, {S.TEST_ACCURACY: 0.75})
+    after = {p: p.stat().st_mtime_ns for p in path.rglob("c/*/*/*")}
+    new_or_changed = {p.relative_to(path).as_posix() for p in after if before.get(p) != after[p]}
+    assert new_or_changed == {"margin/c/1/3/0"}  # per-example chunks of epoch 3 only
+    ds = xr.open_zarr(path)
+    assert ds.margin.values[1, 2].tolist() == [0, 1, 2, 3]
+    assert ds.test_accuracy.values[1].tolist()[2:4] == [0.5, 0.75]
+    assert ds.completed.values[1].tolist() == [False, False, True, True, False, False]
+
+
+def test_lock_refuses_second_writer(tmp_path):
+    make(tmp_path / "s.zarr")
+    with StoreWriter(tmp_path / "s.zarr"):
+        with pytest.raises(StoreLockedError, match="another scorebank process"):
+            with StoreWriter(tmp_path / "s.zarr"):
+                pass
+    with StoreWriter(tmp_path / "s.zarr"):  # released
+        pass
+
+
+def test_add_runs_and_status(tmp_path):
+    path = tmp_path / "s.zarr"
+    make(path, seeds=(3,))
+    with StoreWriter(path) as w:
+        w.write_epoch(3, 0, {S.LOSS: np.full(5, 2.0, "f4")}, {})
+        w.add_runs((3, 7, 9))
+        w.write_epoch(9, 1, {S.LOSS: np.full(5, 1.0, "f4")}, {})
+        w.set_run_status(7, S.RUN_FAILED, failed_epoch=1)
+    ds = open_scores(path)
+    assert ds.run.values.tolist() == [3, 7, 9]
+    assert ds.loss.values[0, 0].tolist() == [2.0] * 5 and ds.loss.values[2, 1].tolist() == [1.0] * 5
+    assert np.isnan(ds.loss.values[1]).all()
+    assert ds.attrs["runs"] == {"3": {"status": "pending"}, "7": {"status": "failed", "failed_epoch": 1},
+                                "9": {"status": "pending"}}
+
+
+def test_foreign_paths_are_not_touched(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.txt").write_text("keep")
+    with pytest.raises(StoreExistsError, match="not a scorebank store"):
+        remove_store(tmp_path / "data")
+    with pytest.raises(StoreExistsError, match="already exists"):
+        make(tmp_path / "data")
+    assert (tmp_path / "data" / "x.txt").read_text() == "keep"
+    with pytest.raises(StoreNotFoundError):
+        StoreWriter(tmp_path / "data")
+    zarr.open_group(tmp_path / "plain.zarr", mode="w", zarr_format=3)
+    with pytest.raises(StoreNotFoundError, match="not a scorebank store"):
+        open_scores(tmp_path / "plain.zarr")
+    with pytest.raises(StoreNotFoundError, match="no scorebank store"):
+        open_scores(tmp_path / "absent")
