@@ -236,3 +236,40 @@ def test_no_seeds_refused(tmp_path, tiny_config):
     with pytest.raises(InvalidArgumentError, match="no seeds"):
         score(tiny_config(), (), tmp_path / "s.zarr", device="cpu")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_grand_recorded_only_at_requested_epochs(tmp_path, tiny_config):
+    from scorebank.pipeline.datasets import load_dataset
+    from scorebank.pipeline.training import new_model, to_device_data
+
+    path = tmp_path / "s.zarr"
+    score(tiny_config(model="cnn5", width=4, grand_epochs="0,2"), (0,), path, device="cpu")
+    ds = xr.open_zarr(path)
+    assert set(ds.variables) == ISSUE_NAMES | {"grand"}
+    g = ds.grand.values[0]
+    assert not np.isnan(g[[0, 2]]).any() and np.isnan(g[[1, 3]]).all()
+    # epoch 0 = at initialisation: one backward per example on the freshly seeded model
+    data = load_dataset("digits", limit=200)
+    dd = to_device_data(data, data.train_labels, torch.device("cpu"))
+    model = new_model(tiny_config(model="cnn5", width=4), dd, 0, torch.device("cpu")).eval()
+    for i in (0, 57, 199):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(dd.train_x[i:i + 1]), dd.train_y[i:i + 1]).backward()
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+        assert g[0, i] == pytest.approx(norm.item(), rel=1e-4)
+
+
+def test_grand_only_needs_no_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from scorebank.cli.main import app
+
+    path = tmp_path / "g.zarr"
+    r = CliRunner().invoke(app, ["score", "--grand-only", "--seeds", "0-3", "--limit", "100", "--width", "8",
+                                 "--store", str(path), "--quiet", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    ds = xr.open_zarr(path)
+    assert dict(ds.sizes) == {"run": 4, "epoch": 1, "example": 100}
+    assert not np.isnan(ds.grand.values).any() and not ds.train_correct.values.any()
+    assert json.loads(ds.attrs["config"])["epochs"] == 0
+    assert not np.array_equal(ds.grand.values[0], ds.grand.values[1])  # seeds differ at init
