@@ -1,0 +1,100 @@
+"""``scorebank select STORE --score SPEC --strategy S ... --out manifest.json``: choose a subset
+by a score averaged over runs, write its manifest and record it in the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from scorebank.cli.common import SCHEDULER_HELP, console, dask_scheduler, handle_errors, print_json
+from scorebank.stores.errors import InvalidArgumentError, StoreExistsError
+
+
+def select_command(
+    store: str = typer.Argument(..., help="Store path (a directory to record the manifest in; archives/URLs need --no-record)."),
+    score: Optional[str] = typer.Option(None, help="Score spec averaged over runs, e.g. el2n@20, grand@0, forgetting, nmargin@200.  Not used by random."),
+    strategy: str = typer.Option(..., help="keep-highest, keep-lowest, window, random, smallest-margin or stratified."),
+    fraction: Optional[float] = typer.Option(None, help="Fraction of examples kept, in (0, 1] (all strategies but smallest-margin)."),
+    offset: Optional[float] = typer.Option(None, help="window: fraction of lowest scores dropped first, in [0, 1)."),
+    count: Optional[int] = typer.Option(None, help="smallest-margin: number of examples kept."),
+    seed: Optional[int] = typer.Option(None, help="random / stratified: seed of the draws (default 0)."),
+    bins: Optional[int] = typer.Option(None, help="stratified: equal-width score strata (default 50)."),
+    hard_cutoff: Optional[float] = typer.Option(None, help="stratified: fraction of hardest examples dropped first (default 0)."),
+    class_balanced: bool = typer.Option(False, "--class-balanced", help="Apply the rule within each class (keeps round(F * n_c) per class)."),
+    runs: Optional[str] = typer.Option(None, help="Runs whose scores are averaged, e.g. 0-9.  Default: every completed run."),
+    reduce: str = typer.Option("mean", help="Combine runs by 'mean' (default) or 'sum'."),
+    never_learned: str = typer.Option("count", help="forgetting: never-learned examples score presentations + 1 ('count') or 'inf'."),
+    out: Path = typer.Option(..., help="Manifest file to write (JSON)."),
+    name: Optional[str] = typer.Option(None, help="Manifest name (and store group name).  Default: strategy-score-time-id."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Also record the manifest in the store's 'manifests' group."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    json_output: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON."),
+    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+) -> None:
+    """Select a subset of the training set by a score (Data Diet, margins paper, CCS) and write its manifest."""
+    from scorebank.analysis.access import parse_runs
+    from scorebank.analysis.selection import select, to_manifest
+    from scorebank.stores.manifest import check_name, record_manifest, write_manifest
+
+    with handle_errors():
+        if name is not None:
+            check_name(name)
+        if record and not Path(store).is_dir():
+            raise InvalidArgumentError(
+                f"cannot record the manifest in {store!r}: only a store directory is writable "
+                "(not an archive or URL); pass --no-record")
+        if out.exists() and not overwrite:
+            raise StoreExistsError(f"{str(out)!r} exists; choose another --out or pass --overwrite")
+        with dask_scheduler(scheduler) as sched:
+            sel = select(store, strategy, score=score, runs=None if runs is None else parse_runs(runs),
+                         fraction=fraction, offset=offset, count=count, seed=seed, bins=bins,
+                         hard_cutoff=hard_cutoff, class_balanced=class_balanced, reduce=reduce,
+                         never_learned=never_learned, scheduler=sched)
+        manifest = to_manifest(sel, store, name=name)
+        existed = out.exists()
+        write_manifest(out, manifest)
+        group = None
+        if record:
+            try:
+                group = record_manifest(store, manifest)
+            except BaseException:
+                if not existed:
+                    out.unlink(missing_ok=True)
+                raise
+        kept_scores = None if sel.scores is None else sel.scores[sel.indices]
+        summary = {"name": manifest.name, "manifest": str(out), "store_group": group, "strategy": sel.rule.strategy,
+                   "score": sel.score, "runs": list(sel.runs), "parameters": sel.parameters,
+                   "n_kept": sel.n_kept, "n_examples": sel.n_examples, "counts_per_class": sel.counts_per_class,
+                   "kept_score_range": None if kept_scores is None else [float(kept_scores.min()),
+                                                                         float(kept_scores.max())]}
+        if json_output:
+            print_json(summary)
+            return
+        console.print(f"kept [bold]{sel.n_kept}[/] of {sel.n_examples} examples "
+                      f"({100 * sel.n_kept / sel.n_examples:.2f}%) with {sel.rule.strategy}"
+                      + (f" on {sel.score} over runs {list(sel.runs)}" if sel.score else "")
+                      + (f"; kept scores {kept_scores.min():.4g} .. {kept_scores.max():.4g}"
+                         if kept_scores is not None else ""), highlight=False)
+        names = list(manifest.class_names)
+        table = Table("class", "kept", "of", title="per class")
+        totals = np.bincount(_labels(store), minlength=len(sel.counts_per_class))
+        for c, v in sel.counts_per_class.items():
+            label = names[int(c)] if int(c) < len(names) else c
+            table.add_row(f"{c} {label}", str(v), str(int(totals[int(c)])))
+        console.print(table)
+        console.print(f"manifest written to [bold]{out}[/]" + (f"; recorded in the store as {group}" if group else ""),
+                      highlight=False)
+
+
+def _labels(store: str) -> np.ndarray:
+    from scorebank.analysis import access
+
+    return access.labels(access.open_store(store))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("select")(select_command)

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import xarray as xr
+
+from scorebank.analysis import data_separation, forgetting, pairwise_overlap
+from scorebank.analysis.bench import build_synthetic_store, run_benchmark
+from scorebank.stores import schema as S
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.zarr"
+    return build_synthetic_store(path, runs=3, epochs=40, examples=500, classes=4, label_noise=0.1)
+
+
+def test_synthetic_store_follows_the_schema(synthetic):
+    ds = xr.open_zarr(synthetic)  # plain xarray opens it
+    assert dict(ds.sizes) == {S.RUN: 3, S.EPOCH: 41, S.EXAMPLE: 500}
+    assert ds[S.MARGIN].encoding["chunks"] == (1, 1, 500)
+    assert ds.attrs[S.ATTR_RUNS]["2"]["status"] == S.RUN_COMPLETE
+    assert ds[S.COMPLETED].values.all() and ds[S.CORRUPTED].values.sum() == 50
+    assert not ds[S.TRAIN_CORRECT].isel(epoch=0).values.any()
+    assert np.isnan(ds[S.GRAND].isel(epoch=1).values).all() and not np.isnan(ds[S.GRAND].isel(epoch=0).values).any()
+    acc = ds[S.CORRECT].values.mean(axis=2)
+    np.testing.assert_allclose(ds[S.TRAIN_ACCURACY].values, acc, rtol=1e-6)
+    assert (data_separation(synthetic).values > 0).all()  # every run separates part-way
+
+
+def test_benchmark_with_a_distributed_client(synthetic):
+    distributed = pytest.importorskip("distributed")
+    tc = xr.open_zarr(synthetic)[S.TRAIN_CORRECT].values[:, 1:]
+    expected = (tc[:, :-1] & ~tc[:, 1:]).sum(axis=1)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        got = forgetting(synthetic, scheduler=client)
+        res = run_benchmark(synthetic, scheduler=client, overlap_k=(10, 50))
+    np.testing.assert_array_equal(got["events"].values, expected)
+    assert [t.name.split(" ")[0] for t in res.timings] == ["forgetting", "spearman", "overlap"]
+    assert res.timings[0].bytes_read == 3 * 40 * 500 and res.timings[2].bytes_read == 3 * 41 * 500 * 4
+    assert all(t.seconds > 0 and t.peak_memory_bytes > 0 for t in res.timings)
+    assert res.to_dict()["mb_per_s"] == pytest.approx(res.total_bytes / 1e6 / res.total_seconds)
+    # the timed overlap is the same computation as a direct call
+    direct = pairwise_overlap(synthetic, k=(10, 50), scheduler="synchronous")
+    m = xr.open_zarr(synthetic)[S.MARGIN].isel(epoch=40).values
+    sets = [set(np.lexsort((np.arange(500), m[r]))[:10].tolist()) for r in range(3)]
+    assert float(direct["overlap"].sel(k=10, epoch=40).values[0, 1]) == len(sets[0] & sets[1]) / 10

@@ -1,0 +1,64 @@
+import itertools
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from scorebank.analysis import forgetting, sensitivity_curve, spearman, spearman_matrix
+from scorebank.stores import schema as S
+from scorebank.stores.errors import InvalidArgumentError
+
+
+def test_spearman_matrix_matches_scipy(store):
+    specs = ["el2n@2", "grand@0", "forgetting", "margin@6", "nmargin@6"]
+    got = spearman_matrix(store.path, specs)
+    rho = store[S.NORM_PRODUCT][:, 6]
+    columns = [store[S.EL2N][:, 2].astype(float).mean(0), store[S.GRAND][:, 0].astype(float).mean(0),
+               forgetting(store.path)["score"].values.mean(0), store[S.MARGIN][:, 6].astype(float).mean(0),
+               (store[S.MARGIN][:, 6].astype(float) / rho[:, None]).mean(0)]
+    expected = spearmanr(np.column_stack(columns)).statistic
+    np.testing.assert_allclose(got.values, expected, atol=1e-12)
+    assert got["score_a"].values.tolist() == specs
+
+
+def test_spearman_of_constant_is_nan():
+    assert np.isnan(spearman(np.ones(5), np.arange(5)))
+    assert spearman(np.arange(6), np.arange(6)[::-1]) == pytest.approx(-1.0)
+
+
+def test_matrix_needs_two_scores(store):
+    with pytest.raises(InvalidArgumentError, match="at least two scores"):
+        spearman_matrix(store.path, ["el2n@1"])
+
+
+def test_sensitivity_curve_enumerates_all_subsets(make_store):
+    st = make_store(seeds=(0, 1, 2, 3), n=50)
+    got = sensitivity_curve(st.path, "el2n@3", draws=10)
+    per_run = st[S.EL2N][:, 3].astype(float)
+    full = per_run.mean(0)
+    for k in range(1, 5):
+        corr = [spearmanr(per_run[list(c)].mean(0), full).statistic
+                for c in itertools.combinations(range(4), k)]
+        row = got.sel(k=k)
+        assert int(row["subsets"]) == len(corr)
+        assert float(row["mean"]) == pytest.approx(np.mean(corr), abs=1e-12)
+        assert float(row["std"]) == pytest.approx(np.std(corr), abs=1e-12)
+        assert float(row["min"]) == pytest.approx(min(corr), abs=1e-12)
+        assert float(row["max"]) == pytest.approx(max(corr), abs=1e-12)
+    assert float(got.sel(k=4)["mean"]) == pytest.approx(1.0)
+
+
+def test_sensitivity_curve_random_subsets_are_reproducible(make_store):
+    st = make_store(seeds=(0, 1, 2, 3, 4), n=30)
+    a = sensitivity_curve(st.path, "loss@1", draws=3, seed=5)
+    b = sensitivity_curve(st.path, "loss@1", draws=3, seed=5)
+    assert a.identical(b)
+    assert a["subsets"].values.tolist() == [3, 3, 3, 3, 1]  # C(5,k) > 3 except k = 5
+    per_run = st[S.LOSS][:, 1].astype(float)
+    full = per_run.mean(0)
+    for k in (1, 2):  # every drawn subset's correlation lies within the exact range
+        exact = [spearmanr(per_run[list(c)].mean(0), full).statistic
+                 for c in itertools.combinations(range(5), k)]
+        assert min(exact) - 1e-12 <= float(a.sel(k=k)["min"]) <= float(a.sel(k=k)["max"]) <= max(exact) + 1e-12
+    with pytest.raises(InvalidArgumentError, match="draws 0"):
+        sensitivity_curve(st.path, "loss@1", draws=0)

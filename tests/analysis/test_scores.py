@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from scorebank.analysis import average_score, average_scores, parse_score, run_scores
+from scorebank.analysis.scores import ScoreSpec
+from scorebank.stores import schema as S
+from scorebank.stores.errors import InvalidArgumentError, ScorebankError
+
+
+def test_parse_score():
+    assert parse_score("el2n@20") == ScoreSpec("el2n", 20)
+    assert parse_score(" NMargin @ 3 ") == ScoreSpec("nmargin", 3)
+    assert parse_score("forgetting") == ScoreSpec("forgetting", None)
+    assert str(parse_score("grand@0")) == "grand@0"
+    assert parse_score("margin@1").high_is_hard is False
+    assert parse_score("loss@1").high_is_hard is True
+    with pytest.raises(InvalidArgumentError, match=r"unknown score 'gradnorm@3'.*el2n, grand, loss, margin"):
+        parse_score("gradnorm@3")
+    with pytest.raises(InvalidArgumentError, match=r"'el2n' needs an epoch: write el2n@E"):
+        parse_score("el2n")
+    with pytest.raises(InvalidArgumentError, match="negative epoch"):
+        parse_score("el2n@-2")
+
+
+@pytest.mark.parametrize("spec,var", [("el2n@3", S.EL2N), ("margin@6", S.MARGIN), ("loss@0", S.LOSS),
+                                      ("grand@0", S.GRAND)])
+def test_average_matches_numpy(store, spec, var):
+    e = int(spec.split("@")[1])
+    expected = store[var][:, e, :].astype(np.float64).mean(axis=0)
+    got = average_score(store.path, spec)
+    np.testing.assert_allclose(got.values, expected, rtol=1e-12)
+    assert got.name == spec
+    np.testing.assert_array_equal(got[S.ORIGINAL_INDEX].values, np.arange(40) * 10)
+    np.testing.assert_array_equal(got[S.LABEL].values, store[S.LABEL])
+
+
+def test_nmargin_sum_and_run_subset(store):
+    rho = store[S.NORM_PRODUCT][:, 4]
+    nm = store[S.MARGIN][:, 4, :].astype(np.float64) / rho[:, None]
+    got = average_score(store.path, "nmargin@4", runs=[2, 0], reduce="sum")
+    np.testing.assert_allclose(got.values, nm[0] + nm[2], rtol=1e-12)
+    per_run = run_scores(store.path, "nmargin@4", runs=[1])
+    np.testing.assert_allclose(per_run.values, nm[1:2], rtol=1e-12)
+    assert per_run["run"].values.tolist() == [1]
+
+
+def test_several_scores_in_one_pass(store):
+    out = average_scores(store.path, ["el2n@1", "forgetting", "forgetting@3"])
+    assert list(out.data_vars) == ["el2n@1", "forgetting", "forgetting@3"]
+    assert out.attrs["runs"] == [0, 1, 2]
+    from scorebank.analysis import forgetting
+
+    np.testing.assert_array_equal(out["forgetting@3"].values,
+                                  forgetting(store.path, epoch=3)["score"].mean("run").values)
+
+
+def test_default_runs_are_the_completed_ones(make_store):
+    st = make_store(seeds=(0, 1, 2), statuses={0: S.RUN_COMPLETE, 1: S.RUN_RUNNING, 2: S.RUN_COMPLETE})
+    got = average_score(st.path, "el2n@2")
+    np.testing.assert_allclose(got.values, st[S.EL2N][[0, 2], 2].astype(np.float64).mean(axis=0))
+    assert got.attrs["runs"] == [0, 2]
+
+
+def test_errors(make_store):
+    rec = np.ones((2, 7), bool)
+    rec[:, [3, 5]] = False
+    rec[1, 4] = False
+    st = make_store(seeds=(0, 1), recorded=rec, grand_epochs=(0, 2))
+    with pytest.raises(InvalidArgumentError, match=r"'el2n@3' is not recorded.*run\(s\) \[0, 1\].*0-2, 6"):
+        average_score(st.path, "el2n@3")
+    with pytest.raises(InvalidArgumentError, match=r"epoch 9 is not in the store; its epochs are 0-6"):
+        average_score(st.path, "loss@9")
+    with pytest.raises(InvalidArgumentError, match=r"'grand@1'.*0, 2"):
+        average_score(st.path, "grand@1")
+    with pytest.raises(InvalidArgumentError, match=r"run\(s\) \[5\] not in the store.*\[0, 1\]"):
+        average_score(st.path, "el2n@0", runs=[5])
+    with pytest.raises(InvalidArgumentError, match="'median'"):
+        average_score(st.path, "el2n@0", reduce="median")
+    no_grand = make_store(grand_epochs=())
+    with pytest.raises(InvalidArgumentError, match="no GraNd"):
+        average_score(no_grand.path, "grand@0")
+    pending = make_store(statuses={0: S.RUN_PENDING, 1: S.RUN_FAILED, 2: S.RUN_RUNNING})
+    with pytest.raises(ScorebankError, match="no completed runs") as info:
+        average_score(pending.path, "el2n@0")
+    assert not isinstance(info.value, InvalidArgumentError)
+    # naming the runs explicitly works when they recorded the epoch
+    assert average_score(pending.path, "el2n@0", runs=[0]).size == 40

@@ -1,0 +1,140 @@
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from scorebank.cli.main import app
+from scorebank.stores import schema as S
+
+# the analysis tests' store builder, loaded by path (every test folder has a conftest.py)
+_spec = importlib.util.spec_from_file_location(
+    "analysis_store_builder", Path(__file__).resolve().parents[1] / "analysis" / "conftest.py")
+_builder = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(_builder)
+build_store = _builder.build_store
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def st(tmp_path):
+    acc = np.full((3, 7), 0.6, np.float32)
+    acc[:, 5:] = 1.0
+    return build_store(tmp_path / "s.zarr", chunk=16, overrides={S.TRAIN_ACCURACY: acc})
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_forgetting_json_matches_library(st):
+    from scorebank.analysis import forgetting
+
+    res = run("analyze", st.path, "forgetting", "--json", "--top", "3", "--runs", "0-1")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    lib = forgetting(st.path, runs=[0, 1])
+    assert doc["runs"] == [0, 1] and doc["spec"] == "forgetting"
+    assert [r["never_learned"] for r in doc["per_run"]] == lib["never_learned"].sum("example").values.tolist()
+    score = lib["score"].mean("run").values
+    best = sorted(range(40), key=lambda i: (-score[i], i))[:3]
+    assert [r["example"] for r in doc["most_forgotten"]] == best
+
+
+def test_tables_print(st, tmp_path):
+    for args in (["forgetting"], ["scores", "el2n@2", "forgetting@3"], ["correlation", "el2n@2", "margin@6"],
+                 ["sensitivity", "loss@1", "--draws", "2"], ["separation"], ["overlap", "--k", "3,5"],
+                 ["margins", "--by-class"], ["difficulty"]):
+        res = run("analyze", st.path, *args)
+        assert res.exit_code == 0, (args, res.output)
+        assert "┃" in res.output  # a rich table
+    res = run("analyze", st.path, "separation", "--json")
+    assert [r["separation_epoch"] for r in json.loads(res.output)["runs"]] == [5, 5, 5]
+
+
+def test_scores_csv_and_plots(st, tmp_path):
+    out = tmp_path / "scores.csv"
+    res = run("analyze", st.path, "scores", "el2n@2", "nmargin@6", "--out", out)
+    assert res.exit_code == 0, res.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "example,original_index,label,el2n@2,nmargin@6" and len(lines) == 41
+    first = lines[1].split(",")
+    assert float(first[3]) == pytest.approx(st[S.EL2N][:, 2, 0].astype(float).mean())
+    for args, name in ((["overlap", "--k", "4"], "o.png"), (["sensitivity", "el2n@1"], "s.png"),
+                       (["margins"], "m.png"), (["correlation", "el2n@1", "loss@1"], "c.png")):
+        res = run("analyze", st.path, *args, "--plot", tmp_path / name)
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_error_exit_codes(st, tmp_path):
+    res = run("analyze", st.path, "scores", "el2n@99")
+    assert res.exit_code == 2 and "epoch 99 is not in the store" in res.output
+    res = run("analyze", st.path, "overlap", "--k", "100")
+    assert res.exit_code == 2 and "larger than the data set" in res.output
+    pending = build_store(tmp_path / "p.zarr", statuses={0: S.RUN_PENDING, 1: S.RUN_RUNNING, 2: S.RUN_FAILED})
+    res = run("analyze", pending.path, "forgetting")
+    assert res.exit_code == 1 and "no completed runs" in res.output
+    res = run("analyze", st.path, "noise", "el2n@1")
+    assert res.exit_code == 1 and "0 corrupted" in res.output
+    res = run("analyze", st.path.parent / "nothing.zarr", "separation")
+    assert res.exit_code == 1
+
+
+def test_select_writes_and_records_manifest(st, tmp_path):
+    from scorebank.stores.manifest import read_manifest, read_store_manifest, store_manifest_names
+
+    out = tmp_path / "m.json"
+    res = run("select", st.path, "--score", "el2n@2", "--strategy", "keep-highest", "--fraction", "0.25",
+              "--class-balanced", "--out", out, "--name", "top", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    man = read_manifest(out, expected_fingerprint="toy-0-40", n_examples=40)
+    assert man.name == "top" and man.strategy == "keep-highest" and man.score == "el2n@2"
+    assert man.parameters == {"fraction": 0.25, "class_balanced": True, "reduce": "mean"}
+    assert doc["store_group"] == f"{S.MANIFESTS_GROUP}/top" and store_manifest_names(st.path) == ["top"]
+    assert read_store_manifest(st.path, "top").indices.tolist() == man.indices.tolist()
+    avg = st[S.EL2N][:, 2].astype(float).mean(0)
+    expected = []
+    for c in range(3):
+        members = sorted((i for i in range(40) if st[S.LABEL][i] == c), key=lambda i: (avg[i], i))
+        keep = int(np.floor(0.25 * len(members) + 0.5))
+        expected += members[len(members) - keep:]
+    assert man.indices.tolist() == sorted(expected)
+    # random baseline, no store record
+    out2 = tmp_path / "r.json"
+    res = run("select", st.path, "--strategy", "random", "--fraction", "0.5", "--seed", "3", "--out", out2,
+              "--no-record")
+    assert res.exit_code == 0, res.output
+    assert read_manifest(out2).n_kept == 20 and store_manifest_names(st.path) == ["top"]
+
+
+@pytest.mark.parametrize("args,code,match", [
+    (["--score", "el2n@2", "--strategy", "keep-highest", "--fraction", "1.5"], 2, "outside (0, 1]"),
+    (["--score", "el2n@2", "--strategy", "window", "--offset", "0.7", "--fraction", "0.5"], 2, "past the end"),
+    (["--score", "nmargin@6", "--strategy", "smallest-margin", "--count", "50"], 2, "larger than the data set"),
+    (["--score", "el2n@9", "--strategy", "keep-lowest", "--fraction", "0.5"], 2, "epoch 9 is not in the store"),
+    (["--score", "bogus@1", "--strategy", "keep-lowest", "--fraction", "0.5"], 2, "unknown score 'bogus@1'"),
+])
+def test_select_bad_input_writes_nothing(st, tmp_path, args, code, match):
+    from scorebank.stores.manifest import store_manifest_names
+
+    out = tmp_path / "m.json"
+    res = run("select", st.path, *args, "--out", out)
+    assert res.exit_code == code, res.output
+    assert match in " ".join(res.output.split())
+    assert not out.exists() and store_manifest_names(st.path) == []
+
+
+def test_analyze_bench_tiny(tmp_path):
+    res = run("analyze-bench", "--runs", "2", "--epochs", "3", "--examples", "300", "--classes", "3",
+              "--scheduler", "synchronous", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert [t["name"].split(" ")[0] for t in doc["timings"]] == ["forgetting", "spearman", "overlap"]
+    assert doc["timings"][0]["bytes_read"] == 2 * 3 * 300
+    assert doc["peak_memory_bytes"] > 0 and doc["total_seconds"] > 0
