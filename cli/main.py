@@ -19,6 +19,7 @@ app = typer.Typer(
 from scorebank.cli import analyze as _analyze  # noqa: E402
 from scorebank.cli import archive as _archive  # noqa: E402
 from scorebank.cli import bench as _bench  # noqa: E402
+from scorebank.cli import easyhard as _easyhard  # noqa: E402
 from scorebank.cli import info as _info  # noqa: E402
 from scorebank.cli import retrain as _retrain  # noqa: E402
 from scorebank.cli import score as _score  # noqa: E402
@@ -31,6 +32,7 @@ _retrain.register(app)
 _analyze.register(app)
 _select.register(app)
 _archive.register(app)
+_easyhard.register(app)
 # --- end of command registration -------------------------------------------------------
 
 

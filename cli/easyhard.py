@@ -1,0 +1,105 @@
+"""``scorebank easy-hard`` and ``scorebank difficulty-accuracy`` (Coherent Gradients Sec. 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from scorebank.cli.common import console, err_console, handle_errors, print_json
+
+
+def easy_hard_command(
+    store: Path = typer.Argument(..., help="Score store whose run defines easy/hard."),
+    threshold: float = typer.Option(0.5, help="Training accuracy at which easy/hard is decided."),
+    run: Optional[int] = typer.Option(None, help="Scoring run (seed) defining easy/hard; default: first completed run."),
+    test_fraction: float = typer.Option(0.17, help="Held-out fraction of each of the easy and hard groups."),
+    split_seed: int = typer.Option(0, help="Seed of the train/held-out split."),
+    seeds: str = typer.Option("0", help="Seeds of the fresh networks, e.g. 0-2."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs over each subset (default: the store's)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the store's)."),
+    optimizer: Optional[str] = typer.Option(None, help="Optimiser (default: the store's)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Train on easy-train and on hard-train; report the 2x2 table (trained on x evaluated on)
+    and each generalisation gap; stored under easy_hard/<name> in the store."""
+    from scorebank.pipeline.config import parse_seeds
+    from scorebank.pipeline.easyhard import easy_hard
+
+    with handle_errors():
+        overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("optimizer", optimizer)) if v is not None}
+        seed_list = parse_seeds(seeds)
+        with err_console.status("easy/hard") as status:
+            result = easy_hard(store, seeds=seed_list, threshold=threshold, run=run, test_fraction=test_fraction,
+                               split_seed=split_seed, overrides=overrides, device=device,
+                               progress=lambda m: status.update(m))
+    mean = result["mean_accuracy"]
+    gap = result["generalization_gap"].mean("seed")
+    if json_output:
+        print_json({"accuracy": {t: {e: float(mean.sel(trained_on=t, evaluated_on=e))
+                                     for e in mean.evaluated_on.values} for t in mean.trained_on.values},
+                    "generalization_gap": {t: float(gap.sel(trained_on=t)) for t in gap.trained_on.values},
+                    "part_size": dict(zip(result.evaluated_on.values.tolist(), result.part_size.values.tolist())),
+                    "threshold_epoch": result.attrs["threshold_epoch"], "seeds": result.seed.values.tolist()})
+        return
+    sizes = dict(zip(result.evaluated_on.values.tolist(), result.part_size.values.tolist()))
+    console.print(f"easy/hard at train accuracy {threshold:g} (run {result.attrs['run']}, epoch "
+                  f"{result.attrs['threshold_epoch']}); mean over seeds {', '.join(map(str, result.seed.values))}",
+                  highlight=False)
+    table = Table("trained on", *(f"{p} ({sizes[p]})" for p in mean.evaluated_on.values), "generalisation gap")
+    for t in mean.trained_on.values:
+        table.add_row(f"{t}-train", *(f"{100 * float(v):.1f}%" for v in mean.sel(trained_on=t).values),
+                      f"{100 * float(gap.sel(trained_on=t)):.1f} pts")
+    console.print(table)
+
+
+def difficulty_accuracy_command(
+    store: Path = typer.Argument(..., help="Store holding the run whose accuracy is measured (e.g. an RM3 run)."),
+    run: int = typer.Option(..., help="Run (seed) of STORE."),
+    difficulty_from: Optional[Path] = typer.Option(None, help="Store whose runs define difficulty (e.g. SGD runs); default: STORE."),
+    epoch: Optional[int] = typer.Option(None, help="Epoch of RUN (default: its last recorded epoch)."),
+    threshold: float = typer.Option(0.5, help="Training accuracy at which easy/hard is decided in each difficulty run."),
+    plot: Optional[Path] = typer.Option(None, help="Write a bar chart (PNG) of accuracy per difficulty level."),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Training accuracy of a run per difficulty level (Coherent Gradients Fig. 5a)."""
+    from scorebank.analysis.difficulty_levels import accuracy_by_difficulty
+
+    with handle_errors():
+        res = accuracy_by_difficulty(store, run, difficulty_store=difficulty_from, epoch=epoch, threshold=threshold)
+        if plot is not None:
+            _plot(res, plot)
+    rows = [{"difficulty": int(d), "count": int(c), "accuracy": float(a)}
+            for d, c, a in zip(res.difficulty.values, res["count"].values, res["accuracy"].values)]
+    if json_output:
+        print_json({"run": res.attrs["run"], "epoch": res.attrs["epoch"], "levels": rows})
+        return
+    table = Table("difficulty", "examples", f"accuracy of run {run} at epoch {res.attrs['epoch']}")
+    for r in rows:
+        table.add_row(str(r["difficulty"]), str(r["count"]), "-" if r["count"] == 0 else f"{100 * r['accuracy']:.1f}%")
+    console.print(table)
+
+
+def _plot(res, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(res.difficulty.values, 100 * res["accuracy"].values, color="tab:blue")
+    ax.set_xlabel("difficulty (runs in which the example is hard)")
+    ax.set_ylabel("training accuracy (%)")
+    ax.set_title(f"run {res.attrs['run']}, epoch {res.attrs['epoch']}")
+    ax.set_ylim(0, 100)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("easy-hard")(easy_hard_command)
+    app.command("difficulty-accuracy")(difficulty_accuracy_command)
