@@ -22,11 +22,14 @@ def print_summary(location) -> None:
     shown = ",".join(map(str, rec)) if len(rec) <= 12 else f"{len(rec)} epochs ({rec[0]}..{rec[-1]})"
     console.print(f"clean pass recorded at: {shown}" + (f"; features: {', '.join(s.features)}" if s.features else ""),
                   highlight=False)
-    table = Table("seed", "status", "last epoch", "train acc", "test acc", "separated at")
+    noisy = "label_noise" in s.features
+    extra = ("pristine acc", "corrupt acc") if noisy else ()
+    table = Table("seed", "status", "last epoch", "train acc", *extra, "test acc", "separated at")
     for r in s.runs:
         status = r.status if r.failed_epoch is None else f"{r.status} (epoch {r.failed_epoch})"
+        noise_cols = (_pct(r.pristine_accuracy), _pct(r.corrupt_accuracy)) if noisy else ()
         table.add_row(str(r.seed), status, "-" if r.last_epoch is None else str(r.last_epoch),
-                      _pct(r.train_accuracy), _pct(r.test_accuracy),
+                      _pct(r.train_accuracy), *noise_cols, _pct(r.test_accuracy),
                       "-" if r.separation_epoch is None else str(r.separation_epoch))
     console.print(table)
 

@@ -22,6 +22,8 @@ class RunSummary:
     train_accuracy: float  # clean pass at the last recorded completed epoch (NaN if none)
     test_accuracy: float  # at the last completed epoch
     separation_epoch: int | None  # first recorded epoch with clean-pass train accuracy 1.0
+    pristine_accuracy: float = math.nan  # with label noise: clean-pass accuracy on uncorrupted examples
+    corrupt_accuracy: float = math.nan  # ... and on corrupted ones (w.r.t. their corrupted label)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ def summarize(ds: xr.Dataset) -> StoreSummary:
     test_acc = ds[S.TEST_ACCURACY].values
     runs_attr = ds.attrs.get(S.ATTR_RUNS, {})
     seps = separation_epochs(train_acc, recorded & completed, epochs)
+    noisy = S.PRISTINE_ACCURACY in ds
+    pristine = ds[S.PRISTINE_ACCURACY].values if noisy else None
+    corrupt = ds[S.CORRUPT_ACCURACY].values if noisy else None
     rows = []
     for i, seed in enumerate(ds[S.RUN].values.tolist()):
         info = runs_attr.get(str(seed), {})
@@ -70,7 +75,9 @@ def summarize(ds: xr.Dataset) -> StoreSummary:
             failed_epoch=info.get("failed_epoch"),
             train_accuracy=float(train_acc[i, rec_done[-1]]) if rec_done.size else math.nan,
             test_accuracy=float(test_acc[i, done[-1]]) if done.size else math.nan,
-            separation_epoch=seps[i]))
+            separation_epoch=seps[i],
+            pristine_accuracy=float(pristine[i, rec_done[-1]]) if noisy and rec_done.size else math.nan,
+            corrupt_accuracy=float(corrupt[i, rec_done[-1]]) if noisy and rec_done.size else math.nan))
     config = json.loads(ds.attrs.get(S.ATTR_CONFIG, "{}"))
     return StoreSummary(dataset=ds.attrs.get(S.ATTR_DATASET, "?"),
                         fingerprint=ds.attrs.get(S.ATTR_FINGERPRINT, "?"),

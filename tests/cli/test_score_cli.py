@@ -20,7 +20,7 @@ def test_score_then_info(tmp_path):
     assert r.exit_code == 0, r.output
     assert "complete" in r.output
     r = invoke("info", store)
-    assert r.exit_code == 0 and "digits" in r.output and "120 examples" in r.output
+    assert r.exit_code == 0 and "digits" in r.output and "120 examples" in " ".join(r.output.split())
     r = invoke("info", store, "--json")
     doc = json.loads(r.output)
     assert [run["seed"] for run in doc["runs"]] == [0, 1]
@@ -28,7 +28,7 @@ def test_score_then_info(tmp_path):
     ds = xr.open_zarr(store)
     assert doc["runs"][1]["test_accuracy"] == pytest.approx(float(ds.test_accuracy.values[1, 2]))
     r = invoke("score", *TINY, "--seeds", "0-1", "--store", store)  # idempotent
-    assert r.exit_code == 0 and "skipped: seeds 0, 1" in r.output
+    assert r.exit_code == 0 and "skipped: seeds 0, 1" in " ".join(r.output.split())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -66,3 +66,14 @@ def test_config_mismatch_exits_1(tmp_path):
 def test_info_on_missing_store_exits_1(tmp_path):
     r = invoke("info", tmp_path / "nothing.zarr")
     assert r.exit_code == 1 and "no scorebank store" in r.output
+
+
+def test_info_shows_pristine_and_corrupt_accuracy(tmp_path):
+    store = tmp_path / "n.zarr"
+    assert invoke("score", *TINY, "--seeds", "0", "--label-noise", "0.5", "--store", store).exit_code == 0
+    r = invoke("info", store)
+    assert "pristine" in r.output and "corrupt" in r.output
+    doc = json.loads(invoke("info", store, "--json").output)
+    ds = xr.open_zarr(store)
+    assert doc["runs"][0]["pristine_accuracy"] == pytest.approx(float(ds.pristine_accuracy.values[0, 2]))
+    assert doc["runs"][0]["corrupt_accuracy"] == pytest.approx(float(ds.corrupt_accuracy.values[0, 2]))
