@@ -169,6 +169,25 @@ def epoch_position(ds: xr.Dataset, epoch: int) -> int:
     return int(hit[0])
 
 
+def margin_epochs(ds: xr.Dataset, seeds: Sequence[int], epochs: Sequence[int] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs at which normalised margins exist: ``(positions, valid, rho)`` with
+    ``valid`` (run, position) True where the clean pass was recorded and rho =
+    ``norm_product`` is finite and positive, and ``rho`` (run, position) float64.
+
+    ``epochs`` defaults to every epoch valid in at least one run (ScorebankError if none)."""
+    rho = per_epoch(ds, S.NORM_PRODUCT, seeds).astype(np.float64)
+    valid = recorded_mask(ds, seeds) & np.isfinite(rho) & (rho > 0)
+    if epochs is None:
+        pos = np.flatnonzero(valid.any(axis=0))
+        if pos.size == 0:
+            raise ScorebankError("no recorded clean-pass epoch (with a positive norm_product) in the "
+                                 f"chosen runs {list(seeds)!r}; nothing to analyse")
+    else:
+        pos = np.asarray([epoch_position(ds, e) for e in epochs], dtype=np.int64)
+    return pos, valid[:, pos], rho[:, pos]
+
+
 # ------------------------------------------------------------------------------ streaming
 def example_chunk(ds: xr.Dataset) -> int:
     """Examples per store chunk (the Dask block size along ``example``)."""

@@ -25,9 +25,10 @@ from scorebank.stores.errors import InvalidArgumentError, ScorebankError
 
 
 def threshold_epochs(store: access.StoreLike, *, threshold: float = 0.5,
-                     runs: Iterable[int] | None = None) -> xr.DataArray:
+                     runs: Iterable[int] | None = None, scheduler=None) -> xr.DataArray:
     """Per run, the first recorded epoch whose training accuracy is >= ``threshold``
-    (a (run,) int64 DataArray, -1 where never)."""
+    (a (run,) int64 DataArray, -1 where never).  Reads only per-(run, epoch) arrays
+    (``scheduler`` is accepted for uniformity)."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
         raise InvalidArgumentError(
             f"threshold {threshold!r} is not a training accuracy in (0, 1]; e.g. 0.5")

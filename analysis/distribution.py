@@ -27,7 +27,7 @@ import xarray as xr
 
 from scorebank.analysis import access
 from scorebank.stores import schema as S
-from scorebank.stores.errors import InvalidArgumentError, ScorebankError
+from scorebank.stores.errors import InvalidArgumentError
 
 _MIN, _MAX, _SUM, _COUNT = range(4)
 
@@ -102,15 +102,8 @@ def margin_distribution(store: access.StoreLike, *, gammas: float | Iterable[flo
     gam = check_gammas(gammas)
     ds = access.open_store(store)
     seeds = access.resolve_runs(ds, runs)
-    rho = access.per_epoch(ds, S.NORM_PRODUCT, seeds).astype(np.float64)
-    valid = access.recorded_mask(ds, seeds) & np.isfinite(rho) & (rho > 0)
-    if epochs is None:
-        pos = np.flatnonzero(valid.any(axis=0))
-        if pos.size == 0:
-            raise ScorebankError("no recorded clean-pass epoch in the chosen runs; nothing to describe")
-    else:
-        pos = np.asarray([access.epoch_position(ds, e) for e in epochs], dtype=np.int64)
-    valid, rho = valid[:, pos], np.where(valid[:, pos], rho[:, pos], np.nan)
+    pos, valid, rho = access.margin_epochs(ds, seeds, epochs)
+    rho = np.where(valid, rho, np.nan)
     lab = access.labels(ds)
     k = access.n_classes(ds, lab)
     x = access.select(ds, S.MARGIN, runs=access.run_positions(ds, seeds), epochs=pos, itemsize=8)

@@ -30,7 +30,7 @@ import xarray as xr
 from scorebank.analysis import access
 from scorebank.analysis.separation import data_separation
 from scorebank.stores import schema as S
-from scorebank.stores.errors import InvalidArgumentError, ScorebankError
+from scorebank.stores.errors import InvalidArgumentError
 
 _PAD = float(2**52)  # candidate index that sorts after every real one
 
@@ -104,16 +104,8 @@ def smallest_margin_sets(store: access.StoreLike, k: int, *, runs: Iterable[int]
         raise InvalidArgumentError(f"k {k!r} must be one positive integer")
     (k,) = check_ks(k, n)
     seeds = access.resolve_runs(ds, runs)
-    rho = access.per_epoch(ds, S.NORM_PRODUCT, seeds).astype(np.float64)
-    valid = access.recorded_mask(ds, seeds) & np.isfinite(rho) & (rho > 0)
     ep = access.epochs(ds)
-    if epochs is None:
-        pos = np.flatnonzero(valid.any(axis=0))
-        if pos.size == 0:
-            raise ScorebankError("no recorded clean-pass epoch in the chosen runs; nothing to compare")
-    else:
-        pos = np.asarray([access.epoch_position(ds, e) for e in epochs], dtype=np.int64)
-    valid, rho = valid[:, pos], rho[:, pos]
+    pos, valid, _ = access.margin_epochs(ds, seeds, epochs)
     # rho > 0 is one number per (run, epoch): margin / rho orders examples as margin does
     x = access.select(ds, S.MARGIN, runs=access.run_positions(ds, seeds), epochs=pos)
     cand = da.map_blocks(_block_candidates, x, k, new_axis=[3, 4], dtype=np.float64,

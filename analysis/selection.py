@@ -259,8 +259,8 @@ def select(store: access.StoreLike, strategy: str, *, score: str | ScoreSpec | N
     """Select examples from a store by ``score`` averaged over ``runs`` (default: all
     completed runs) with one of :data:`STRATEGIES` (see the module docstring).
 
-    ``random`` takes no score; ``smallest-margin`` needs a ``margin@E`` or ``nmargin@E``
-    score.  Nothing is written; see :func:`to_manifest` and
+    ``random`` takes no score (and records no runs unless ``runs`` is given);
+    ``smallest-margin`` needs a ``margin@E`` or ``nmargin@E`` score.  Nothing is written; see :func:`to_manifest` and
     :func:`scorebank.stores.manifest.record_manifest`."""
     spec = None if score is None else parse_score(score)
     rule = make_rule(strategy, fraction=fraction, offset=offset, count=count, seed=seed, bins=bins,
@@ -278,7 +278,8 @@ def select(store: access.StoreLike, strategy: str, *, score: str | ScoreSpec | N
     n = int(ds.sizes[S.EXAMPLE])
     if rule.count is not None and rule.count > n:
         raise InvalidArgumentError(f"--count {rule.count!r} is larger than the data set ({n} examples)")
-    seeds = access.resolve_runs(ds, runs)
+    # the random baseline uses no score, so it needs no (completed) run unless runs are named
+    seeds = [] if spec is None and runs is None else access.resolve_runs(ds, runs)
     values = None
     if spec is not None:
         values = average_score(ds, spec, runs=seeds, reduce=reduce, never_learned=never_learned,

@@ -37,8 +37,10 @@ def data_separation(store: access.StoreLike, *, runs: Iterable[int] | None = Non
     return out
 
 
-def final_epochs(store: access.StoreLike, *, runs: Iterable[int] | None = None) -> xr.DataArray:
-    """Each run's last recorded (clean pass ran, epoch completed) epoch, -1 if none."""
+def final_epochs(store: access.StoreLike, *, runs: Iterable[int] | None = None,
+                 scheduler=None) -> xr.DataArray:
+    """Each run's last recorded (clean pass ran, epoch completed) epoch, -1 if none.
+    Reads only per-(run, epoch) flags (``scheduler`` is accepted for uniformity)."""
     ds = access.open_store(store)
     seeds = access.resolve_runs(ds, runs)
     rec = access.recorded_mask(ds, seeds)

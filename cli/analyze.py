@@ -293,6 +293,7 @@ def separation_command(
     ctx: typer.Context,
     runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
     json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP + "  (Not needed: reads per-epoch values only.)"),
 ) -> None:
     """Per run, the first epoch with 100% clean-pass train accuracy (margins paper)."""
     from scorebank.analysis import access

@@ -140,3 +140,11 @@ def test_select_errors(store):
         select(store.path, "keep-lowest", score="el2n@1", fraction=0.001)
     with pytest.raises(InvalidArgumentError, match="only 4 remain after --hard-cutoff 0.9"):
         select(store.path, "stratified", score="el2n@1", fraction=0.5, hard_cutoff=0.9)
+
+
+def test_random_needs_no_completed_run(make_store):
+    st = make_store(statuses={0: S.RUN_RUNNING, 1: S.RUN_PENDING, 2: S.RUN_FAILED})
+    sel = select(st.path, "random", fraction=0.5, seed=2)
+    assert sel.runs == () and sel.score is None and sel.n_kept == 20
+    assert sel.indices.tolist() == sorted(np.random.default_rng(2).choice(40, 20, replace=False).tolist())
+    assert to_manifest(sel, st.path).parameters == {"fraction": 0.5, "seed": 2, "class_balanced": False}
