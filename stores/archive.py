@@ -286,26 +286,44 @@ class ArchiveStore(Store):
     def member_size(self, name: str) -> int:
         return self._members[name].file_size
 
-    def _data_offset(self, m: _Member) -> int:
+    def _locate(self, m: _Member, prefetch: int = 0) -> tuple[int, bytes]:
+        """``(offset of the member's data, up to prefetch bytes of it)``; the first call
+        reads and checks the local header, fetching the data in the same read (one request
+        per small member on remote archives)."""
         off = self._offsets.get(m.name)
         if off is not None:
-            return off
-        head = self._reader.read(m.header_offset, zipfile.sizeFileHeader + len(m.raw_name))
-        if len(head) < zipfile.sizeFileHeader:
+            return off, b""
+        fixed = zipfile.sizeFileHeader + len(m.raw_name)
+        head = self._reader.read(m.header_offset, min(fixed + 64 + prefetch, m.limit - m.header_offset))
+        if len(head) < fixed:
             raise ArchiveError(f"archive {self.shown!r}: member {m.name!r} is truncated", m.name)
         fields = struct.unpack(zipfile.structFileHeader, head[:zipfile.sizeFileHeader])
         signature, method, n_name, n_extra = fields[0], fields[4], fields[10], fields[11]
         if (signature != zipfile.stringFileHeader or method != m.compress_type
-                or head[zipfile.sizeFileHeader:] != m.raw_name or n_name != len(m.raw_name)):
+                or head[zipfile.sizeFileHeader:fixed] != m.raw_name or n_name != len(m.raw_name)):
             raise UnsafeArchiveError(
                 f"archive {self.shown!r}: the local header of member {m.name!r} does not match the "
                 "central directory (name, method or signature differ)", m.name)
-        off = m.header_offset + zipfile.sizeFileHeader + n_name + n_extra
+        off = m.header_offset + fixed + n_extra
         if off + m.compress_size > m.limit:
             raise UnsafeArchiveError(f"archive {self.shown!r}: member {m.name!r} overlaps the next "
                                      "member; overlapping members are refused (zip bomb)", m.name)
         self._offsets[m.name] = off
-        return off
+        return off, head[fixed + n_extra:fixed + n_extra + prefetch]
+
+    def _raw_pieces(self, m: _Member, piece: int) -> Iterator[bytes]:
+        start, first = self._locate(m, min(m.compress_size, piece))
+        if first:
+            yield first
+        pos = len(first)
+        while pos < m.compress_size:
+            n = min(piece, m.compress_size - pos)
+            raw = self._reader.read(start + pos, n)
+            if len(raw) != n:
+                raise ArchiveError(f"archive {self.shown!r}: member {m.name!r} is truncated "
+                                   f"(the file ends inside it)", m.name)
+            pos += n
+            yield raw
 
     def iter_member(self, name: str, *, max_bytes: int | None = None, piece: int = 8 << 20,
                     check_manifest: bool = True) -> Iterator[bytes]:
@@ -327,16 +345,8 @@ class ArchiveStore(Store):
         sha = hashlib.sha256()
         crc = 0
         produced = 0
-        start = self._data_offset(m)
         inflater = zlib.decompressobj(-15) if m.compress_type == zipfile.ZIP_DEFLATED else None
-        pos = 0
-        while pos < m.compress_size:
-            n = min(piece, m.compress_size - pos)
-            raw = self._reader.read(start + pos, n)
-            if len(raw) != n:
-                raise ArchiveError(f"archive {self.shown!r}: member {name!r} is truncated "
-                                   f"(the file ends inside it)", name)
-            pos += n
+        for raw in self._raw_pieces(m, piece):
             if inflater is None:
                 out = raw
             else:
