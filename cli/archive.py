@@ -75,8 +75,8 @@ def export_command(
                                     progress=bar)
         console.print(f"wrote {str(result.path)!r}: {len(result.manifest['runs'])} runs, "
                       f"{result.manifest['n_examples']} examples, {result.members} members, {_size(result.bytes)}",
-                      highlight=False)
-        console.print(f"sha256 {result.sha256}", highlight=False)
+                      highlight=False, soft_wrap=True)
+        console.print(f"sha256 {result.sha256}", highlight=False, soft_wrap=True)
         console.print(f"open without scorebank: xr.open_zarr(zarr.storage.ZipStore({str(result.path)!r}, mode=\"r\"))",
                       highlight=False, soft_wrap=True)
 
@@ -92,7 +92,8 @@ def import_command(
     with handle_errors():
         with _StageProgress(not quiet) as bar:
             path = import_archive(archive, dest, progress=bar)
-        console.print(f"imported {archive!r} into {str(path)!r} (all checksums verified)", highlight=False)
+        console.print(f"imported {archive!r} into {str(path)!r} (all checksums verified)", highlight=False,
+                      soft_wrap=True)
 
 
 def inspect_command(
