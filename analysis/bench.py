@@ -119,9 +119,11 @@ def build_synthetic_store(path: str | os.PathLike, *, runs: int = 10, epochs: in
 
 
 # ------------------------------------------------------------------------------ timing
-class PeakMemory:
-    """Samples the resident memory of this process and its children (worker processes of
-    a LocalCluster) every ``interval`` seconds in a thread; ``peak`` is the maximum sum."""
+class Monitor:
+    """Samples the resident memory of this process and its children (the worker processes
+    of a LocalCluster) every ``interval`` seconds in a thread: ``peak`` is the largest sum
+    seen.  ``cpu_seconds`` is the user + system CPU time they used meanwhile (children
+    that exit in between are not counted)."""
 
     def __init__(self, interval: float = 0.01):
         import psutil
@@ -129,16 +131,33 @@ class PeakMemory:
         self._proc = psutil.Process()
         self.interval = interval
         self.peak = 0
+        self.cpu_seconds = 0.0
+        self._cpu0 = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _procs(self):
+        return [self._proc, *self._proc.children(recursive=True)]
 
     def _sample(self) -> int:
         import psutil
 
-        total = self._proc.memory_info().rss
-        for child in self._proc.children(recursive=True):
+        total = 0
+        for p in self._procs():
             try:
-                total += child.memory_info().rss
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _cpu(self) -> float:
+        import psutil
+
+        total = 0.0
+        for p in self._procs():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
             except psutil.Error:
                 pass
         return total
@@ -148,8 +167,9 @@ class PeakMemory:
             self.peak = max(self.peak, self._sample())
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> "Monitor":
         self.peak = self._sample()
+        self._cpu0 = self._cpu()
         self._thread.start()
         return self
 
@@ -157,16 +177,19 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._sample())
+        self.cpu_seconds = self._cpu() - self._cpu0
 
 
 @dataclass(frozen=True)
 class Timing:
-    """One timed analysis: wall seconds, bytes of score data it reads, peak memory."""
+    """One timed analysis: wall seconds, bytes of score data it reads, peak resident
+    memory (this process and its children) and the CPU seconds they used."""
 
     name: str
     seconds: float
     bytes_read: int
     peak_memory_bytes: int
+    cpu_seconds: float = 0.0
 
     @property
     def mb_per_s(self) -> float:
@@ -181,6 +204,8 @@ class BenchResult:
     store_bytes_on_disk: int
     build_seconds: float | None
     timings: tuple[Timing, ...] = field(default_factory=tuple)
+    cpu_count: int = 0
+    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)  # of the machine, at the start
 
     @property
     def total_seconds(self) -> float:
@@ -221,7 +246,8 @@ def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tu
     * one overlap curve of the ``overlap_k`` smallest normalised margins between runs at
       every epoch (reads ``margin``: R x E x N x 4 bytes).
 
-    Peak memory is the resident memory of this process plus its child processes."""
+    Peak memory is the resident memory of this process plus its child processes (so it
+    includes the interpreter and libraries, about 0.3 GB, not only the analysis)."""
     from scorebank.analysis import access
     from scorebank.analysis.correlation import spearman_matrix
     from scorebank.analysis.forgetting import forgetting
@@ -247,13 +273,14 @@ def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tu
         return r * n * 4
 
     timings = []
+    load = tuple(round(x, 2) for x in os.getloadavg())
 
     def timed(name: str, nbytes: int, fn) -> None:
-        with PeakMemory() as mem:
+        with Monitor() as mon:
             t0 = time.perf_counter()
             fn()
             dt = time.perf_counter() - t0
-        timings.append(Timing(name, dt, nbytes, mem.peak))
+        timings.append(Timing(name, dt, nbytes, mon.peak, mon.cpu_seconds))
 
     timed("forgetting", r * (e_total - 1) * n,
           lambda: forgetting(ds, scheduler=scheduler))
@@ -263,4 +290,5 @@ def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tu
     timed(f"overlap curve (k={','.join(map(str, overlap_k))})", r * e_total * n * 4,
           lambda: pairwise_overlap(ds, k=overlap_k, scheduler=scheduler))
     return BenchResult(runs=r, epochs=e_total - 1, examples=n, store_bytes_on_disk=_disk_bytes(path),
-                       build_seconds=build_seconds, timings=tuple(timings))
+                       build_seconds=build_seconds, timings=tuple(timings), cpu_count=os.cpu_count() or 0,
+                       load_average=load)

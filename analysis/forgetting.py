@@ -132,13 +132,15 @@ def _block_state(x: np.ndarray, presented: np.ndarray, epoch_values: np.ndarray,
     n = xb.shape[1]
     out = np.zeros((1, 1, n, _NSTATE), dtype=np.int32)
     pairs = np.flatnonzero(p[:-1] & p[1:])
-    if pairs.size:
+    if pairs.size == xb.shape[0] - 1 and pairs.size:  # every pair: slices, no copies
+        out[0, 0, :, 0] = np.add.reduce(xb[:-1] & ~xb[1:], axis=0, dtype=np.int32)
+    elif pairs.size:
         out[0, 0, :, 0] = np.add.reduce(xb[pairs] & ~xb[pairs + 1], axis=0, dtype=np.int32)
     out[0, 0, :, 1] = xb[0]
     out[0, 0, :, 2] = xb[-1]
     rows = np.flatnonzero(p)
     if rows.size:
-        seen = xb[rows]
+        seen = xb if rows.size == xb.shape[0] else xb[rows]
         out[0, 0, :, 3] = seen.any(axis=0)
         last = np.flatnonzero(p_all)[-1]
         if e0 <= last < e1:

@@ -67,17 +67,15 @@ def _block_candidates(x: np.ndarray, k: int, block_info=None) -> np.ndarray:
         thr = np.where(np.isnan(thr), np.inf, thr)  # fewer than kk values: take them all
     else:
         thr = np.full(r * e, np.inf, dtype=rows2.dtype)
-    rows, cols = np.nonzero(rows2 <= thr[:, None])
-    vals = rows2[rows, cols]
-    order = np.lexsort((cols, vals, rows))
-    counts = np.bincount(rows, minlength=r * e)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    slot = np.arange(kk)[None, :]
-    filled = slot < np.minimum(counts, kk)[:, None]
-    pick = order[np.minimum(starts[:, None] + slot, max(order.size - 1, 0))] if order.size else None
-    if pick is not None:
-        out[:, :kk, 0] = np.where(filled, vals[pick], np.inf)
-        out[:, :kk, 1] = np.where(filled, cols[pick] + offset, _PAD)
+    for i in range(r * e):
+        row = rows2[i]
+        cand = np.flatnonzero(row <= thr[i])  # the kk smallest and any ties with the kk-th
+        if cand.size == 0:
+            continue
+        vals = row[cand]
+        take = np.lexsort((cand, vals))[:kk]
+        out[i, :take.size, 0] = vals[take]
+        out[i, :take.size, 1] = cand[take] + offset
     return out.reshape(r, e, 1, k, 2)
 
 

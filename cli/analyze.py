@@ -562,17 +562,17 @@ def bench_command(
         if json_output:
             print_json(_clean(res.to_dict()))
             return
-        table = Table("analysis", "seconds", "MB read", "MB/s", "peak memory (MB)",
+        table = Table("analysis", "seconds", "CPU s", "MB read", "MB/s", "peak memory (MB)",
                       title=f"analysis benchmark: {res.runs} runs x {res.epochs} epochs x {res.examples} examples "
                             f"({res.store_bytes_on_disk / 1e6:.0f} MB on disk)")
         for t in res.timings:
-            table.add_row(t.name, f"{t.seconds:.2f}", f"{t.bytes_read / 1e6:.0f}", f"{t.mb_per_s:.0f}",
-                          f"{t.peak_memory_bytes / 1e6:.0f}")
-        table.add_row("total", f"{res.total_seconds:.2f}", f"{res.total_bytes / 1e6:.0f}", f"{res.mb_per_s:.0f}",
-                      f"{res.peak_memory_bytes / 1e6:.0f}")
+            table.add_row(t.name, f"{t.seconds:.2f}", f"{t.cpu_seconds:.2f}", f"{t.bytes_read / 1e6:.0f}",
+                          f"{t.mb_per_s:.0f}", f"{t.peak_memory_bytes / 1e6:.0f}")
+        table.add_row("total", f"{res.total_seconds:.2f}", f"{sum(t.cpu_seconds for t in res.timings):.2f}",
+                      f"{res.total_bytes / 1e6:.0f}", f"{res.mb_per_s:.0f}", f"{res.peak_memory_bytes / 1e6:.0f}")
         console.print(table)
-        if build_s is not None:
-            console.print(f"store built in {build_s:.1f} s", highlight=False)
+        console.print(f"{res.cpu_count} CPUs, load average {res.load_average[0]:g} at the start"
+                      + (f"; store built in {build_s:.1f} s" if build_s is not None else ""), highlight=False)
 
 
 def register(app: typer.Typer) -> None:
