@@ -515,6 +515,27 @@ def noise_command(
         console.print(table)
 
 
+@analyze_app.command("manifests")
+def manifests_command(
+    ctx: typer.Context,
+    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """The selection manifests recorded in the store by 'scorebank select' (its history)."""
+    from scorebank.stores.manifest import read_store_manifest, store_manifest_names
+
+    with handle_errors():
+        store = _store(ctx)
+        docs = [read_store_manifest(store, n).to_dict(with_indices=False) for n in store_manifest_names(store)]
+        if json_output:
+            print_json(_clean({"manifests": docs}))
+            return
+        table = Table("name", "strategy", "score", "runs", "kept", "created", title=f"manifests in {store}")
+        for d in docs:
+            table.add_row(d["name"], d["strategy"], d["score"] or "-", ",".join(map(str, d["runs"])) or "-",
+                          f"{d['n_kept']}/{d['n_examples']}", d["created"])
+        console.print(table)
+
+
 # ------------------------------------------------------------------------------ benchmark
 def bench_command(
     runs: int = typer.Option(10, help="Runs R of the synthetic store."),

@@ -111,6 +111,8 @@ def test_select_writes_and_records_manifest(st, tmp_path):
               "--no-record")
     assert res.exit_code == 0, res.output
     assert read_manifest(out2).n_kept == 20 and store_manifest_names(st.path) == ["top"]
+    listing = json.loads(run("analyze", st.path, "manifests", "--json").output)["manifests"]
+    assert [(m["name"], m["n_kept"], m["strategy"]) for m in listing] == [("top", man.n_kept, "keep-highest")]
 
 
 @pytest.mark.parametrize("args,code,match", [
