@@ -113,13 +113,15 @@ def _band(lo: float, hi: float) -> str:
 
 
 def _print_rows(rows) -> None:
-    table = _table("group", "kind", "subset", "seeds", "acc %", "16-84 %", "full %", "diff pp",
-                   names=[r.group for r in rows])
+    table = _table("group", "kind", "subset", "seeds", "acc %", "16-84 %", "diff", names=[r.group for r in rows])
     for r in rows:
         table.add_row(r.group, "random" if r.baseline_of is not None else r.source,
                       f"{r.subset_size}/{r.n_full}", str(len(r.seeds)), _pct(r.mean), _band(r.p16, r.p84),
-                      _pct(r.full_data_accuracy), _signed(r.difference))
+                      _signed(r.difference))
     console.print(table)
+    if rows:
+        console.print(f"full data: {_pct(rows[0].full_data_accuracy)}% mean final test accuracy of the store's "
+                      "completed scoring runs (diff = subset minus full data, in percentage points)", highlight=False)
 
 
 # ----------------------------------------------------------------------------- retrain
@@ -251,7 +253,7 @@ def prune_curve_command(
         plot_curve(curve, paths[2])
         window = curve.mode == "window"
         table = _table("strategy", "offset" if window else "pruned", "kept", "subset", "seeds", "acc %",
-                       "16-84 %", "diff pp", names=[r.strategy for r in curve.rows])
+                       "16-84 %", "diff", names=[r.strategy for r in curve.rows])
         for r in curve.rows:
             table.add_row(r.strategy, "-" if (window and r.offset is None) else f"{r.offset if window else r.fraction_pruned:g}",
                           f"{r.fraction_kept:g}", str(r.subset_size), str(len(r.seeds)), _pct(r.mean),
@@ -259,7 +261,8 @@ def prune_curve_command(
         console.print(table)
         full = curve.full_data
         console.print(f"full data: {_pct(full['mean'])}% test accuracy (16-84: {_band(full['p16'], full['p84'])}%, "
-                      f"{len(full['accuracies'])} scoring runs)", highlight=False)
+                      f"{len(full['accuracies'])} scoring runs); diff = cell minus full data, in percentage points",
+                      highlight=False)
         console.print(f"wrote {', '.join(map(str, paths))}", highlight=False)
 
 
