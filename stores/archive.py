@@ -83,7 +83,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError
-from scorebank.stores.remote import FsspecReader, LocalReader, require_local_output
+from scorebank.stores.remote import FsspecReader, LocalReader, RemoteStoreError, require_local_output
 
 MANIFEST = "scorebank-archive.json"
 ARCHIVE_FORMAT = "scorebank-archive"
@@ -184,6 +184,9 @@ def _scan(reader, limits: ArchiveLimits) -> dict[str, _Member]:
             OverflowError, NotImplementedError, OSError) as exc:
         if isinstance(exc, ScorebankError):
             raise
+        if isinstance(reader, FsspecReader) and "range request" in str(exc):
+            raise RemoteStoreError(f"cannot read archive {shown!r} in place: the server does not support "
+                                   "HTTP range requests; download it and open the local file") from None
         raise ArchiveError(f"{shown!r} is not a readable zip archive ({exc}); "
                            "expected a .zip made by 'scorebank export'") from None
     if len(infos) > limits.max_members:
@@ -895,7 +898,8 @@ def open_archive(archive: str | os.PathLike, *, storage_options: dict | None = N
         return ArchiveStore.from_url(os.fspath(archive), storage_options=storage_options, limits=limits)
     path = local_path(archive)
     if not os.path.isfile(path):
-        raise ArchiveError(f"no archive at {os.fspath(archive)!r}: expected a .zip file made by 'scorebank export'")
+        raise ArchiveError(f"no archive at {os.fspath(archive)!r}: expected a .zip file made by 'scorebank export' "
+                           "(for a store directory use 'scorebank info')")
     return ArchiveStore(path, limits=limits)
 
 

@@ -172,7 +172,11 @@ def _check_compatible(first: _Source, other: _Source) -> None:
     same_data = "only stores of the same examples (same data set, --limit and label noise) can be merged"
     for attr in (S.ATTR_FORMAT, S.ATTR_FINGERPRINT):
         a, b = first.attrs.get(attr), other.attrs.get(attr)
-        if a is None or a != b:
+        if a is None or b is None:
+            missing = first if a is None else other
+            raise MergeError(f"cannot merge: {missing.shown!r} has no {attr!r} attribute; "
+                             "only scorebank stores that record it can be merged")
+        if a != b:
             refuse(f"{attr!r} attributes", a, b, same_data if attr == S.ATTR_FINGERPRINT else
                    "re-export both with the same scorebank version")
     na, nb = first.group[S.EXAMPLE].shape[0], other.group[S.EXAMPLE].shape[0]

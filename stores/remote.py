@@ -188,9 +188,16 @@ class FsspecReader:
             return b""
         end = min(self.size, offset + length)
         try:
-            return bytes(self.fs.cat_file(self.path, start=offset, end=end))
+            data = bytes(self.fs.cat_file(self.path, start=offset, end=end))
         except Exception as exc:  # noqa: BLE001
+            if "range request" in str(exc):
+                raise RemoteStoreError(f"cannot read {self.url!r} in place: the server does not support HTTP "
+                                       "range requests; download it and open the local file") from None
             raise translate_remote_errors(self.url, exc) from None
+        if len(data) != end - offset:
+            raise RemoteStoreError(f"{self.url!r} answered a request for bytes {offset}..{end - 1} with "
+                                   f"{len(data)} bytes; the server must support HTTP range requests")
+        return data
 
     def open(self) -> IO[bytes]:
         # Small blocks: the zip central directory is read with a few short seeks.

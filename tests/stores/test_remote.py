@@ -19,6 +19,7 @@ from scorebank.stores import schema as S
 from scorebank.stores.archive import export_archive, import_archive
 from scorebank.stores.errors import InvalidArgumentError, StoreNotFoundError
 from scorebank.stores.location import open_scores
+from scorebank.stores.remote import RemoteStoreError
 from scorebank.stores.summary import summarize
 
 
@@ -159,6 +160,25 @@ def test_cli_info_and_inspect_accept_urls(served):
     result = CliRunner().invoke(app, ["inspect", f"{base}/scores.scorebank.zip", "--verify"])
     assert result.exit_code == 0, result.output
     assert "Lab A" in result.stdout and "verified" in result.stdout
+
+
+def test_a_server_without_range_requests_is_reported(served):
+    root, _ = served
+
+    class Plain(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Plain, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(RemoteStoreError, match="does not support HTTP range requests"):
+            open_scores(f"http://127.0.0.1:{server.server_address[1]}/scores.scorebank.zip")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def test_unknown_url_scheme_is_a_bad_argument():
