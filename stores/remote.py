@@ -6,8 +6,13 @@ A *location* is what every reading command takes as ``STORE``:
 * a ``file://`` URL, treated exactly like the local path it names;
 * any other fsspec URL (``http://``, ``https://``, ``s3://``, ``gs://``, ...): a store
   directory, or an archive when the URL's path ends in ``.zip``.  Remote locations are
-  only ever read; ``s3://`` and ``gs://`` need the ``s3fs`` / ``gcsfs`` packages, and
-  ``storage_options`` (credentials, anonymous access, ...) are passed to fsspec as is.
+  only ever read; ``s3://`` and ``gs://`` need the ``s3fs`` / ``gcsfs`` packages.
+  Credentials come from the usual places (AWS/GCP environment variables and files) or
+  fsspec's configuration (``~/.config/fsspec/*.json``, or environment variables such as
+  ``FSSPEC_S3_ANON=true`` for public buckets); library callers may pass
+  ``storage_options`` (given to fsspec as is).  An archive URL needs a server that
+  answers HTTP range requests (S3, GCS and common web servers do): each member is one
+  ranged read, nothing is downloaded whole.
 
 :class:`LocalReader` and :class:`FsspecReader` give stateless ``read(offset, length)``
 access to one file (``os.pread`` / one HTTP range request each), which is what
