@@ -9,7 +9,7 @@ A *location* is what every reading command takes as ``STORE``:
   only ever read; ``s3://`` and ``gs://`` need the ``s3fs`` / ``gcsfs`` packages.
   Credentials come from the usual places (AWS/GCP environment variables and files) or
   fsspec's configuration (``~/.config/fsspec/*.json``, or environment variables such as
-  ``FSSPEC_S3_ANON=true`` for public buckets); library callers may pass
+  ``FSSPEC_S3='{"anon": true}'`` for public buckets); library callers may pass
   ``storage_options`` (given to fsspec as is).  An archive URL needs a server that
   answers HTTP range requests (S3, GCS and common web servers do): each member is one
   ranged read, nothing is downloaded whole.
