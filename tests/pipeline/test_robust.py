@@ -8,7 +8,6 @@ autograd, so the only difference is float64 rounding (hence ``atol=1e-12``).
 
 from __future__ import annotations
 
-import copy
 import io
 import itertools
 
@@ -18,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scorebank.pipeline.models import build_model
-from scorebank.pipeline.robust import (OPTIMIZERS, GradientEstimator, _per_example_gradients,
-                                       make_estimator, median3)
+from scorebank.pipeline.robust import (OPTIMIZERS, GradientEstimator, _median3,
+                                       _per_example_gradients, make_estimator)
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError
 
 D, K = 5, 3  # features, classes of the linear model
@@ -103,12 +102,12 @@ def test_median3_is_exact_middle_value():
     b = torch.tensor([1e-3, 1.0, -1.0, 2.0, 4.0], dtype=torch.float32)
     c = torch.tensor([-1e8, 2.0, 7.0, 9.0, 6.0], dtype=torch.float32)
     out, tmp = torch.empty(5), torch.empty(5)
-    median3(a, b, c, out=out, tmp=tmp)
+    _median3(a, b, c, out=out, tmp=tmp)
     # a+b+c-min-max in float32 gives 0 for the first coordinate (1e-3 is lost next to 1e8)
     assert torch.equal(out, torch.tensor([1e-3, 2.0, -1.0, 2.0, 5.0], dtype=torch.float32))
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 1000, generator=g)
-    median3(x[0], x[1], x[2], out=(o := torch.empty(1000)), tmp=torch.empty(1000))
+    _median3(x[0], x[1], x[2], out=(o := torch.empty(1000)), tmp=torch.empty(1000))
     assert torch.equal(o, x.median(0).values)
 
 
@@ -139,7 +138,10 @@ def test_m3_is_median_of_three_microbatch_means():
     assert not close(grads(model), closed_mean(model, x, y), atol=1e-3)
 
 
-@pytest.mark.parametrize("n, splits", [(7, [(0, 3), (3, 5), (5, 7)]), (4, [(0, 2), (2, 3), (3, 4)])])
+@pytest.mark.parametrize("n, splits", [
+    (7, [(0, 3), (3, 5), (5, 7)]),
+    (4, [(0, 2), (2, 3), (3, 4)]),
+])
 def test_m3_short_batch_uses_near_equal_microbatches(n, splits):
     model = linear_model()
     x, y = batch(n, seed=3)
@@ -471,6 +473,33 @@ def test_logits_equal_plain_forward(name):
     assert torch.equal(logits, expected)
     for a, b in zip(model.buffers(), reference.buffers()):  # same BatchNorm running statistics
         assert torch.equal(a, b)
+
+
+class _WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(D, K)
+        self.unused = nn.Linear(D, K)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_unused_parameters_get_zeros_and_no_grad_context_is_harmless(name):
+    torch.manual_seed(0)
+    model = _WithUnused().double()
+    x, y = batch(12, seed=12)
+    est = make_estimator(name, batch_size=12, clip_count=1 if name == "winsorized" else 0)
+    est.compute(model, x, y)
+    outside = grads(model)
+    assert torch.equal(model.unused.weight.grad, torch.zeros_like(model.unused.weight))
+    assert torch.equal(model.unused.bias.grad, torch.zeros_like(model.unused.bias))
+    assert outside[0].abs().sum() > 0
+    with torch.no_grad():  # the caller's grad mode must not matter
+        make_estimator(name, batch_size=12,
+                       clip_count=1 if name == "winsorized" else 0).compute(model, x, y)
+    assert all(torch.equal(u, v) for u, v in zip(outside, grads(model)))
 
 
 # ---------------------------------------------------------------------------------- devices
