@@ -137,4 +137,4 @@ def small_blocks(monkeypatch):
     """Force Dask blocks of very few epochs, to exercise the cross-block code paths."""
     from scorebank.analysis import access
 
-    monkeypatch.setattr(access, "BLOCK_BYTES", 16 * 4 * 2)
+    monkeypatch.setattr(access, "BLOCK_BYTES", 32)  # 2 epochs of 16 booleans, 1 of anything wider

@@ -52,6 +52,10 @@ def test_hand_made_sequence_has_three_forgetting_events(make_store):
 def test_random_store_matches_loops(store, request, blocks):
     if blocks:
         request.getfixturevalue("small_blocks")
+        from scorebank.analysis import access
+
+        ds = access.open_store(store.path)
+        assert len(access.select(ds, S.TRAIN_CORRECT, runs=[0], epochs=np.arange(1, 7)).chunks[1]) == 3
     out = forgetting(store.path)
     for i, seed in enumerate(store.seeds):
         ev, never, learned, score = reference(store[S.TRAIN_CORRECT][i], store[S.COMPLETED][i])
