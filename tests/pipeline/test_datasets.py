@@ -9,7 +9,8 @@ from scorebank.pipeline.datasets import (ImageData, apply_label_noise, load_data
                                          take_limit)
 from scorebank.stores.errors import DataNotFoundError, InvalidArgumentError
 
-from conftest import SHARED_DATA
+# ../shared/data beside the project root (CIFAR-10 JPEG zip); tests using it skip when absent
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 
 
 def test_digits_fixed_split():
