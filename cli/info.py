@@ -24,11 +24,14 @@ def print_summary(location) -> None:
                   highlight=False)
     noisy = "label_noise" in s.features
     extra = ("pristine acc", "corrupt acc") if noisy else ()
-    table = Table("seed", "status", "last epoch", "train acc", *extra, "test acc", "separated at")
+    merged = any(r.source is not None for r in s.runs)
+    ids = ("run", "seed", "source") if merged else ("seed",)
+    table = Table(*ids, "status", "last epoch", "train acc", *extra, "test acc", "separated at")
     for r in s.runs:
         status = r.status if r.failed_epoch is None else f"{r.status} (epoch {r.failed_epoch})"
         noise_cols = (_pct(r.pristine_accuracy), _pct(r.corrupt_accuracy)) if noisy else ()
-        table.add_row(str(r.seed), status, "-" if r.last_epoch is None else str(r.last_epoch),
+        id_cols = (str(r.run), str(r.seed), r.source) if merged else (str(r.seed),)
+        table.add_row(*id_cols, status, "-" if r.last_epoch is None else str(r.last_epoch),
                       _pct(r.train_accuracy), *noise_cols, _pct(r.test_accuracy),
                       "-" if r.separation_epoch is None else str(r.separation_epoch))
     console.print(table)

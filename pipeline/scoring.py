@@ -28,6 +28,7 @@ from scorebank.pipeline.training import Trainer, resolve_device, to_device_data
 from scorebank.stores import schema as S
 from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, RunFailedError,
                                      StoreExistsError)
+from scorebank.stores.merge import ATTR_SOURCES
 from scorebank.stores.zarrstore import (StoreWriter, atomic_file, create_store, is_scorebank_store,
                                         remove_store)
 
@@ -53,10 +54,17 @@ class RunOutcome:
     failed_epoch: int | None = None
 
 
+class MergedStoreError(InvalidArgumentError):
+    """``scorebank score`` was pointed at a merged store, which cannot take new runs."""
+
+
+def _store_attrs(path: Path) -> dict:
+    return json.loads((path / "zarr.json").read_text()).get("attributes", {})
+
+
 def read_store_config(path: str | os.PathLike) -> ScoreConfig:
     """The configuration recorded in a store's attrs."""
-    doc = json.loads((Path(path) / "zarr.json").read_text())
-    return ScoreConfig.from_json(doc["attributes"][S.ATTR_CONFIG])
+    return ScoreConfig.from_json(_store_attrs(Path(path))[S.ATTR_CONFIG])
 
 
 def prepare_labels(config: ScoreConfig, data: ImageData) -> np.ndarray:
@@ -84,6 +92,10 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
     if exists and not is_scorebank_store(path):
         raise StoreExistsError(f"{str(path)!r} exists and is not a scorebank store; choose another --store path")
     if exists and not overwrite:
+        if ATTR_SOURCES in _store_attrs(path):
+            raise MergedStoreError(
+                f"store {str(path)!r} was made by `scorebank merge` and is for analysis only; score into "
+                "a separate --store and merge again, or pass --overwrite to replace it")
         old = read_store_config(path)
         diff = old.differences(config)
         if diff:
@@ -98,8 +110,7 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
         remove_store(path)
         exists = False
     if exists:
-        with open(path / "zarr.json") as f:
-            recorded = json.load(f)["attributes"].get(S.ATTR_FINGERPRINT)
+        recorded = _store_attrs(path).get(S.ATTR_FINGERPRINT)
         if recorded != data.fingerprint:
             raise ConfigMismatchError(
                 f"store {str(path)!r} describes data set fingerprint {recorded!r} but {config.dataset!r} "

@@ -15,7 +15,8 @@ from scorebank.stores import schema as S
 
 @dataclass(frozen=True)
 class RunSummary:
-    seed: int
+    run: int  # the store's run id (== seed except in merged stores, which renumber repeated seeds)
+    seed: int  # the training seed
     status: str
     last_epoch: int | None  # last completed epoch
     failed_epoch: int | None
@@ -24,6 +25,7 @@ class RunSummary:
     separation_epoch: int | None  # first recorded epoch with clean-pass train accuracy 1.0
     pristine_accuracy: float = math.nan  # with label noise: clean-pass accuracy on uncorrupted examples
     corrupt_accuracy: float = math.nan  # ... and on corrupted ones (w.r.t. their corrupted label)
+    source: str | None = None  # merged stores: the store or archive the run came from
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,18 @@ def summarize(ds: xr.Dataset) -> StoreSummary:
     noisy = S.PRISTINE_ACCURACY in ds
     pristine = ds[S.PRISTINE_ACCURACY].values if noisy else None
     corrupt = ds[S.CORRUPT_ACCURACY].values if noisy else None
+    run_ids = ds[S.RUN].values.tolist()
+    # merged stores (scorebank.stores.merge) carry the training seed and source per run
+    seeds = ds["seed"].values.tolist() if "seed" in ds.coords else run_ids
+    sources = ds["source"].values.tolist() if "source" in ds.coords else [None] * len(run_ids)
     rows = []
-    for i, seed in enumerate(ds[S.RUN].values.tolist()):
-        info = runs_attr.get(str(seed), {})
+    for i, run in enumerate(run_ids):
+        info = runs_attr.get(str(run), {})
         done = np.flatnonzero(completed[i])
         rec_done = np.flatnonzero(completed[i] & recorded[i])
         rows.append(RunSummary(
-            seed=int(seed), status=info.get("status", S.RUN_PENDING),
+            run=int(run), seed=int(seeds[i]), source=None if sources[i] is None else str(sources[i]),
+            status=info.get("status", S.RUN_PENDING),
             last_epoch=int(epochs[done[-1]]) if done.size else None,
             failed_epoch=info.get("failed_epoch"),
             train_accuracy=float(train_acc[i, rec_done[-1]]) if rec_done.size else math.nan,

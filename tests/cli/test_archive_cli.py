@@ -172,6 +172,11 @@ def test_merge_writes_a_store_info_can_read(archive, stores, tmp_path):
     merged = open_scores(out)
     assert merged["source"].values.tolist() == ["lab-a.scorebank.zip"] * 2 + ["b.zarr"]
     assert merged["source_creator"].values.tolist() == ["Lab A", "Lab A", ""]
+    assert [r["source"] for r in doc["runs"]] == ["lab-a.scorebank.zip"] * 2 + ["b.zarr"]
+    table = run("info", str(out))
+    assert table.exit_code == 0, table.output
+    header_rows = [[c.strip() for c in line.split("┃")[1:-1]] for line in table.stdout.splitlines() if "┃" in line]
+    assert ["run", "seed", "source"] in [cells[:3] for cells in header_rows], table.stdout
 
 
 def test_merge_refusals_are_one_line_and_write_nothing(archive, stores, tmp_path):

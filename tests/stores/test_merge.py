@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def test_merge_of_two_stores_equals_one_store_with_all_seeds(stores, tmp_path):
                                                                              "2": "complete"}
     assert [(e["name"], e["runs"], e["config"]) for e in merged.attrs["sources"]] == [
         ("a.zarr", [0, 1], full.attrs[S.ATTR_CONFIG]), ("b.zarr", [2], full.attrs[S.ATTR_CONFIG])]
-    assert summarize(merged).runs == summarize(full).runs
+    assert [dataclasses.replace(r, source=None) for r in summarize(merged).runs] == list(summarize(full).runs)
+    assert [r.source for r in summarize(merged).runs] == ["a.zarr", "a.zarr", "b.zarr"]
 
 
 def test_merge_reads_archives_and_records_their_creator(stores, tmp_path):
@@ -138,7 +140,8 @@ def test_the_same_archive_twice_is_refused_unless_duplicates_allowed(stores, tmp
     assert merged["seed"].values.tolist() == [0, 1, 0, 1]
     assert merged["source"].values.tolist() == ["a.scorebank.zip"] * 2 + ["a.scorebank.zip#2"] * 2
     np.testing.assert_array_equal(merged[S.MARGIN].sel(run=[2, 3]).values, merged[S.MARGIN].sel(run=[0, 1]).values)
-    assert [r.seed for r in summarize(merged).runs] == [0, 1, 2, 3]
+    assert [(r.run, r.seed, r.source) for r in summarize(merged).runs] == [
+        (0, 0, "a.scorebank.zip"), (1, 1, "a.scorebank.zip"), (2, 0, "a.scorebank.zip#2"), (3, 1, "a.scorebank.zip#2")]
 
 
 def test_merged_stores_merge_again_keeping_provenance_and_catching_duplicates(stores, tmp_path):
@@ -173,3 +176,13 @@ def test_plain_xarray_reads_the_provenance_coordinates(stores, tmp_path):
     assert set(ds[S.MARGIN].coords) == {S.RUN, S.EPOCH, S.EXAMPLE, S.ORIGINAL_INDEX, "seed", "source",
                                         "source_creator", "config_hash"}
     assert ds.sel(run=2)["source"].values.tolist() == "b.zarr"
+
+
+def test_scoring_more_seeds_into_a_merged_store_is_refused_and_changes_nothing(stores, tmp_path):
+    from scorebank.pipeline.scoring import MergedStoreError, score
+
+    out = merge_stores([stores["a"], stores["b"]], tmp_path / "merged.zarr").path
+    before = {p: p.read_bytes() for p in Path(out).rglob("*") if p.is_file()}
+    with pytest.raises(MergedStoreError, match=r"merged\.zarr'.*scorebank merge"):
+        score(_config(), (7,), out, device="cpu")
+    assert {p: p.read_bytes() for p in Path(out).rglob("*") if p.is_file()} == before
