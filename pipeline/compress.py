@@ -87,10 +87,10 @@ from scorebank.pipeline.retrain import StoreData, check_group_name, load_store_d
 from scorebank.pipeline.scoring import read_store_config
 from scorebank.pipeline.training import clean_pass, evaluate, new_model
 from scorebank.stores import schema as S
-from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, ScorebankError,
-                                     StoreExistsError, StoreNotFoundError)
+from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, ScorebankError, StoreExistsError
 from scorebank.stores.summary import separation_epochs
-from scorebank.stores.zarrstore import StoreWriter, consolidate, is_scorebank_store, now_iso, scorebank_version
+from scorebank.stores.zarrstore import (StoreWriter, consolidate, now_iso, require_store_directory,
+                                        scorebank_version)
 
 SCHEDULES = ("immediate", "continuous")
 PAPER_N = 50_000
@@ -307,9 +307,7 @@ def compress(store: str | os.PathLike, config: CompressConfig, *, name: str | No
     record the trajectory under ``compress/<name>`` (default name
     ``run<R>-<schedule>-keep<K>``).  Everything is checked before training starts; an
     existing group of that name is refused unless ``overwrite``."""
-    path = Path(store)
-    if not is_scorebank_store(path):
-        raise StoreNotFoundError(f"no scorebank store at {str(path)!r}: expected a store made by 'scorebank score'")
+    path = require_store_directory(store, "compress")
     name = check_group_name(name or f"run{config.run}-{config.schedule}-keep{config.keep}")
     store_config = read_store_config(path)
     import zarr

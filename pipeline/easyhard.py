@@ -31,7 +31,7 @@ from scorebank.pipeline.retrain import load_store_data, retrain_config
 from scorebank.pipeline.training import Trainer, clean_pass
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError
-from scorebank.stores.zarrstore import StoreWriter, consolidate, now_iso
+from scorebank.stores.zarrstore import StoreWriter, consolidate, now_iso, require_store_directory
 
 GROUP = "easy_hard"
 TRAINED_ON = ("easy", "hard")
@@ -85,6 +85,7 @@ def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshol
 
     if not seeds:
         raise InvalidArgumentError("no seeds given; pass e.g. --seeds 0-2")
+    require_store_directory(store, "easy-hard")
     ds = access.open_store(store)
     completed = access.completed_runs(ds)
     if run is None:

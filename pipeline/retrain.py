@@ -77,10 +77,9 @@ from scorebank.pipeline.datasets import ImageData, load_dataset
 from scorebank.pipeline.scoring import read_store_config
 from scorebank.pipeline.training import DeviceData, Trainer, evaluate, resolve_device, to_device_data
 from scorebank.stores import schema as S
-from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, RunFailedError,
-                                     StoreNotFoundError)
-from scorebank.stores.zarrstore import (StoreWriter, atomic_file, consolidate, is_scorebank_store,
-                                        now_iso, scorebank_version)
+from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, RunFailedError
+from scorebank.stores.zarrstore import (StoreWriter, atomic_file, consolidate, now_iso, require_store_directory,
+                                        scorebank_version)
 
 BUDGETS = ("steps", "epochs")
 BASELINES = ("random",)
@@ -322,9 +321,7 @@ def load_store_data(store: str | os.PathLike, *, device: str = "auto", data: Ima
                     data_dir: str | None = None, download: bool | None = None) -> StoreData:
     """Load the data set a store describes, check its fingerprint, and put it on ``device``
     with the store's training labels.  ``data`` may be passed to skip loading (tests)."""
-    path = Path(store)
-    if not is_scorebank_store(path):
-        raise StoreNotFoundError(f"no scorebank store at {str(path)!r}: expected a store made by 'scorebank score'")
+    path = require_store_directory(store, "retraining")
     config = read_store_config(path)
     dev = resolve_device(device)
     attrs = json.loads((path / "zarr.json").read_text())["attributes"]
@@ -356,9 +353,7 @@ class RetrainJob:
 
 def store_identity(store: str | os.PathLike) -> tuple[str, int]:
     """(data set fingerprint, number of training examples) recorded in a store."""
-    path = Path(store)
-    if not is_scorebank_store(path):
-        raise StoreNotFoundError(f"no scorebank store at {str(path)!r}: expected a store made by 'scorebank score'")
+    path = require_store_directory(store, "retraining")
     import zarr
 
     attrs = json.loads((path / "zarr.json").read_text())["attributes"]
@@ -732,9 +727,7 @@ def retrain_summary(store: str | os.PathLike, names: Sequence[str] | None = None
     """Summary rows of the named retrain groups (default: all), over their completed seeds."""
     import zarr
 
-    path = Path(store)
-    if not is_scorebank_store(path):
-        raise StoreNotFoundError(f"no scorebank store at {str(path)!r}")
+    path = require_store_directory(store, "reading retrain results")
     available = retrain_groups(path)
     names = list(available if names is None else names)
     missing = [n for n in names if n not in available]

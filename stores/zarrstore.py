@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 
 from scorebank.stores import schema as S
-from scorebank.stores.errors import StoreExistsError, StoreLockedError, StoreNotFoundError
+from scorebank.stores.errors import InvalidArgumentError, StoreExistsError, StoreLockedError, StoreNotFoundError
 
 
 def scorebank_version() -> str:
@@ -49,6 +49,26 @@ def consolidate(path: str | os.PathLike) -> None:
         warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component",
                                 category=UserWarning)
         zarr.consolidate_metadata(os.fspath(path))
+
+
+def require_store_directory(location: str | os.PathLike, what: str) -> Path:
+    """``location`` as the path of a local store directory that ``what`` (e.g. ``"retrain"``)
+    can write into.  Archives and URLs are read-only: the error says to unpack them with
+    ``scorebank import`` first; anything else that is not a store is
+    :class:`StoreNotFoundError`."""
+    shown = os.fspath(location)
+    if "://" in shown:
+        raise InvalidArgumentError(
+            f"{what} writes into the store, and {shown!r} is a URL (read-only); "
+            f"copy it locally with 'scorebank import {shown} DIR' and pass DIR")
+    path = Path(location)
+    if path.is_file():
+        raise InvalidArgumentError(
+            f"{what} writes into the store, and {shown!r} is a file (an archive is read-only); "
+            f"unpack it with 'scorebank import {shown} DIR' and pass DIR")
+    if not is_scorebank_store(path):
+        raise StoreNotFoundError(f"no scorebank store at {shown!r}: expected a store directory made by 'scorebank score'")
+    return path
 
 
 def is_scorebank_store(path: str | os.PathLike) -> bool:

@@ -102,6 +102,21 @@ def test_missing_store_and_manifest(work):
     assert r.exit_code == 2 and "no manifest file at" in r.output
 
 
+@pytest.mark.parametrize("command", [("retrain", "--manifest", "keep.json"), ("compress", "--run", "0", "--keep", "10"),
+                                     ("easy-hard",)])
+def test_writing_commands_refuse_an_archive_and_say_how_to_unpack_it(work, command):
+    archive = work / "s.scorebank.zip"
+    assert invoke("export", work / "s.zarr", archive, "--quiet").exit_code == 0
+    before = archive.read_bytes()
+    args = [work / a if a.endswith(".json") else a for a in command[1:]]
+    r = invoke(command[0], archive, *args)
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert f"{str(archive)!r} is a file (an archive is read-only)" in " ".join(r.output.split())
+    assert f"scorebank import {archive} DIR" in " ".join(r.output.split())
+    assert archive.read_bytes() == before
+
+
 def test_prune_curve_writes_table_and_figure_and_resumes(work):
     store, out = work / "s.zarr", work / "curve"
     args = ["prune-curve", store, "--score", "el2n@2", "--strategies", "keep-highest,random", "--fractions", "0.5,0.75",
