@@ -545,9 +545,11 @@ class WinsorizedEstimator(GradientEstimator):
     """``winsorized`` SGD with ``clip_count = s`` (Chatterjee 2020; paper Sec. 3.1, App. B):
     per coordinate, the ``B`` per-example gradients of the minibatch are clamped to lie between
     their ``(s+1)``-th smallest and ``(s+1)``-th largest value, then summed and divided by
-    ``B``.  ``s = 0`` clips nothing and equals plain SGD (up to float summation order).  Needs
-    ``2 * (s + 1) <= B`` for every batch, including a short last batch (else
-    InvalidArgumentError: drop the short batch or lower ``s``).
+    ``B``.  ``s = 0`` clips nothing and equals plain SGD (up to float summation order).
+    ``make_estimator`` requires ``2 * (s + 1) <= batch_size``.  A short batch (the last of an
+    epoch) with ``B < 2 * (s + 1)`` is winsorized with the largest clip count it allows,
+    ``s' = max(0, (B - 2) // 2)`` (e.g. s = 2 and B = 5 -> s' = 1), so every example still
+    takes part in its epoch and its in-flight statistics are recorded.
 
     Per-example gradients come from one ordinary minibatch forward/backward and a per-module
     ``torch.func.vmap(grad(...))`` with ``functional_call`` (see :func:`_per_example_gradients`).
@@ -573,12 +575,7 @@ class WinsorizedEstimator(GradientEstimator):
 
     def compute(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
         batch = _check_batch(inputs, labels)
-        s = self.clip_count
-        if 2 * (s + 1) > batch:
-            raise InvalidArgumentError(
-                f"winsorized with clip_count={s!r} needs batches of at least 2*(clip_count+1) = "
-                f"{2 * (s + 1)} examples, got a batch of {batch!r}; drop the short last batch "
-                f"or lower clip_count")
+        s = min(self.clip_count, max(0, (batch - 2) // 2))  # a short last batch clips fewer
 
         def winsorized_mean(terms: Tensor) -> Tensor:  # (B, *shape) -> (*shape)
             if s > 0:

@@ -404,11 +404,17 @@ def test_winsorized_refuses_unsupported_models(model, fragment):
         make_estimator("winsorized", batch_size=8, clip_count=1).compute(model, x, y)
 
 
-def test_winsorized_rejects_batch_too_small_for_clip_count():
-    est = make_estimator("winsorized", batch_size=12, clip_count=2)
-    x, y = batch(5, seed=0)
-    with pytest.raises(InvalidArgumentError, match="got a batch of 5"):
-        est.compute(linear_model(), x, y)
+@pytest.mark.parametrize("n, clipped", [(5, 1), (6, 2), (3, 0), (1, 0)])
+def test_winsorized_short_batch_clips_as_many_as_it_allows(n, clipped):
+    """clip_count 2 on a batch of n < 2*(2+1): s' = max(0, (n-2)//2) values clipped per side."""
+    model = linear_model()
+    x, y = batch(n, seed=3)
+    make_estimator("winsorized", batch_size=12, clip_count=2).compute(model, x, y)
+    expected = []
+    for per in closed_form(model, x, y):
+        srt = per.sort(0).values
+        expected.append(torch.clamp(per, srt[clipped], srt[-1 - clipped]).sum(0) / n)
+    assert close(grads(model), expected)
 
 
 # ---------------------------------------------------------------------------------- toy example
