@@ -156,12 +156,18 @@ def stratum_budgets(sizes: np.ndarray, budget: int) -> np.ndarray:
 
 
 def strata(scores: np.ndarray, bins: int) -> np.ndarray:
-    """Stratum number (0..bins-1) of each score: equal-width bins over [min, max]."""
-    lo, hi = float(scores.min()), float(scores.max())
-    if hi == lo:
-        return np.zeros(scores.size, dtype=np.int64)
-    width = (hi - lo) / bins
-    return np.minimum(((scores - lo) / width).astype(np.int64), bins - 1)
+    """Stratum number (0..bins-1) of each score: equal-width bins over [min, max] of the
+    finite scores; ``+inf`` (e.g. forgetting of never-learned examples with
+    ``never_learned="inf"``) goes to the last stratum and ``-inf`` to the first."""
+    out = np.zeros(scores.size, dtype=np.int64)
+    finite = np.isfinite(scores)
+    if finite.any():
+        lo, hi = float(scores[finite].min()), float(scores[finite].max())
+        if hi > lo:
+            width = (hi - lo) / bins
+            out[finite] = np.minimum(((scores[finite] - lo) / width).astype(np.int64), bins - 1)
+    out[scores == np.inf] = bins - 1
+    return out
 
 
 def _apply(rule: Rule, scores: np.ndarray | None, n: int, n_total: int, rng: np.random.Generator,

@@ -99,6 +99,23 @@ def test_stratified():
     assert set(select_indices(low, scores, labels).tolist()) <= set(order[20:])
 
 
+def test_stratified_puts_infinite_scores_in_the_end_strata():
+    """forgetting with never_learned="inf" gives +inf to never-learned examples: they form
+    part of the hardest stratum instead of breaking the equal-width bins of the rest."""
+    scores = np.array([0.0, 1.0, 2.0, 3.0, np.inf, 4.0, np.inf, 0.5])
+    from scorebank.analysis.selection import strata
+
+    # finite range [0, 4] in 4 bins of width 1; 4.0 is clamped into the last bin
+    assert strata(scores, 4).tolist() == [0, 1, 2, 3, 3, 3, 3, 0]
+    assert strata(np.array([-np.inf, 1.0, 1.0, np.inf]), 3).tolist() == [0, 0, 0, 2]
+    rule = make_rule("stratified", fraction=0.5, bins=4, hard_cutoff=0.0, seed=1)
+    kept = select_indices(rule, scores, np.zeros(8, int))
+    # sizes [2, 1, 1, 4] -> visiting 1, 2 (size 1), then 0 (size 2), then 3: budgets 1, 1, 1, 1
+    assert kept.size == 4
+    stratum = strata(scores, 4)
+    assert sorted(stratum[kept].tolist()) == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(strategy="keep-highest", fraction=0.0), r"--fraction 0.0 is outside \(0, 1\]"),
     (dict(strategy="keep-highest", fraction=1.5), r"--fraction 1.5 is outside \(0, 1\]"),
