@@ -4,7 +4,9 @@ All timings use synthetic data of a chosen shape (default CIFAR-10: 3x32x32, 10 
 10,000 examples) resident on the device, a freshly initialised model, and the same batch
 size.  Each quantity is timed ``repeats`` times after one warm-up and the median is kept;
 ratios compare medians from the same run, so they transfer across machines better than
-seconds do.
+seconds do.  Quantities that are compared as a ratio of two training epochs (plain vs
+in-flight recording, SGD vs another optimiser) are timed alternately, A B A B ..., so that
+drift during the run (the weights changing, other load on the machine) hits both alike.
 
 * ``train_epoch_s``: a plain training epoch (SGD step per minibatch, no recording).
 * ``inflight_overhead``: (epoch with in-flight ``train_correct`` + loss recording) / plain - 1.
@@ -96,8 +98,17 @@ def run_bench(spec: BenchSpec, progress: Callable[[str], None] | None = None) ->
                 model(data.train_x[start:start + spec.batch_size])
         model.train()
 
-    plain = median(lambda: trainer.train_epoch(record=False), "plain training epoch")
-    inflight = median(lambda: trainer.train_epoch(record=True), "training epoch with in-flight recording")
+    def alternating(fa: Callable[[], object], fb: Callable[[], object], label: str) -> tuple[float, float]:
+        say(label)
+        fa(), fb()  # warm-up
+        ta, tb = [], []
+        for _ in range(spec.repeats):
+            ta.append(timed(fa))
+            tb.append(timed(fb))
+        return statistics.median(ta), statistics.median(tb)
+
+    plain, inflight = alternating(lambda: trainer.train_epoch(record=False), lambda: trainer.train_epoch(record=True),
+                                  "training epochs, plain and with in-flight recording")
     bare = median(bare_forward, "bare inference forward")
     clean = median(lambda: clean_pass(model, data.train_x, data.train_y, spec.batch_size), "clean pass")
     grand = median(lambda: grand_scores(model, data.train_x, data.train_y, batch_size=spec.batch_size), "GraNd pass")
@@ -131,8 +142,9 @@ def run_bench(spec: BenchSpec, progress: Callable[[str], None] | None = None) ->
         cfg = resolve_config(model=spec.model, width=spec.width, batch_size=spec.batch_size,
                              epochs=1, lr=0.01, optimizer=name)
         other = Trainer(cfg, data, spec.seed, device)
-        t = median(lambda: other.train_epoch(record=True), f"training epoch with --optimizer {name}")
-        result[f"optimizer_ratio_{name}"] = t / inflight
+        sgd, t = alternating(lambda: trainer.train_epoch(record=True), lambda: other.train_epoch(record=True),
+                             f"training epochs, sgd and --optimizer {name}")
+        result[f"optimizer_ratio_{name}"] = t / sgd
     return result
 
 
