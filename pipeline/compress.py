@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scorebank.pipeline.config import ScoreConfig
+from scorebank.pipeline.config import ScoreConfig, check_sgd_settings
 from scorebank.pipeline.datasets import ImageData
 from scorebank.pipeline.models import norm_product
 from scorebank.pipeline.retrain import StoreData, check_group_name, load_store_data
@@ -198,11 +198,7 @@ def resolve_compress_config(store_config: ScoreConfig, *, run: int, schedule: st
            f"({max_epochs_per_stage!r}), got {min_epochs_per_stage!r}")
     _check(batch_size is None or (_int(batch_size) and batch_size >= 1),
            f"--batch-size must be an integer >= 1 (or omitted for full-batch gradient descent), got {batch_size!r}")
-    _check(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr!r}")
-    _check(math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum!r}")
-    _check(not cfg.nesterov or cfg.momentum > 0, "--nesterov needs --momentum > 0")
-    _check(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0,
-           f"--weight-decay must be >= 0, got {cfg.weight_decay!r}")
+    check_sgd_settings(cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
     _check(_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1,
            f"--eval-batch-size must be an integer >= 1, got {cfg.eval_batch_size!r}")
     return cfg

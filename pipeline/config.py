@@ -177,11 +177,7 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
     _check(_int(cfg.batch_size) and cfg.batch_size >= 1, f"--batch-size must be an integer >= 1, got {cfg.batch_size!r}")
     _check(_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1,
            f"--eval-batch-size must be an integer >= 1, got {cfg.eval_batch_size!r}")
-    _check(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr!r}")
-    _check(math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum!r}")
-    _check(not cfg.nesterov or cfg.momentum > 0, "--nesterov needs --momentum > 0")
-    _check(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0,
-           f"--weight-decay must be >= 0, got {cfg.weight_decay!r}")
+    check_sgd_settings(cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
     _check(math.isfinite(cfg.label_noise) and 0 <= cfg.label_noise <= 1,
            f"--label-noise must be a fraction in [0, 1], got {cfg.label_noise!r}")
     _check(cfg.limit is None or (_int(cfg.limit) and cfg.limit >= 1), f"--limit must be an integer >= 1, got {cfg.limit!r}")
@@ -216,6 +212,14 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
     _check(all(0 <= e <= cfg.epochs for e in gr),
            f"--grand-epochs {','.join(map(str, gr))!r} names epochs outside 0..{cfg.epochs} (--epochs {cfg.epochs})")
     return dataclasses.replace(cfg, record_epochs=rec, grand_epochs=gr, schedule=str(schedule))
+
+
+def check_sgd_settings(lr: float, momentum: float, nesterov: bool, weight_decay: float) -> None:
+    """Validate the SGD hyperparameters every training command shares (InvalidArgumentError)."""
+    _check(math.isfinite(lr) and lr > 0, f"--lr must be a positive number, got {lr!r}")
+    _check(math.isfinite(momentum) and 0 <= momentum < 1, f"--momentum must be in [0, 1), got {momentum!r}")
+    _check(not nesterov or momentum > 0, "--nesterov needs --momentum > 0")
+    _check(math.isfinite(weight_decay) and weight_decay >= 0, f"--weight-decay must be >= 0, got {weight_decay!r}")
 
 
 def _int(v) -> bool:
