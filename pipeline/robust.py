@@ -36,6 +36,7 @@ other two are large and opposite -- and it takes 4 elementwise passes instead of
 
 from __future__ import annotations
 
+import abc
 import numbers
 import weakref
 from typing import Any, Callable
@@ -146,7 +147,7 @@ class _FlatLayout:
 # estimators
 
 
-class GradientEstimator:
+class GradientEstimator(abc.ABC):
     """Computes a gradient estimate into ``p.grad`` for every trainable parameter.
 
     Subclasses implement :meth:`compute`; stateful ones (rm3, ra3) override
@@ -154,6 +155,7 @@ class GradientEstimator:
 
     name: str = ""
 
+    @abc.abstractmethod
     def compute(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
         """Run the forward pass(es) of ``model`` (in train mode) on the minibatch ``inputs``
         ``(B, C, H, W)`` (already augmented and normalised) with ``labels`` ``(B,)``, and set
@@ -161,7 +163,6 @@ class GradientEstimator:
         accumulating; a parameter the forward pass does not use gets zeros).  Returns the
         detached logits ``(B, classes)`` of the minibatch computed before the update, in the
         original example order."""
-        raise NotImplementedError
 
     def state_dict(self) -> dict:
         """Tensors and ints only (saved with ``torch.save``, loaded with ``weights_only=True``)."""
@@ -262,8 +263,9 @@ class _RollingEstimator(GradientEstimator):
         self._tmp: Tensor | None = None      # (P,): scratch
         self._est_views: list[Tensor] = []   # per-parameter views of _est
 
+    @abc.abstractmethod
     def _combine(self, out: Tensor) -> None:
-        raise NotImplementedError
+        """Write the estimate from the ``(3, P)`` history ring into ``out`` ``(P,)``."""
 
     def _buffers(self, params: list[nn.Parameter]) -> _FlatLayout:
         if self._layout is not None and self._layout.matches(params):
