@@ -18,16 +18,24 @@ realistic in shape, not in detail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from scorebank.stores import schema as S
+from scorebank.stores.errors import InvalidArgumentError, StoreExistsError, StoreNotFoundError
+
+#: Name of the synthetic store inside the benchmark directory.
+BENCH_STORE = "bench.zarr"
 
 
 def _epoch_blocks(n_epochs: int, n_examples: int, budget: int = 16 * 2**20) -> list[tuple[int, int]]:
@@ -116,6 +124,81 @@ def build_synthetic_store(path: str | os.PathLike, *, runs: int = 10, epochs: in
     root.attrs[S.ATTR_RUNS] = {str(r): {"status": S.RUN_COMPLETE, "failed_epoch": None} for r in seeds}
     consolidate(path)
     return path
+
+
+# ------------------------------------------------------------------------------ lifecycle
+@dataclass(frozen=True)
+class BenchStore:
+    """The store a benchmark times: ``path``; ``build_seconds`` it took to build (None when
+    an existing store is reused); ``built`` whether this benchmark built it."""
+
+    path: Path
+    build_seconds: float | None
+    built: bool
+
+
+def check_bench_size(*, runs: int, epochs: int, examples: int, classes: int) -> None:
+    """InvalidArgumentError unless runs >= 2, classes >= 2, epochs >= 1 and examples >= 1."""
+    for name, v, least in (("runs", runs, 2), ("epochs", epochs, 1), ("examples", examples, 1),
+                           ("classes", classes, 2)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < least:
+            raise InvalidArgumentError(
+                f"--{name} {v!r} is too small (runs >= 2, classes >= 2, epochs >= 1, examples >= 1)")
+
+
+@contextlib.contextmanager
+def bench_store(directory: str | os.PathLike | None = None, *, runs: int = 10, epochs: int = 200,
+                examples: int = 50_000, classes: int = 10, keep: bool = False,
+                reuse: bool = False) -> Iterator[BenchStore]:
+    """The synthetic store of ``scorebank analyze-bench``, for the duration of a ``with``.
+
+    * ``directory=None``: built in a new temporary directory, removed on exit (``keep``
+      does not apply: there is nowhere to keep it).
+    * ``directory=D``: built at ``D/bench.zarr`` (D is created if needed), removed on exit
+      unless ``keep``.  An existing ``D/bench.zarr`` is never touched: it is refused
+      (:class:`StoreExistsError`) before anything is written.
+    * ``reuse=True`` (needs ``directory``): the existing ``D/bench.zarr`` is timed as it
+      is and never removed (:class:`StoreNotFoundError` if absent).
+
+    Only a store this call built is ever removed, also when building or the body fails."""
+    check_bench_size(runs=runs, epochs=epochs, examples=examples, classes=classes)
+    if reuse and directory is None:
+        raise InvalidArgumentError("--reuse needs --dir (where bench.zarr was kept)")
+    if directory is not None and Path(directory).exists() and not Path(directory).is_dir():
+        raise InvalidArgumentError(f"--dir {os.fspath(directory)!r} is not a directory")
+    if reuse:
+        path = Path(directory) / BENCH_STORE
+        if not path.exists():
+            raise StoreNotFoundError(
+                f"no benchmark store at {str(path)!r} to reuse; run without --reuse (and with --keep) "
+                "to build one")
+        yield BenchStore(path, None, False)
+        return
+    if directory is not None:
+        path = Path(directory) / BENCH_STORE
+        if path.exists() or path.is_symlink():
+            raise StoreExistsError(f"{str(path)!r} exists; remove it or pass --reuse")
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        ours = path
+    else:
+        ours = Path(tempfile.mkdtemp(prefix="scorebank-bench-"))
+        path = ours / BENCH_STORE
+    try:
+        t0 = time.perf_counter()
+        build_synthetic_store(path, runs=runs, epochs=epochs, examples=examples, classes=classes)
+        build_seconds = time.perf_counter() - t0
+    except StoreExistsError:  # someone else made it meanwhile: theirs, not ours to remove
+        if directory is None:
+            shutil.rmtree(ours, ignore_errors=True)
+        raise
+    except BaseException:  # a half-built store is removed even with keep
+        shutil.rmtree(ours, ignore_errors=True)
+        raise
+    try:
+        yield BenchStore(path, build_seconds, True)
+    finally:
+        if directory is None or not keep:
+            shutil.rmtree(ours, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ timing

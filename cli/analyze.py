@@ -550,36 +550,12 @@ def bench_command(
 ) -> None:
     """Build a synthetic R x E x N store chunk by chunk, then time forgetting, a Spearman
     matrix and an overlap curve: seconds, peak memory, MB/s of score data read."""
-    import shutil
-    import tempfile
-    import time
-
-    from scorebank.analysis.bench import build_synthetic_store, run_benchmark
+    from scorebank.analysis.bench import bench_store, run_benchmark
 
     with handle_errors():
-        for name, v in (("--runs", runs), ("--epochs", epochs), ("--examples", examples), ("--classes", classes)):
-            if v < 1 or (name == "--runs" and v < 2) or (name == "--classes" and v < 2):
-                raise InvalidArgumentError(f"{name} {v!r} is too small (runs >= 2, classes >= 2, others >= 1)")
-        if reuse and directory is None:
-            raise InvalidArgumentError("--reuse needs --dir (where bench.zarr was kept)")
-        base = Path(tempfile.mkdtemp(prefix="scorebank-bench-")) if directory is None else directory
-        path = base / "bench.zarr"
-        build_s = None
-        try:
-            if not reuse:
-                if path.exists():
-                    raise InvalidArgumentError(f"{str(path)!r} exists; remove it or pass --reuse")
-                base.mkdir(parents=True, exist_ok=True)
-                t0 = time.perf_counter()
-                build_synthetic_store(path, runs=runs, epochs=epochs, examples=examples, classes=classes)
-                build_s = time.perf_counter() - t0
-            with dask_scheduler(scheduler) as sched:
-                res = run_benchmark(path, scheduler=sched, build_seconds=build_s)
-        finally:
-            if directory is None:
-                shutil.rmtree(base, ignore_errors=True)
-            elif not keep and not reuse:
-                shutil.rmtree(path, ignore_errors=True)
+        with bench_store(directory, runs=runs, epochs=epochs, examples=examples, classes=classes,
+                         keep=keep, reuse=reuse) as bench, dask_scheduler(scheduler) as sched:
+            res = run_benchmark(bench.path, scheduler=sched, build_seconds=bench.build_seconds)
         if json_output:
             print_json(_clean(res.to_dict()))
             return
@@ -593,7 +569,8 @@ def bench_command(
                       f"{res.total_bytes / 1e6:.0f}", f"{res.mb_per_s:.0f}", f"{res.peak_memory_bytes / 1e6:.0f}")
         console.print(table)
         console.print(f"{res.cpu_count} CPUs, load average {res.load_average[0]:g} at the start"
-                      + (f"; store built in {build_s:.1f} s" if build_s is not None else ""), highlight=False)
+                      + (f"; store built in {res.build_seconds:.1f} s" if res.build_seconds is not None else ""),
+                      highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -44,3 +44,52 @@ def test_benchmark_with_a_distributed_client(synthetic):
     m = xr.open_zarr(synthetic)[S.MARGIN].isel(epoch=40).values
     sets = [set(np.lexsort((np.arange(500), m[r]))[:10].tolist()) for r in range(3)]
     assert float(direct["overlap"].sel(k=10, epoch=40).values[0, 1]) == len(sets[0] & sets[1]) / 10
+
+
+# ------------------------------------------------------------------------------ lifecycle
+def _tree(path):
+    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else None) for p in path.rglob("*"))
+
+
+def test_bench_store_never_removes_a_store_it_did_not_build(tmp_path_factory):
+    from scorebank.analysis.bench import bench_store
+    from scorebank.stores.errors import InvalidArgumentError, StoreExistsError, StoreNotFoundError
+
+    size = dict(runs=2, epochs=2, examples=20, classes=2)
+    tmp_path, other = tmp_path_factory.mktemp("kept"), tmp_path_factory.mktemp("other") / "sub"
+    # built in --dir and kept
+    with bench_store(tmp_path, keep=True, **size) as b:
+        assert b.built and b.path == tmp_path / "bench.zarr" and b.build_seconds >= 0
+    assert (tmp_path / "bench.zarr" / "zarr.json").is_file()
+    before = _tree(tmp_path)
+    # an existing store is refused, and survives the refusal
+    with pytest.raises(StoreExistsError, match=r"bench.zarr' exists; remove it or pass --reuse"):
+        with bench_store(tmp_path, **size):
+            pass
+    assert _tree(tmp_path) == before
+    # reused: timed as is, never removed, even when the body fails
+    with pytest.raises(RuntimeError):
+        with bench_store(tmp_path, reuse=True, **size) as b:
+            assert not b.built and b.build_seconds is None
+            raise RuntimeError("boom")
+    assert _tree(tmp_path) == before
+    # built without --keep: removed afterwards, also when the body fails; the directory stays
+    with pytest.raises(RuntimeError):
+        with bench_store(other, **size):
+            raise RuntimeError("boom")
+    assert other.is_dir() and list(other.iterdir()) == []
+    # a temporary directory is removed with the store
+    with bench_store(None, **size) as b:
+        tmp = b.path.parent
+        assert tmp.is_dir()
+    assert not tmp.exists()
+    with pytest.raises(StoreNotFoundError, match="no benchmark store"):
+        with bench_store(other, reuse=True, **size):
+            pass
+    with pytest.raises(InvalidArgumentError, match="--reuse needs --dir"):
+        with bench_store(None, reuse=True, **size):
+            pass
+    with pytest.raises(InvalidArgumentError, match="--classes 1 is too small"):
+        with bench_store(None, **dict(size, classes=1)):
+            pass
+    assert _tree(tmp_path) == before

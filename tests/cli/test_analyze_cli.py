@@ -140,3 +140,27 @@ def test_analyze_bench_tiny(tmp_path):
     assert [t["name"].split(" ")[0] for t in doc["timings"]] == ["forgetting", "spearman", "overlap"]
     assert doc["timings"][0]["bytes_read"] == 2 * 3 * 300
     assert doc["peak_memory_bytes"] > 0 and doc["total_seconds"] > 0
+
+
+def test_analyze_bench_refuses_an_existing_store_and_leaves_it(tmp_path):
+    existing = tmp_path / "bench.zarr"
+    existing.mkdir()
+    (existing / "zarr.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    before = sorted((str(p), p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*"))
+    res = run("analyze-bench", "--runs", "2", "--epochs", "1", "--examples", "10", "--classes", "2",
+              "--dir", tmp_path, "--scheduler", "synchronous")
+    assert res.exit_code == 1, res.output  # StoreExistsError: a failure, not a bad argument
+    assert "exists; remove it or pass --reuse" in res.output
+    assert sorted((str(p), p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")) == before
+    res = run("analyze-bench", "--runs", "1", "--dir", tmp_path, "--scheduler", "synchronous")
+    assert res.exit_code == 2 and "--runs 1 is too small" in res.output
+    # built with --dir --keep, then reused: the kept store survives both runs
+    d = tmp_path / "d"
+    args = ["analyze-bench", "--runs", "2", "--epochs", "2", "--examples", "200", "--classes", "2",
+            "--dir", d, "--scheduler", "synchronous", "--json"]
+    assert run(*args, "--keep").exit_code == 0
+    assert (d / "bench.zarr" / "zarr.json").is_file()
+    res = run(*args, "--reuse")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["build_seconds"] is None and (d / "bench.zarr" / "zarr.json").is_file()
