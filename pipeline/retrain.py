@@ -75,7 +75,8 @@ import torch
 from scorebank.pipeline.config import ScoreConfig, resolve_config
 from scorebank.pipeline.datasets import ImageData, load_dataset
 from scorebank.pipeline.scoring import read_store_config
-from scorebank.pipeline.training import DeviceData, Trainer, evaluate, resolve_device, to_device_data
+from scorebank.pipeline.training import (DeviceData, Trainer, evaluate, load_checkpoint, resolve_device,
+                                         to_device_data)
 from scorebank.stores import schema as S
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, RunFailedError
 from scorebank.stores.zarrstore import (StoreWriter, atomic_file, consolidate, now_iso, require_store_directory,
@@ -621,7 +622,7 @@ def _retrain_run(writer: StoreWriter, group, job: RetrainJob, sd: StoreData, poo
     ckpt = checkpoint_dir(writer.path, name) / f"run-{seed}.pt"
     resumed = ckpt.is_file()
     if resumed:
-        trainer.load_state_dict(torch.load(ckpt, map_location=sd.device, weights_only=True))
+        trainer.load_state_dict(load_checkpoint(ckpt))
     _set_status(writer, group, seed, S.RUN_RUNNING, device=str(sd.device), torch=torch.__version__)
     if progress:
         progress(RetrainEvent("run", name, seed, trainer.epoch + 1 if resumed else 0, cfg.epochs))

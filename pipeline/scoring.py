@@ -24,7 +24,7 @@ import torch
 
 from scorebank.pipeline.config import ScoreConfig
 from scorebank.pipeline.datasets import ImageData, apply_label_noise, load_dataset
-from scorebank.pipeline.training import Trainer, resolve_device, to_device_data
+from scorebank.pipeline.training import Trainer, load_checkpoint, resolve_device, to_device_data
 from scorebank.stores import schema as S
 from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, RunFailedError,
                                      StoreExistsError)
@@ -148,7 +148,7 @@ def _score_run(config: ScoreConfig, data, seed: int, device: torch.device, write
     trainer = Trainer(config, data, seed, device, grand_fn=grand_fn)
     ckpt = writer.checkpoint_path(seed)
     if ckpt.is_file():
-        trainer.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+        trainer.load_state_dict(load_checkpoint(ckpt))
     writer.set_run_status(seed, S.RUN_RUNNING, device=str(device), torch=torch.__version__)
     if progress:
         progress(ProgressEvent("run", seed, trainer.epoch, config.epochs))

@@ -178,6 +178,13 @@ class EpochResult:
     diverged: bool = False
 
 
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written from :meth:`Trainer.state_dict` with ``weights_only=True``
+    (no code runs) onto the CPU; ``load_state_dict`` methods copy model and optimiser tensors
+    onto the parameters' device, and the CPU RNG state must stay a CPU tensor."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 class Trainer:
     """Trains one run epoch by epoch and measures what the store records.
 
@@ -207,6 +214,8 @@ class Trainer:
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
+        """Model, optimiser, gradient-estimator and CPU RNG state plus the epoch; tensors and
+        ints only (read back with :func:`load_checkpoint`)."""
         return {"epoch": self.epoch, "seed": self.seed, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "estimator": self.estimator.state_dict(),
                 "torch_rng": torch.get_rng_state()}
@@ -215,7 +224,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.estimator.load_state_dict(state["estimator"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # the CPU generator's state: a CPU byte tensor
         self.epoch = int(state["epoch"])
 
     # ------------------------------------------------------------- epochs

@@ -136,6 +136,27 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_config, monkeypa
     assert_stores_equal(path, tmp_path / "ref.zarr")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda_continues_from_the_checkpoint(tmp_path, tiny_config):
+    """Checkpoints hold the CPU RNG state, which must be restored as a CPU tensor even when
+    the run trains on the GPU; the resumed run ends where an uninterrupted one does."""
+    cfg = tiny_config(model="cnn5", width=4, epochs=3, optimizer="rm3")
+    score(cfg, (0,), tmp_path / "ref.zarr", device="cuda")
+
+    def crash_after_epoch_1(event):
+        if event.kind == "epoch" and event.epoch == 1:
+            raise Crash
+
+    path = tmp_path / "crash.zarr"
+    with pytest.raises(Crash):
+        score(cfg, (0,), path, device="cuda", progress=crash_after_epoch_1)
+    assert [(o.seed, o.skipped) for o in score(cfg, (0,), path, device="cuda")] == [(0, False)]
+    ref, got = xr.open_zarr(tmp_path / "ref.zarr"), xr.open_zarr(path)
+    assert got.completed.values.all()
+    # cuDNN kernels need not be bit-for-bit deterministic: same trajectory up to float noise
+    np.testing.assert_allclose(got.test_accuracy.values, ref.test_accuracy.values, atol=0.02)
+
+
 def test_kill_9_leaves_readable_resumable_store(tmp_path):
     args = ["--dataset", "digits", "--model", "cnn5", "--width", "8", "--epochs", "8", "--batch-size", "16",
             "--seeds", "0", "--device", "cpu", "--quiet"]
