@@ -83,12 +83,19 @@ def is_scorebank_store(path: str | os.PathLike) -> bool:
 
 
 def remove_store(path: str | os.PathLike) -> None:
-    """Delete a scorebank store; refuses any path that is not one (someone else's files)."""
+    """Delete a scorebank store; refuses any path that is not one (someone else's files) and
+    a store another process is writing (:class:`StoreLockedError`).  Under the store's lock
+    the directory is first renamed to a hidden ``.NAME.<id>.deleting`` sibling, so an
+    interrupted deletion never leaves a half-deleted store at ``path``."""
+    path = Path(path)
     if not is_scorebank_store(path):
         raise StoreExistsError(
             f"refusing to delete {os.fspath(path)!r}: it is not a scorebank store; remove it yourself "
             "or choose another --store path")
-    shutil.rmtree(path)
+    trash = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.deleting")
+    with StoreWriter(path):
+        os.replace(path, trash)
+    shutil.rmtree(trash)
 
 
 def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, true_labels: np.ndarray,

@@ -66,6 +66,16 @@ def test_lock_refuses_second_writer(tmp_path):
         pass
 
 
+def test_remove_store_refuses_a_store_being_written_and_leaves_nothing(tmp_path):
+    make(tmp_path / "s.zarr")
+    with StoreWriter(tmp_path / "s.zarr"):
+        with pytest.raises(StoreLockedError, match="another scorebank process"):
+            remove_store(tmp_path / "s.zarr")
+        assert open_scores(tmp_path / "s.zarr").sizes["run"] == 2
+    remove_store(tmp_path / "s.zarr")
+    assert os.listdir(tmp_path) == []
+
+
 def test_add_runs_and_status(tmp_path):
     path = tmp_path / "s.zarr"
     make(path, seeds=(3,))
