@@ -6,7 +6,9 @@ reaches ``threshold`` (50% in the paper): the examples classified correctly ther
 *easy*, the rest *hard* (:func:`scorebank.analysis.difficulty.difficulty`).  Each group is
 split at random (``split_seed``) into a training part and a held-out part of
 ``test_fraction`` (e-train/e-test, h-train/h-test).  Fresh networks (new seeds, from
-initialisation, the store's training configuration unless overridden) are trained on
+initialisation: seed ``s`` trains with ``RETRAIN_SEED_OFFSET + s`` like ``retrain``, so no
+network shares the initialisation of the scoring run that defined easy/hard; the store's
+training configuration unless overridden) are trained on
 e-train and, separately, on h-train, for the store's number of epochs over their subset,
 and evaluated on all four parts with a clean pass (BatchNorm in eval mode, no
 augmentation), against the labels the store trained on.
@@ -27,10 +29,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from scorebank.pipeline.retrain import load_store_data, retrain_config
+from scorebank.pipeline.retrain import RETRAIN_SEED_OFFSET, check_group_name, load_store_data, retrain_config
 from scorebank.pipeline.training import Trainer, clean_pass
 from scorebank.stores import schema as S
-from scorebank.stores.errors import InvalidArgumentError
+from scorebank.stores.errors import InvalidArgumentError, RunFailedError
 from scorebank.stores.zarrstore import StoreWriter, consolidate, now_iso, require_store_directory
 
 GROUP = "easy_hard"
@@ -95,9 +97,9 @@ def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshol
     diff = difficulty(ds, threshold=threshold, runs=[run])
     hard = diff["hard"].values[0]
     split = split_easy_hard(hard, test_fraction, split_seed)
+    name = check_group_name(name or f"threshold{threshold:g}-run{run}-split{split_seed}")
     sd = load_store_data(store, device=device)
     config = retrain_config(sd.config, overrides)
-    name = name or f"threshold{threshold:g}-run{run}-split{split_seed}"
     parts = split.parts()
     acc = np.full((len(seeds), 2, 4), np.nan)
     say = progress or (lambda _m: None)
@@ -105,9 +107,12 @@ def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshol
         for j, (group, train_idx) in enumerate((("easy", split.easy_train), ("hard", split.hard_train))):
             say(f"seed {seed}: training on {group}-train ({len(train_idx)} examples)")
             pool = torch.as_tensor(train_idx, device=sd.device)
-            trainer = Trainer(config, sd.device_data, seed, sd.device, indices=pool)
+            trainer = Trainer(config, sd.device_data, RETRAIN_SEED_OFFSET + seed, sd.device, indices=pool)
             for _ in range(config.epochs):
-                trainer.train_epoch(record=False)
+                if trainer.train_epoch(record=True)[1]:
+                    raise RunFailedError(
+                        f"the network of seed {seed} trained on {group}-train diverged (non-finite loss) in "
+                        f"epoch {trainer.epoch}; lower --lr; nothing was written")
             correct = clean_pass(trainer.model, sd.device_data.train_x, sd.device_data.train_y,
                                  config.eval_batch_size)[S.CORRECT].cpu().numpy()
             acc[i, j] = [correct[idx].mean() for idx in parts.values()]

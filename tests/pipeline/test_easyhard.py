@@ -59,7 +59,8 @@ def test_two_by_two_table_wiring(scored, tmp_path):
     data = load_dataset("digits", limit=300)
     dd = to_device_data(data, data.train_labels, torch.device("cpu"))
     cfg = scored[1].__class__(**{**scored[1].__dict__, "epochs": 2})
-    trainer = Trainer(cfg, dd, 5, torch.device("cpu"), indices=torch.as_tensor(split.hard_train))
+    # seed 5's fresh network: initialisation seed RETRAIN_SEED_OFFSET + 5 (never the scoring run's)
+    trainer = Trainer(cfg, dd, 1_000_005, torch.device("cpu"), indices=torch.as_tensor(split.hard_train))
     for _ in range(2):
         trainer.train_epoch(record=False)
     correct = clean_pass(trainer.model, dd.train_x, dd.train_y, 1024)["correct"].numpy()
@@ -98,3 +99,22 @@ def test_difficulty_accuracy(scored):
 def test_easy_hard_cli_refuses_bad_fraction(scored):
     r = CliRunner().invoke(app, ["easy-hard", str(scored[0]), "--test-fraction", "1.5", "--device", "cpu"])
     assert r.exit_code == 2 and "--test-fraction must be in (0, 1), got 1.5" in r.output
+
+
+def _listing(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.name != ".scorebank.lock")
+
+
+def test_bad_group_name_and_divergence_write_nothing(scored, tmp_path):
+    import shutil
+
+    from scorebank.stores.errors import RunFailedError
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(scored[0], path)
+    before = _listing(path)
+    with pytest.raises(InvalidArgumentError, match=r"'\.\./out'"):
+        easy_hard(path, seeds=(0,), run=1, device="cpu", name="../out", overrides={"epochs": 1})
+    with pytest.raises(RunFailedError, match="seed 0 trained on easy-train diverged .* in epoch 1"):
+        easy_hard(path, seeds=(0,), run=1, device="cpu", overrides={"epochs": 2, "lr": 1e30})
+    assert _listing(path) == before
