@@ -161,6 +161,10 @@ def take_limit(data: ImageData, limit: int) -> ImageData:
                      data.test_labels, data.class_names, original_index=data.original_index[idx])
 
 
+#: Version of the decoded image-folder cache files; bump it when their contents change.
+CACHE_FORMAT = "imagefolder-cache-1"
+
+
 # ------------------------------------------------------------------ image folders
 def load_imagefolder(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> ImageData:
     """Load a class-per-folder tree (directory or zip) with ``train/`` and ``test/`` subtrees."""
@@ -168,9 +172,7 @@ def load_imagefolder(path: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     if not p.exists():
         raise DataNotFoundError(f"image folder {str(path)!r} does not exist; give a directory or a .zip "
                                 "with train/<class>/... and test/<class>/...")
-    stat = p.stat()
-    key = hashlib.sha256(f"{p.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
-    cache = _data_root(cache_dir) / f"imagefolder-{key}.npz"
+    cache = _data_root(cache_dir) / f"imagefolder-{_cache_key(p)}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             return ImageData(f"imagefolder:{p.name}", z["xtr"], z["ytr"], z["xte"], z["yte"],
@@ -192,6 +194,22 @@ def load_imagefolder(path: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     except OSError:
         pass  # the cache is an optimisation; a read-only location just means decoding again
     return ImageData(f"imagefolder:{p.name}", xtr, ytr, xte, yte, tuple(classes))
+
+
+def _cache_key(p: Path) -> str:
+    """Key of the decoded-array cache: the zip's path, size and mtime, or for a directory
+    every image file's relative path, size and mtime (a directory's own mtime misses
+    changes below its top level)."""
+    parts = [CACHE_FORMAT, str(p.resolve())]
+    if p.is_dir():
+        for f in sorted(p.rglob("*")):
+            if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES):
+                st = f.stat()
+                parts.append(f"{f.relative_to(p).as_posix()}:{st.st_size}:{st.st_mtime_ns}")
+    else:
+        st = p.stat()
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
 def _list_images(p: Path) -> list[str]:

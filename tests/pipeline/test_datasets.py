@@ -112,6 +112,20 @@ def test_imagefolder_directory_and_zip(tmp_path):
     assert cached.fingerprint == d.fingerprint
 
 
+def test_imagefolder_cache_sees_changes_below_the_top_directory(tmp_path):
+    tree = tmp_path / "tree"
+    _write_tree(tree)
+    first = load_imagefolder(tree, cache_dir=tmp_path / "cache")
+    top_mtime = os.stat(tree).st_mtime_ns
+    Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(tree / "train" / "bee" / "01.png")  # same size
+    os.utime(tree / "train" / "bee" / "01.png", ns=(1, 1))
+    assert os.stat(tree).st_mtime_ns == top_mtime  # the top directory did not change
+    again = load_imagefolder(tree, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again.train_images[4], np.zeros((3, 6, 6), dtype=np.uint8))
+    assert again.fingerprint != first.fingerprint
+    np.testing.assert_array_equal(again.train_images[:4], first.train_images[:4])
+
+
 def test_imagefolder_refusals(tmp_path):
     with pytest.raises(DataNotFoundError, match="does not exist"):
         load_imagefolder(tmp_path / "missing")
