@@ -85,7 +85,7 @@ from scorebank.pipeline.datasets import ImageData
 from scorebank.pipeline.models import norm_product
 from scorebank.pipeline.retrain import StoreData, check_group_name, load_store_data
 from scorebank.pipeline.scoring import read_store_config
-from scorebank.pipeline.training import clean_pass, evaluate, new_model
+from scorebank.pipeline.training import clean_pass, evaluate, load_checkpoint, new_model
 from scorebank.stores import schema as S
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, ScorebankError, StoreExistsError
 from scorebank.stores.summary import separation_epochs
@@ -182,7 +182,7 @@ def resolve_compress_config(store_config: ScoreConfig, *, run: int, schedule: st
         lr = sc.parsed_schedule.lr_at(sc.lr, max(1, sc.epochs))
     cfg = CompressConfig(run=run, schedule=schedule, keep=keep, epochs=epochs,
                          max_epochs_per_stage=max_epochs_per_stage, min_epochs_per_stage=min_epochs_per_stage,
-                         batch_size=batch_size, lr=float(lr),
+                         batch_size=batch_size, lr=lr,
                          momentum=sc.momentum if momentum is None else momentum,
                          nesterov=sc.nesterov if nesterov is None else nesterov,
                          weight_decay=sc.weight_decay if weight_decay is None else weight_decay,
@@ -315,7 +315,7 @@ def compress(store: str | os.PathLike, config: CompressConfig, *, name: str | No
         raise StoreExistsError(f"compression {S.COMPRESS_GROUP}/{name!r} already exists in {str(path)!r}; "
                                "choose another --name or pass --overwrite")
     sd = data if isinstance(data, StoreData) else load_store_data(path, device=device, data=data)
-    state = torch.load(path / start["checkpoint"], map_location=sd.device, weights_only=True)
+    state = load_checkpoint(path / start["checkpoint"])
     if int(state.get("seed", config.run)) != config.run:
         raise ConfigMismatchError(f"checkpoint {start['checkpoint']!r} belongs to seed {state.get('seed')!r}, not run {config.run}")
     start["checkpoint_epoch"] = int(state["epoch"])
@@ -433,15 +433,15 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Te
         optimizer.step()
         return True
     perm = pool[torch.randperm(n, generator=generator).to(pool.device)]  # (n,)
+    total = torch.zeros((), device=x.device)
     for start in range(0, n, cfg.batch_size):
         idx = perm[start:start + cfg.batch_size]
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx]), y[idx])
-        if not torch.isfinite(loss):
-            return False
         loss.backward()
         optimizer.step()
-    return True
+        total += loss.detach()  # checked once per epoch: no device-host sync per minibatch
+    return bool(torch.isfinite(total))
 
 
 # ----------------------------------------------------------------------------- storage

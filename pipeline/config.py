@@ -187,7 +187,10 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
     _check(_int(cfg.clip_count) and cfg.clip_count >= 0, f"--clip-count must be an integer >= 0, got {cfg.clip_count!r}")
     _check(cfg.optimizer != "m3" or cfg.batch_size % 3 == 0,
            f"--optimizer m3 splits each minibatch into 3 micro-batches: --batch-size must be divisible by 3, got {cfg.batch_size!r}")
-    _check(cfg.optimizer == "winsorized" or cfg.clip_count == 0, "--clip-count applies only to --optimizer winsorized")
+    _check(cfg.optimizer == "winsorized" or cfg.clip_count == 0,
+           f"--clip-count {cfg.clip_count!r} applies only to --optimizer winsorized, not {cfg.optimizer!r}")
+    _check(_int(cfg.label_noise_seed) and cfg.label_noise_seed >= 0,
+           f"--label-noise-seed must be an integer >= 0, got {cfg.label_noise_seed!r}")
     _check(cfg.optimizer != "winsorized" or 2 * (cfg.clip_count + 1) <= cfg.batch_size,
            f"--clip-count {cfg.clip_count!r} clips 2*(s+1) values per coordinate; it needs --batch-size >= {2 * (cfg.clip_count + 1)}")
     schedule = Schedule.parse(cfg.schedule)
@@ -216,10 +219,16 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
 
 def check_sgd_settings(lr: float, momentum: float, nesterov: bool, weight_decay: float) -> None:
     """Validate the SGD hyperparameters every training command shares (InvalidArgumentError)."""
-    _check(math.isfinite(lr) and lr > 0, f"--lr must be a positive number, got {lr!r}")
-    _check(math.isfinite(momentum) and 0 <= momentum < 1, f"--momentum must be in [0, 1), got {momentum!r}")
-    _check(not nesterov or momentum > 0, "--nesterov needs --momentum > 0")
-    _check(math.isfinite(weight_decay) and weight_decay >= 0, f"--weight-decay must be >= 0, got {weight_decay!r}")
+    _check(_real(lr) and math.isfinite(lr) and lr > 0, f"--lr must be a positive number, got {lr!r}")
+    _check(_real(momentum) and math.isfinite(momentum) and 0 <= momentum < 1,
+           f"--momentum must be in [0, 1), got {momentum!r}")
+    _check(not nesterov or momentum > 0, f"--nesterov needs --momentum > 0, got --momentum {momentum!r}")
+    _check(_real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0,
+           f"--weight-decay must be >= 0, got {weight_decay!r}")
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _int(v) -> bool:

@@ -157,6 +157,7 @@ def test_run_without_separation_is_refused(tmp_path, data):
     (dict(batch_size=0), "--batch-size must be an integer >= 1"),
     (dict(min_epochs_per_stage=5, max_epochs_per_stage=2), "--min-epochs-per-stage must be an integer in 1..--max"),
     (dict(lr=-0.1), "--lr must be a positive number, got -0.1"),
+    (dict(lr="fast"), "--lr must be a positive number, got 'fast'"),
 ])
 def test_bad_compress_arguments_write_nothing(store, data, kwargs, message):
     before = listing(store)
@@ -173,3 +174,17 @@ def test_existing_compression_is_not_replaced_without_overwrite(store, data):
     with pytest.raises(StoreExistsError, match="already exists"):
         compress(store, cfg, device="cpu", data=data)
     compress(store, cfg, device="cpu", data=data, overwrite=True)
+
+
+# full-batch GD: epoch 1's loss precedes its one (exploding) step, so epoch 2 sees it;
+# minibatch SGD: later minibatches of epoch 1 already see the exploded weights
+@pytest.mark.parametrize("batch_size, epoch", [(None, 2), (16, 1)])
+def test_divergence_is_reported_and_writes_nothing(store, data, batch_size, epoch):
+    from scorebank.stores.errors import ScorebankError
+
+    before = listing(store)
+    cfg = resolve_compress_config(read_store_config(store), run=0, keep=50, epochs=2, lr=1e30, batch_size=batch_size)
+    with pytest.raises(ScorebankError, match=r"training diverged \(non-finite loss\) at stage 1 \(50 examples left\), "
+                                             rf"epoch {epoch}; lower --lr \(now 1e\+30\)"):
+        compress(store, cfg, device="cpu", data=data, name="diverges")
+    assert listing(store) == before

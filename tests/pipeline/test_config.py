@@ -58,8 +58,11 @@ def test_record_epochs():
     (dict(label_noise=1.5), "--label-noise"),
     (dict(momentum=1.0), "--momentum"),
     (dict(optimizer="m3", batch_size=32), "divisible by 3"),
-    (dict(clip_count=2), "--clip-count"),
+    (dict(clip_count=2), "--clip-count 2 applies only to --optimizer winsorized, not 'sgd'"),
     (dict(limit=0), "--limit"),
+    (dict(label_noise=0.5, label_noise_seed=-1), "--label-noise-seed must be an integer >= 0, got -1"),
+    (dict(nesterov=True, momentum=0.0), "--nesterov needs --momentum > 0, got --momentum 0.0"),
+    (dict(lr="fast"), "--lr must be a positive number, got 'fast'"),
 ])
 def test_bad_fields(fields, message):
     with pytest.raises(InvalidArgumentError, match=message.replace("(", r"\(")):
