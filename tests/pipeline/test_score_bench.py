@@ -1,6 +1,7 @@
 import json
 import math
 
+import pytest
 from typer.testing import CliRunner
 
 from scorebank.cli.main import app
@@ -17,10 +18,20 @@ def test_bench_smoke_produces_every_field():
     assert r["device"] == "cpu" and r["n"] == 64 and r["model"] == "mlp"
     for key in ("train_epoch_s", "clean_pass_ratio", "grand_ratio", "store_write_ratio", "optimizer_ratio_rm3"):
         assert math.isfinite(r[key]) and r[key] > 0, key
-    assert r["inflight_overhead"] > -1
+    assert r["inflight_overhead"] == r["inflight_epoch_s"] / r["train_epoch_s"] - 1
     # the ratios are the quotients of the reported seconds
     assert r["grand_ratio"] == r["grand_s"] / r["train_epoch_s"]
     assert r["clean_pass_ratio"] == r["clean_pass_s"] / r["bare_forward_s"]
+
+
+def test_bad_optimizer_is_refused_before_anything_is_timed():
+    from scorebank.stores.errors import InvalidArgumentError
+
+    steps = []
+    with pytest.raises(InvalidArgumentError, match="--batch-size must be divisible by 3, got 16"):
+        run_bench(BenchSpec(model="mlp", n=64, shape=(1, 8, 8), batch_size=16, width=8, repeats=1, device="cpu",
+                            optimizers=("rm3", "m3")), progress=steps.append)
+    assert steps == []  # nothing was timed
 
 
 def test_bench_cli_json_and_bad_shape():
