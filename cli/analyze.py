@@ -521,11 +521,11 @@ def manifests_command(
     json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """The selection manifests recorded in the store by 'scorebank select' (its history)."""
-    from scorebank.stores.manifest import read_store_manifest, store_manifest_names
+    from scorebank.stores.manifest import read_store_manifests
 
     with handle_errors():
         store = _store(ctx)
-        docs = [read_store_manifest(store, n).to_dict(with_indices=False) for n in store_manifest_names(store)]
+        docs = [m.to_dict(with_indices=False) for m in read_store_manifests(store)]
         if json_output:
             print_json(_clean({"manifests": docs}))
             return

@@ -275,26 +275,62 @@ def record_manifest(store: str | os.PathLike, manifest: Manifest) -> str:
     return f"{S.MANIFESTS_GROUP}/{name}"
 
 
-def store_manifest_names(store: str | os.PathLike) -> list[str]:
-    """Names of the manifests recorded in the store, sorted (temporary ones excluded)."""
-    folder = Path(store) / S.MANIFESTS_GROUP
-    if not folder.is_dir():
+def _manifests_group(store: str | os.PathLike, *, storage_options: dict | None = None):
+    """``(group or None, shown)``: the store's ``manifests`` group, read through
+    :func:`scorebank.stores.location.open_group` (a directory, a ``.zip`` archive or a URL;
+    :class:`StoreNotFoundError` if there is no scorebank store), None when it has none."""
+    import zarr
+
+    from scorebank.stores.location import open_group
+
+    root, where = open_group(store, storage_options=storage_options)
+    try:
+        group = root[S.MANIFESTS_GROUP]
+    except KeyError:
+        return None, where.shown
+    return (group if isinstance(group, zarr.Group) else None), where.shown
+
+
+def _names(group) -> list[str]:
+    import zarr
+
+    if group is None:
         return []
-    return sorted(p.name for p in folder.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").is_file())
+    return sorted(name for name, node in group.members()
+                  if isinstance(node, zarr.Group) and not name.startswith(".") and INDICES_ARRAY in node)
+
+
+def store_manifest_names(store: str | os.PathLike, *, storage_options: dict | None = None) -> list[str]:
+    """Names of the manifests recorded in the store (a directory, a ``.zip`` archive made by
+    ``scorebank export``, or a URL), sorted (temporary ones excluded).  Raises
+    :class:`StoreNotFoundError` when ``store`` holds no scorebank store."""
+    group, _ = _manifests_group(store, storage_options=storage_options)
+    return _names(group)
+
+
+def _read_group(group, name: str, shown: str, expected_fingerprint: str | None,
+                n_examples: int | None) -> Manifest:
+    node = group[name]
+    source = f"manifest {name!r} in {shown!r}"
+    doc = dict(node.attrs.get(MANIFEST_ATTR, {}))
+    return Manifest.from_dict(doc, source=source, indices=np.asarray(node[INDICES_ARRAY][:])).validate(
+        expected_fingerprint=expected_fingerprint, n_examples=n_examples, source=source)
 
 
 def read_store_manifest(store: str | os.PathLike, name: str, *, expected_fingerprint: str | None = None,
-                        n_examples: int | None = None) -> Manifest:
-    """Read and validate the manifest ``name`` recorded in a score store."""
-    import zarr
-
-    names = store_manifest_names(store)
+                        n_examples: int | None = None, storage_options: dict | None = None) -> Manifest:
+    """Read and validate the manifest ``name`` recorded in a score store (any location
+    :func:`store_manifest_names` accepts)."""
+    group, shown = _manifests_group(store, storage_options=storage_options)
+    names = _names(group)
     if name not in names:
-        raise InvalidArgumentError(
-            f"the store at {os.fspath(store)!r} has no manifest {name!r}; it has {names!r}")
-    group = zarr.open_group(Path(store) / S.MANIFESTS_GROUP / name, mode="r", zarr_format=3)
-    source = f"manifest {name!r} in {os.fspath(store)!r}"
-    doc = dict(group.attrs.get(MANIFEST_ATTR, {}))
-    return Manifest.from_dict(doc, source=source, indices=np.asarray(group[INDICES_ARRAY][:])).validate(
-        expected_fingerprint=expected_fingerprint, n_examples=n_examples, source=source)
+        raise InvalidArgumentError(f"the store at {shown!r} has no manifest {name!r}; it has {names!r}")
+    return _read_group(group, name, shown, expected_fingerprint, n_examples)
+
+
+def read_store_manifests(store: str | os.PathLike, *, storage_options: dict | None = None) -> list[Manifest]:
+    """Every manifest recorded in a score store, sorted by name, read with one opening of
+    the store (a directory, a ``.zip`` archive or a URL; :class:`StoreNotFoundError` if
+    there is no scorebank store there)."""
+    group, shown = _manifests_group(store, storage_options=storage_options)
+    return [_read_group(group, name, shown, None, None) for name in _names(group)]

@@ -164,3 +164,24 @@ def test_analyze_bench_refuses_an_existing_store_and_leaves_it(tmp_path):
     res = run(*args, "--reuse")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["build_seconds"] is None and (d / "bench.zarr" / "zarr.json").is_file()
+
+
+def test_manifests_of_an_archive_and_of_a_missing_store(st, tmp_path):
+    from scorebank.stores.archive import export_archive
+
+    res = run("select", st.path, "--score", "el2n@2", "--strategy", "keep-lowest", "--fraction", "0.5",
+              "--out", tmp_path / "m.json", "--name", "low")
+    assert res.exit_code == 0, res.output
+    archive = tmp_path / "s.scorebank.zip"
+    export_archive(st.path, archive)
+    for location in (st.path, archive, archive.as_uri()):
+        res = run("analyze", location, "manifests", "--json")
+        assert res.exit_code == 0, res.output
+        listing = json.loads(res.output)["manifests"]
+        assert [(m["name"], m["n_kept"], m["score"], m["strategy"]) for m in listing] == [
+            ("low", 20, "el2n@2", "keep-lowest")]
+    res = run("analyze", archive, "manifests")
+    assert res.exit_code == 0 and "keep-lowest" in res.output and "20/40" in res.output
+    for missing in (tmp_path / "nothing.zarr", tmp_path / "nothing.zip"):
+        res = run("analyze", missing, "manifests")
+        assert res.exit_code == 1 and "no scorebank store at" in res.output, res.output

@@ -7,9 +7,10 @@ import pytest
 import xarray as xr
 
 from scorebank.stores import schema as S
-from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, StoreExistsError
-from scorebank.stores.manifest import (Manifest, read_manifest, read_store_manifest, record_manifest,
-                                       store_manifest_names, write_manifest)
+from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, StoreExistsError,
+                                     StoreNotFoundError)
+from scorebank.stores.manifest import (Manifest, read_manifest, read_store_manifest, read_store_manifests,
+                                       record_manifest, store_manifest_names, write_manifest)
 
 
 def make_manifest(**changes) -> Manifest:
@@ -100,3 +101,34 @@ def test_record_in_store(tmp_path):
     with pytest.raises(InvalidArgumentError, match="has no manifest 'other'"):
         read_store_manifest(path, "other")
     assert store_manifest_names(path) == ["keep-highest-el2n@20"]
+
+
+def test_manifests_read_from_an_exported_archive(tmp_path):
+    from scorebank.stores.archive import export_archive
+
+    path = _store(tmp_path)
+    record_manifest(path, make_manifest())
+    record_manifest(path, make_manifest(name="a-random", score=None, strategy="random", indices=np.array([0, 9]),
+                                        counts_per_class={"0": 2}))
+    out = tmp_path / "s.scorebank.zip"
+    export_archive(path, out)
+    assert store_manifest_names(out) == ["a-random", "keep-highest-el2n@20"]
+    back = read_store_manifest(out, "keep-highest-el2n@20", expected_fingerprint="fp-1")
+    assert back.to_dict() == make_manifest().to_dict()
+    assert [m.to_dict() for m in read_store_manifests(out)] == [m.to_dict() for m in read_store_manifests(path)]
+    assert read_store_manifests(out)[0].indices.tolist() == [0, 9]
+    with pytest.raises(InvalidArgumentError, match=r"has no manifest 'other'.*\['a-random', 'keep-highest-el2n@20'\]"):
+        read_store_manifest(out, "other")
+
+
+def test_no_manifests_and_no_store(tmp_path):
+    path = _store(tmp_path)
+    assert store_manifest_names(path) == [] and read_store_manifests(path) == []
+    for missing in (tmp_path / "missing.zarr", tmp_path / "missing.zip"):
+        with pytest.raises(StoreNotFoundError, match="no scorebank store at"):
+            read_store_manifests(missing)
+        with pytest.raises(StoreNotFoundError):
+            store_manifest_names(missing)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreNotFoundError):
+        read_store_manifests(tmp_path / "plain")
