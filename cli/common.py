@@ -34,13 +34,16 @@ def fail(message: str, code: int) -> None:
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
     """Map scorebank errors to a one-line message and exit status 2 (bad argument) or
-    1 (failure).  Anything else is a bug and keeps its traceback."""
+    1 (failure); operating-system errors (permission denied, disk full, ...) are failures
+    too.  Anything else is a bug and keeps its traceback."""
     try:
         yield
     except InvalidArgumentError as exc:
         fail(str(exc), 2)
     except ScorebankError as exc:
         fail(str(exc), 1)
+    except OSError as exc:
+        fail(" ".join(str(exc).split()), 1)
 
 
 @contextlib.contextmanager

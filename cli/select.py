@@ -3,6 +3,8 @@ by a score averaged over runs, write its manifest and record it in the store."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -55,16 +57,14 @@ def select_command(
                          hard_cutoff=hard_cutoff, class_balanced=class_balanced, reduce=reduce,
                          never_learned=never_learned, scheduler=sched)
         manifest = to_manifest(sel, store, name=name)
-        existed = out.exists()
-        write_manifest(out, manifest)
-        group = None
-        if record:
-            try:
-                group = record_manifest(store, manifest)
-            except BaseException:
-                if not existed:
-                    out.unlink(missing_ok=True)
-                raise
+        # the file is written beside --out first and renamed only once the store has recorded
+        # the manifest, so a refused recording leaves an existing --out file untouched
+        staged = write_manifest(out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.staged"), manifest)
+        try:
+            group = record_manifest(store, manifest) if record else None
+            os.replace(staged, out)
+        finally:
+            staged.unlink(missing_ok=True)
         kept_scores = None if sel.scores is None else sel.scores[sel.indices]
         summary = {"name": manifest.name, "manifest": str(out), "store_group": group, "strategy": sel.rule.strategy,
                    "score": sel.score, "runs": list(sel.runs), "parameters": sel.parameters,
