@@ -12,7 +12,7 @@ from scorebank.cli.common import console, err_console, handle_errors, print_json
 
 
 def easy_hard_command(
-    store: Path = typer.Argument(..., help="Score store whose run defines easy/hard."),
+    store: str = typer.Argument(..., help="Score store directory whose run defines easy/hard."),
     threshold: float = typer.Option(0.5, help="Training accuracy at which easy/hard is decided."),
     run: Optional[int] = typer.Option(None, help="Scoring run (seed) defining easy/hard; default: first completed run."),
     test_fraction: float = typer.Option(0.17, help="Held-out fraction of each of the easy and hard groups."),
@@ -57,9 +57,11 @@ def easy_hard_command(
 
 
 def difficulty_accuracy_command(
-    store: Path = typer.Argument(..., help="Store holding the run whose accuracy is measured (e.g. an RM3 run)."),
+    store: str = typer.Argument(..., help="Store (path, .zip archive or URL) holding the run whose accuracy is measured "
+                                          "(e.g. an RM3 run)."),
     run: int = typer.Option(..., help="Run (seed) of STORE."),
-    difficulty_from: Optional[Path] = typer.Option(None, help="Store whose runs define difficulty (e.g. SGD runs); default: STORE."),
+    difficulty_from: Optional[str] = typer.Option(None, help="Store, archive or URL whose runs define difficulty "
+                                                             "(e.g. SGD runs); default: STORE."),
     epoch: Optional[int] = typer.Option(None, help="Epoch of RUN (default: its last recorded epoch)."),
     threshold: float = typer.Option(0.5, help="Training accuracy at which easy/hard is decided in each difficulty run."),
     plot: Optional[Path] = typer.Option(None, help="Write a bar chart (PNG) of accuracy per difficulty level."),

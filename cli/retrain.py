@@ -126,7 +126,7 @@ def _print_rows(rows) -> None:
 
 # ----------------------------------------------------------------------------- retrain
 def retrain_command(
-    store: Path = typer.Argument(..., help="The score store the manifest was selected from."),
+    store: str = typer.Argument(..., help="The score store the manifest was selected from."),
     manifest: Path = typer.Option(..., help="Manifest JSON written by 'scorebank select'."),
     seeds: str = OPT_SEEDS,
     name: Optional[str] = typer.Option(None, help="Group name under retrain/. Default: the manifest's name."),
@@ -180,7 +180,7 @@ def retrain_command(
         _print_rows(rows)
 
 
-def _epochs_for(store: Path, overrides: dict) -> int:
+def _epochs_for(store: str, overrides: dict) -> int:
     """Epochs a retrain will run (for the progress bar); the library validates the rest."""
     if "epochs" in overrides:
         return overrides["epochs"] if isinstance(overrides["epochs"], int) else 0
@@ -193,7 +193,7 @@ def _epochs_for(store: Path, overrides: dict) -> int:
 
 # ----------------------------------------------------------------------------- prune-curve
 def prune_curve_command(
-    store: Path = typer.Argument(..., help="The score store."),
+    store: str = typer.Argument(..., help="The score store."),
     score: str = typer.Option(..., help="Score spec, e.g. el2n@20, grand@0, forgetting, nmargin@10."),
     strategies: str = typer.Option("keep-highest,random", "--strategies", "--strategy",
                                    help="Comma-separated selection strategies: keep-highest, keep-lowest, random, "
@@ -268,7 +268,7 @@ def prune_curve_command(
 
 # ----------------------------------------------------------------------------- compress
 def compress_command(
-    store: Path = typer.Argument(..., help="The score store."),
+    store: str = typer.Argument(..., help="The score store."),
     run: int = typer.Option(..., help="Seed of the scoring run to compress (its latest checkpoint is used)."),
     keep: int = typer.Option(200, help="Examples left at the end (immediate: kept at once; continuous: the last stage)."),
     schedule: str = typer.Option("immediate", help="immediate or continuous (margins paper appendix C.5)."),

@@ -115,6 +115,10 @@ def test_writing_commands_refuse_an_archive_and_say_how_to_unpack_it(work, comma
     assert f"{str(archive)!r} is a file (an archive is read-only)" in " ".join(r.output.split())
     assert f"scorebank import {archive} DIR" in " ".join(r.output.split())
     assert archive.read_bytes() == before
+    url = "http://127.0.0.1:9/s.scorebank.zip"
+    r = invoke(command[0], url, *args)
+    assert r.exit_code == 2, r.output
+    assert f"{url!r} is a URL (read-only)" in r.output and f"scorebank import {url} DIR" in r.output
 
 
 def test_prune_curve_writes_table_and_figure_and_resumes(work):
