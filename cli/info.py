@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from scorebank.cli.common import console, handle_errors, print_json
+from scorebank.stores import schema as S
 
 
 def print_summary(location) -> None:
@@ -22,7 +23,7 @@ def print_summary(location) -> None:
     shown = ",".join(map(str, rec)) if len(rec) <= 12 else f"{len(rec)} epochs ({rec[0]}..{rec[-1]})"
     console.print(f"clean pass recorded at: {shown}" + (f"; features: {', '.join(s.features)}" if s.features else ""),
                   highlight=False)
-    noisy = "label_noise" in s.features
+    noisy = S.FEATURE_LABEL_NOISE in s.features
     extra = ("pristine acc", "corrupt acc") if noisy else ()
     merged = any(r.source is not None for r in s.runs)
     ids = ("run", "seed", "source") if merged else ("seed",)
