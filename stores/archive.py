@@ -286,9 +286,6 @@ class ArchiveStore(Store):
     def member_names(self) -> list[str]:
         return sorted(self._members)
 
-    def member_size(self, name: str) -> int:
-        return self._members[name].file_size
-
     def _locate(self, m: _Member, prefetch: int = 0) -> tuple[int, bytes]:
         """``(offset of the member's data, up to prefetch bytes of it)``; the first call
         reads and checks the local header, fetching the data in the same read (one request
@@ -763,10 +760,10 @@ def _manifest(group, *, creator: str | None, license: str | None, layout: dict, 
     runs_attr = attrs.get(S.ATTR_RUNS) or {}
     run_ids = np.asarray(group[S.RUN][:]).tolist()
     epochs = np.asarray(group[S.EPOCH][:]).tolist()
-    seeds = np.asarray(group["seed"][:]).tolist() if "seed" in group else run_ids
-    hashes = (np.asarray(group["config_hash"][:]).tolist() if "config_hash" in group
+    seeds = np.asarray(group[S.SEED][:]).tolist() if S.SEED in group else run_ids
+    hashes = (np.asarray(group[S.CONFIG_HASH][:]).tolist() if S.CONFIG_HASH in group
               else [config_hash(attrs.get(S.ATTR_CONFIG))] * len(run_ids))
-    sources = np.asarray(group["source"][:]).tolist() if "source" in group else [None] * len(run_ids)
+    sources = np.asarray(group[S.SOURCE][:]).tolist() if S.SOURCE in group else [None] * len(run_ids)
     completed = np.asarray(group[S.COMPLETED][:], dtype=bool)
     runs = []
     for i, run in enumerate(run_ids):
@@ -795,7 +792,7 @@ def _manifest(group, *, creator: str | None, license: str | None, layout: dict, 
         "epochs": [int(e) for e in epochs],
         "runs": runs,
         "recorded": {"variables": [v.name for v in S.VARIABLES if v.name in present],
-                     "features": list(attrs.get("features") or []),
+                     "features": list(attrs.get(S.ATTR_FEATURES) or []),
                      "record_epochs": list(config.get("record_epochs") or []),
                      "grand_epochs": list(config.get("grand_epochs") or [])},
         "layout": {k: list(v) for k, v in layout.items()},

@@ -63,13 +63,8 @@ from scorebank.stores import schema as S
 from scorebank.stores.archive import BLOCK_BYTES, Progress, config_hash
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError
 from scorebank.stores.remote import require_local_output
-
-SEED = "seed"
-SOURCE = "source"
-SOURCE_CREATOR = "source_creator"
-CONFIG_HASH = "config_hash"
-RUN_COORDS = (SEED, SOURCE, SOURCE_CREATOR, CONFIG_HASH)
-ATTR_SOURCES = "sources"
+# ATTR_SOURCES is re-exported: callers import it from here (pipeline/scoring.py)
+from scorebank.stores.schema import ATTR_SOURCES, CONFIG_HASH, RUN_COORDS, SEED, SOURCE, SOURCE_CREATOR  # noqa: F401
 
 
 class MergeError(ScorebankError, ValueError):
@@ -242,7 +237,7 @@ def merge_stores(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *
         r.provenance["runs"].append(rid)
 
     epochs = np.unique(np.concatenate([s.epochs for s in loaded])).astype(np.int64)
-    features = sorted({f for s in loaded for f in (s.attrs.get("features") or [])})
+    features = sorted({f for s in loaded for f in (s.attrs.get(S.ATTR_FEATURES) or [])})
     n = int(first.group[S.EXAMPLE].shape[0])
     entries: list[dict] = []
     for r in runs:
@@ -259,7 +254,7 @@ def merge_stores(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *
             S.ATTR_CREATED: now_iso(),
             S.ATTR_RUNS: {str(rid): {**r.status, SEED: r.seed, SOURCE: r.provenance["name"]}
                           for rid, r in zip(ids, runs)},
-            "features": features,
+            S.ATTR_FEATURES: features,
             S.ATTR_CONFIG: first.attrs.get(S.ATTR_CONFIG),
             S.ATTR_DATASET: first.attrs.get(S.ATTR_DATASET),
             S.ATTR_FINGERPRINT: first.attrs.get(S.ATTR_FINGERPRINT),

@@ -51,6 +51,16 @@ LABEL = "label"
 TRUE_LABEL = "true_label"
 CORRUPTED = "corrupted"
 
+# ---------------------------------------------------------------- provenance coordinates
+# Coordinates on ``run`` that merged stores (:mod:`scorebank.stores.merge`) carry.
+SEED = "seed"  # int64: the training seed (== run unless renumbered)
+SOURCE = "source"  # string: name of the store or archive the run came from
+SOURCE_CREATOR = "source_creator"  # string: creator recorded in the source archive ('' if none)
+CONFIG_HASH = "config_hash"  # string: identity hash of the run's configuration
+RUN_COORDS = (SEED, SOURCE, SOURCE_CREATOR, CONFIG_HASH)
+#: their Zarr v3 data types
+RUN_COORD_DTYPES = {SEED: "int64", SOURCE: "string", SOURCE_CREATOR: "string", CONFIG_HASH: "string"}
+
 # ---------------------------------------------------------------- attributes
 ATTR_FORMAT = "scorebank_format"
 FORMAT_VERSION = 1
@@ -61,6 +71,8 @@ ATTR_FINGERPRINT = "dataset_fingerprint"
 ATTR_CLASS_NAMES = "class_names"
 ATTR_CREATED = "created"
 ATTR_RUNS = "runs"  # {str(seed): {"status": ..., "failed_epoch": ..., "reason": ...}}
+ATTR_FEATURES = "features"  # sorted list of the optional features the store enabled
+ATTR_SOURCES = "sources"  # merged stores: one provenance entry per source (scorebank.stores.merge)
 
 RUN_PENDING = "pending"
 RUN_RUNNING = "running"
@@ -77,6 +89,7 @@ LOCK_FILE = ".scorebank.lock"
 # Optional features: a variable with a feature exists only in stores that enabled it.
 FEATURE_GRAND = "grand"
 FEATURE_LABEL_NOISE = "label_noise"
+FEATURES = frozenset({FEATURE_GRAND, FEATURE_LABEL_NOISE})
 
 PER_EXAMPLE_CHUNK = 1 << 16  # examples per chunk along `example`
 
@@ -162,12 +175,18 @@ VARIABLES: tuple[Variable, ...] = (
 BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
 
 PER_EXAMPLE_SCORES = (MARGIN, EL2N, LOSS, CORRECT)  # written by the clean pass
-CLEAN_PASS_SUMMARIES = (TRAIN_ACCURACY, TRAIN_LOSS)
 
 
 def variables(features: frozenset[str] | set[str] = frozenset()) -> tuple[Variable, ...]:
     """The variables a store with the given optional features holds, in schema order."""
     return tuple(v for v in VARIABLES if v.feature is None or v.feature in features)
+
+
+def coordinates() -> dict[str, tuple[tuple[str, ...], str]]:
+    """``{name: (dims, dtype)}`` of the coordinate arrays every store has (dimension
+    coordinates and ``original_index``)."""
+    return {RUN: ((RUN,), "int64"), EPOCH: ((EPOCH,), "int64"), EXAMPLE: ((EXAMPLE,), "int64"),
+            ORIGINAL_INDEX: ((EXAMPLE,), "int64")}
 
 
 def chunks_for(var: Variable, n_epochs: int, n_examples: int) -> tuple[int, ...]:

@@ -68,8 +68,8 @@ def summarize(ds: xr.Dataset) -> StoreSummary:
     corrupt = ds[S.CORRUPT_ACCURACY].values if noisy else None
     run_ids = ds[S.RUN].values.tolist()
     # merged stores (scorebank.stores.merge) carry the training seed and source per run
-    seeds = ds["seed"].values.tolist() if "seed" in ds.coords else run_ids
-    sources = ds["source"].values.tolist() if "source" in ds.coords else [None] * len(run_ids)
+    seeds = ds[S.SEED].values.tolist() if S.SEED in ds.coords else run_ids
+    sources = ds[S.SOURCE].values.tolist() if S.SOURCE in ds.coords else [None] * len(run_ids)
     rows = []
     for i, run in enumerate(run_ids):
         info = runs_attr.get(str(run), {})
@@ -90,4 +90,4 @@ def summarize(ds: xr.Dataset) -> StoreSummary:
                         fingerprint=ds.attrs.get(S.ATTR_FINGERPRINT, "?"),
                         n_examples=int(ds.sizes[S.EXAMPLE]), epochs=int(epochs[-1]) if len(epochs) else 0,
                         recorded_epochs=tuple(config.get("record_epochs", ())),
-                        features=tuple(ds.attrs.get("features", ())), config=config, runs=tuple(rows))
+                        features=tuple(ds.attrs.get(S.ATTR_FEATURES, ())), config=config, runs=tuple(rows))
