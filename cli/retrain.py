@@ -69,10 +69,10 @@ def _signed(v: float) -> str:
 
 
 def _table(first: str, *columns: str, names: list[str] = ()) -> Table:
-    """A compact table: the first column is as wide as its longest entry in ``names``
-    (folding beyond 60 characters), the others never wrap."""
+    """A compact table that fits 80 columns: the first column (group names) folds beyond 20
+    characters, the others never wrap."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column(first, overflow="fold", min_width=min(60, max([len(first)] + [len(n) for n in names])))
+    table.add_column(first, overflow="fold", min_width=min(20, max([len(first)] + [len(n) for n in names])))
     for c in columns:
         table.add_column(c, no_wrap=True)
     return table
