@@ -87,10 +87,10 @@ BASELINES = ("random",)
 RETRAIN_SEED_OFFSET = 1_000_000
 #: Configuration fields fixed by the store: a retrain trains on the store's examples and labels.
 DATA_FIELDS = ("dataset", "limit", "label_noise", "label_noise_seed")
-#: Fields that make no sense for a retrain (it records no clean pass and no GraNd).
 if TYPE_CHECKING:
     from scorebank.stores.manifest import Manifest
 
+#: Fields that make no sense for a retrain (it records no clean pass and no GraNd).
 _NOT_OVERRIDABLE = frozenset({"record_epochs", "grand_epochs"})
 
 RETRAIN_FORMAT = 1
