@@ -12,6 +12,8 @@ separation         data-separation epoch (margins paper)
 overlap            overlaps of smallest-margin sets (margins paper Figs. 6, 8, 9)
 distribution       margin-distribution AUC and small-margin counts (margins paper 4.2)
 difficulty         easy/hard difficulty (Coherent Gradients at scale)
+difficulty_levels  training accuracy per difficulty level (Coherent Gradients Fig. 5a)
+curves             accuracy/loss per epoch, pristine vs corrupt labels (Coherent Gradients Fig. 3)
 noise              corrupted-label detection: ROC AUC, precision (Data Diet Sec. 4, E.2)
 selection          subset selection strategies behind ``scorebank select``
 plots              figures (matplotlib Agg)
@@ -21,7 +23,9 @@ bench              synthetic store and benchmark
 
 from scorebank.analysis.access import NEVER, completed_runs, open_store, parse_runs, resolve_runs
 from scorebank.analysis.correlation import sensitivity_curve, spearman, spearman_matrix
+from scorebank.analysis.curves import training_curves
 from scorebank.analysis.difficulty import difficulty, threshold_epochs
+from scorebank.analysis.difficulty_levels import accuracy_by_difficulty
 from scorebank.analysis.distribution import margin_distribution, sorted_margins
 from scorebank.analysis.forgetting import forgetting
 from scorebank.analysis.noise import noise_detection
@@ -33,10 +37,10 @@ from scorebank.analysis.selection import STRATEGIES, Selection, make_rule, selec
 from scorebank.analysis.separation import data_separation, final_epochs
 
 __all__ = [
-    "NEVER", "SCORES", "STRATEGIES", "ScoreSpec", "Selection", "average_score", "average_scores",
-    "completed_runs", "data_separation", "difficulty", "final_epochs", "final_set_retention",
+    "NEVER", "SCORES", "STRATEGIES", "ScoreSpec", "Selection", "accuracy_by_difficulty", "average_score",
+    "average_scores", "completed_runs", "data_separation", "difficulty", "final_epochs", "final_set_retention",
     "forgetting", "make_rule", "margin_distribution", "margin_overlaps", "noise_detection",
     "open_store", "pairwise_overlap", "parse_runs", "parse_score", "resolve_runs", "run_scores",
     "select", "select_indices", "sensitivity_curve", "smallest_margin_sets", "sorted_margins",
-    "spearman", "spearman_matrix", "threshold_epochs", "to_manifest",
+    "spearman", "spearman_matrix", "threshold_epochs", "to_manifest", "training_curves",
 ]

@@ -123,3 +123,43 @@ def plot_spearman(matrix: xr.DataArray, path: str | os.PathLike) -> Path:
     fig.colorbar(im, ax=ax, label="Spearman rho")
     ax.set_title("Spearman rank correlation of averaged scores")
     return _save(fig, path)
+
+
+def _run_band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(ok, mean, lo, hi)`` over the run axis of a (run, epoch) array, ignoring NaN;
+    ``ok`` marks the epochs where at least one run has a value."""
+    ok = np.isfinite(values).any(axis=0)
+    v = values[:, ok]
+    with np.errstate(all="ignore"):
+        return ok, np.nanmean(v, axis=0), np.nanmin(v, axis=0), np.nanmax(v, axis=0)
+
+
+def plot_training_curves(curves: xr.Dataset, path: str | os.PathLike) -> Path:
+    """The result of :func:`scorebank.analysis.curves.training_curves` (Coherent Gradients
+    Fig. 3): left, train (clean pass), pristine, corrupt (w.r.t. the corrupted label) and
+    test accuracy against the epoch; right, the matching losses.  One line per quantity,
+    the mean over runs, with a band from the minimum to the maximum over runs."""
+    fig, axes = _figure(2)
+    ep = curves[S.EPOCH].values
+    panels = ((axes[0], "accuracy", (S.TRAIN_ACCURACY, S.PRISTINE_ACCURACY, S.CORRUPT_ACCURACY, S.TEST_ACCURACY)),
+              (axes[1], "loss", (S.TRAIN_LOSS, S.PRISTINE_LOSS, S.CORRUPT_LOSS, S.TEST_LOSS)))
+    labels = {S.TRAIN_ACCURACY: "train", S.TRAIN_LOSS: "train", S.PRISTINE_ACCURACY: "pristine",
+              S.PRISTINE_LOSS: "pristine", S.CORRUPT_ACCURACY: "corrupt (memorised)",
+              S.CORRUPT_LOSS: "corrupt", S.TEST_ACCURACY: "test", S.TEST_LOSS: "test"}
+    styles = {"train": "-", "pristine": "--", "corrupt": ":", "test": "-."}
+    runs = curves.sizes[S.RUN]
+    for ax, what, names in panels:
+        for name in names:
+            if name not in curves:
+                continue
+            ok, mean, lo, hi = _run_band(np.asarray(curves[name].values, dtype=np.float64))
+            label = labels[name]
+            line = ax.plot(ep[ok], mean, marker=".", linestyle=styles[label.split(" ")[0]], label=label)[0]
+            if runs > 1:
+                ax.fill_between(ep[ok], lo, hi, color=line.get_color(), alpha=0.2)
+        ax.set(xlabel="epoch", ylabel=what,
+               title=f"{what} per epoch ({'mean over ' + str(runs) + ' runs, band min-max' if runs > 1 else 'one run'})")
+        if what == "accuracy":
+            ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize="small")
+    return _save(fig, path)

@@ -16,7 +16,8 @@ from scorebank.stores.errors import InvalidArgumentError
 
 analyze_app = typer.Typer(
     help="Analyse a score store: forgetting, averaged scores, Spearman correlations, sensitivity, "
-         "data separation, smallest-margin overlaps, margin distribution, difficulty, noisy labels.  "
+         "data separation, smallest-margin overlaps, margin distribution, difficulty, noisy labels, "
+         "training curves.  "
          "Usage: scorebank analyze STORE COMMAND [OPTIONS].",
     no_args_is_help=True,
 )
@@ -513,6 +514,56 @@ def noise_command(
         for r in rows:
             table.add_row(r["score"], _fmt(r["roc_auc"]), _fmt(r["precision_at_noise_rate"]))
         console.print(table)
+
+
+@analyze_app.command("curves")
+def curves_command(
+    ctx: typer.Context,
+    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
+    all_epochs: bool = typer.Option(False, "--all-epochs", help=f"Show every epoch (default: at most {MAX_ROWS})."),
+    plot: Optional[Path] = typer.Option(None, help="Also draw train/pristine/corrupt/test accuracy and loss per epoch (PNG)."),
+    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Train (clean pass), pristine, corrupt and test accuracy and loss per epoch (Coherent Gradients Fig. 3)."""
+    from scorebank.analysis.curves import QUANTITIES, training_curves
+    from scorebank.stores import schema as S
+
+    with handle_errors():
+        res = training_curves(_store(ctx), runs=_runs(runs))
+        if plot is not None:
+            from scorebank.analysis.plots import plot_training_curves
+
+            plot_training_curves(res, plot)
+        seeds = [int(s) for s in res[S.RUN].values]
+        ep = res[S.EPOCH].values
+        names = [n for n in QUANTITIES if n in res]
+        if json_output:
+            doc = {"runs": seeds, "epochs": ep, "label_noise": bool(res.attrs["label_noise"]),
+                   **{n: {str(s): res[n].values[i] for i, s in enumerate(seeds)}
+                      for n in names + [S.COMPLETED, S.RECORDED]}}
+            print_json(_clean(doc))
+            return
+        done = np.flatnonzero(res[S.COMPLETED].values.any(axis=0))
+        recorded = res[S.RECORDED].values
+        noisy = bool(res.attrs["label_noise"])
+        for what, group in (("accuracy", (S.TRAIN_ACCURACY, S.PRISTINE_ACCURACY, S.CORRUPT_ACCURACY,
+                                          S.TEST_ACCURACY)),
+                            ("loss", (S.TRAIN_LOSS, S.PRISTINE_LOSS, S.CORRUPT_LOSS, S.TEST_LOSS))):
+            cols = [n for n in group if n in res]
+            note = ("\n(corrupt: w.r.t. the corrupted label, i.e. memorised)" if noisy and what == "accuracy"
+                    else "")
+            table = Table("epoch", "runs recorded", *(n.split("_")[0] for n in cols),
+                          title=f"{what} per epoch, mean over runs {seeds}{note}")
+            for j in done[_thin(done, all_epochs)]:
+                cells = []
+                for n in cols:
+                    col = res[n].values[:, j]
+                    ok = np.isfinite(col)
+                    cells.append(_fmt(float(col[ok].mean())) if ok.any() else "-")
+                table.add_row(str(ep[j]), str(int(recorded[:, j].sum())), *cells)
+            console.print(table)
+        if plot is not None:
+            _saved(plot)
 
 
 @analyze_app.command("manifests")

@@ -82,9 +82,14 @@ def build_store(path, *, seeds=(0, 1, 2), epochs=6, n=40, classes=3, seed=0, gra
     arrays[S.TRAIN_LOSS] = np.where(recorded, 1.0, np.nan).astype(np.float32)
     arrays[S.TEST_ACCURACY] = np.where(completed, 0.5, np.nan).astype(np.float32)
     arrays[S.TEST_LOSS] = np.where(completed, 1.0, np.nan).astype(np.float32)
-    if label_noise:
-        for name in (S.PRISTINE_ACCURACY, S.PRISTINE_LOSS, S.CORRUPT_ACCURACY, S.CORRUPT_LOSS):
-            arrays[name] = np.where(recorded, 0.5, np.nan).astype(np.float32)
+    if label_noise:  # clean-pass summaries over the pristine and the corrupted examples
+        with np.errstate(invalid="ignore"):
+            for c, acc_name, loss_name in ((~arrays[S.CORRUPTED], S.PRISTINE_ACCURACY, S.PRISTINE_LOSS),
+                                           (arrays[S.CORRUPTED], S.CORRUPT_ACCURACY, S.CORRUPT_LOSS)):
+                arrays[acc_name] = np.where(recorded, arrays[S.CORRECT][:, :, c].mean(axis=2),
+                                            np.nan).astype(np.float32)
+                arrays[loss_name] = np.where(recorded, arrays[S.LOSS][:, :, c].astype(np.float64).mean(axis=2),
+                                             np.nan).astype(np.float32)
     arrays[S.COMPLETED] = completed
     arrays[S.RECORDED] = recorded
     if overrides:

@@ -185,3 +185,37 @@ def test_manifests_of_an_archive_and_of_a_missing_store(st, tmp_path):
     for missing in (tmp_path / "nothing.zarr", tmp_path / "nothing.zip"):
         res = run("analyze", missing, "manifests")
         assert res.exit_code == 1 and "no scorebank store at" in res.output, res.output
+
+
+def test_curves_json_table_and_plot(tmp_path):
+    from scorebank.analysis import training_curves
+
+    recorded = np.ones((2, 21), bool)
+    recorded[:, 3] = False
+    noisy = build_store(tmp_path / "n.zarr", seeds=(0, 1), epochs=20, n=30, label_noise=0.3, recorded=recorded)
+    res = run("analyze", noisy.path, "curves", "--json", "--runs", "1,0")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    lib = training_curves(noisy.path, runs=[1, 0])
+    assert doc["runs"] == [1, 0] and doc["epochs"] == list(range(21)) and doc["label_noise"] is True
+    for name in (S.TRAIN_ACCURACY, S.TRAIN_LOSS, S.PRISTINE_ACCURACY, S.PRISTINE_LOSS, S.CORRUPT_ACCURACY,
+                 S.CORRUPT_LOSS, S.TEST_ACCURACY, S.TEST_LOSS, S.COMPLETED, S.RECORDED):
+        for i, seed in enumerate((1, 0)):
+            want = [None if isinstance(v, float) and np.isnan(v) else v for v in lib[name].values[i].tolist()]
+            assert doc[name][str(seed)] == want, name
+    assert doc[S.CORRUPT_ACCURACY]["0"][3] is None and doc[S.TEST_ACCURACY]["0"][3] is not None
+
+    def rows(output):
+        return [line for line in output.splitlines() if line.startswith("│")]
+
+    res = run("analyze", noisy.path, "curves", "--plot", tmp_path / "c.png")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(rows(res.output)) == 2 * 15 and "memorised" in res.output  # accuracy and loss tables
+    res = run("analyze", noisy.path, "curves", "--all-epochs")
+    table = rows(res.output)
+    assert len(table) == 2 * 21
+    cells = table[0].strip("│").split("│")  # epoch 0: mean over both runs
+    acc = noisy[S.CORRUPT_ACCURACY][:, 0].astype(np.float64).mean()
+    assert cells[0].strip() == "0" and cells[1].strip() == "2" and cells[4].strip() == f"{acc:.4g}"
+    assert table[3].strip("│").split("│")[4].strip() == "-"  # not recorded at epoch 3
