@@ -276,7 +276,7 @@ def compress_command(
     max_epochs_per_stage: int = typer.Option(50, help="continuous: at most this many epochs after each removal."),
     min_epochs_per_stage: int = typer.Option(1, help="continuous: at least this many epochs after each removal."),
     batch_size: Optional[int] = typer.Option(None, help="Minibatch SGD with this batch size. Default: full-batch gradient descent."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate. Default: the one the run used in its last epoch."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate. Default: the one the run's schedule used in the epoch of its checkpoint."),
     momentum: Optional[float] = typer.Option(None, help="Momentum. Default: the store's."),
     nesterov: Optional[bool] = typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum. Default: the store's."),
     weight_decay: Optional[float] = typer.Option(None, help="L2 weight decay. Default: the store's."),

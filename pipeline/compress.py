@@ -160,7 +160,7 @@ class CompressConfig:
     max_epochs_per_stage: int = 50  # continuous
     min_epochs_per_stage: int = 1  # continuous
     batch_size: int | None = None  # None: full-batch gradient descent
-    lr: float = 0.01
+    lr: float | None = None  # None: the rate the run's schedule used in its checkpoint's epoch
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -176,10 +176,9 @@ def resolve_compress_config(store_config: ScoreConfig, *, run: int, schedule: st
                             momentum: float | None = None, nesterov: bool | None = None,
                             weight_decay: float | None = None, eval_batch_size: int | None = None) -> CompressConfig:
     """Validate the options; unset optimiser options take the store's values (the
-    learning rate: the one its schedule used in the run's last epoch)."""
+    learning rate stays None here: :func:`compress` takes the one the run's schedule used
+    in the epoch of the checkpoint it continues from)."""
     sc = store_config
-    if lr is None:
-        lr = sc.parsed_schedule.lr_at(sc.lr, max(1, sc.epochs))
     cfg = CompressConfig(run=run, schedule=schedule, keep=keep, epochs=epochs,
                          max_epochs_per_stage=max_epochs_per_stage, min_epochs_per_stage=min_epochs_per_stage,
                          batch_size=batch_size, lr=lr,
@@ -198,7 +197,7 @@ def resolve_compress_config(store_config: ScoreConfig, *, run: int, schedule: st
            f"({max_epochs_per_stage!r}), got {min_epochs_per_stage!r}")
     _check(batch_size is None or (_int(batch_size) and batch_size >= 1),
            f"--batch-size must be an integer >= 1 (or omitted for full-batch gradient descent), got {batch_size!r}")
-    check_sgd_settings(cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+    check_sgd_settings(sc.lr if cfg.lr is None else cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
     _check(_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1,
            f"--eval-batch-size must be an integer >= 1, got {cfg.eval_batch_size!r}")
     return cfg
@@ -323,6 +322,9 @@ def compress(store: str | os.PathLike, config: CompressConfig, *, name: str | No
         raise NotSeparatedError(
             f"run {config.run}'s checkpoint is at epoch {start['checkpoint_epoch']}, before its separation epoch "
             f"{start['separation_epoch']}; finish the run with 'scorebank score' first")
+    if config.lr is None:
+        config = dataclasses.replace(
+            config, lr=store_config.parsed_schedule.lr_at(store_config.lr, max(1, start["checkpoint_epoch"])))
     model = new_model(store_config, sd.device_data, config.run, sd.device)
     model.load_state_dict(state["model"])
     sizes = continuous_sizes(n, config.keep) if config.schedule == "continuous" else (config.keep,)

@@ -92,8 +92,10 @@ def checkpoint_margins(store, data):
 
 def test_immediate_keeps_the_smallest_normalised_margins(store, data, tmp_path):
     cfg = resolve_compress_config(read_store_config(store), run=0, keep=20, epochs=4)
-    assert cfg.lr == 0.05 and cfg.momentum == 0.9 and cfg.batch_size is None  # the store's; full batch
+    assert cfg.momentum == 0.9 and cfg.batch_size is None  # the store's; full batch
+    assert cfg.lr is None  # taken at the checkpoint's epoch by compress
     res = compress(store, cfg, device="cpu", data=data)
+    assert res.config.lr == 0.05  # the store's constant schedule at checkpoint epoch 8
     traj = res.trajectory
     nm = checkpoint_margins(store, data)
     expected = np.zeros(N, dtype=bool)
@@ -108,7 +110,7 @@ def test_immediate_keeps_the_smallest_normalised_margins(store, data, tmp_path):
     assert dict(ds.sizes) == {"step": 6, "stage": 2, "example": N}
     np.testing.assert_array_equal(ds.kept.values[1], expected)
     np.testing.assert_allclose(ds.test_error.values, traj.test_error, rtol=1e-6)
-    assert ds.attrs["start"]["run"] == 0 and '"keep": 20' in ds.attrs["compress"]
+    assert ds.attrs["start"]["run"] == 0 and '"keep": 20' in ds.attrs["compress"] and '"lr": 0.05' in ds.attrs["compress"]
     assert open_scores(store).sizes["run"] == 1  # the root still opens (consolidated)
     png = plot_compression(traj, tmp_path / "c.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
