@@ -56,6 +56,129 @@ def test_tables_print(st, tmp_path):
     assert [r["separation_epoch"] for r in json.loads(res.output)["runs"]] == [5, 5, 5]
 
 
+def _plain(x):
+    """What the CLI's JSON holds for library values: lists, NaN -> None, inf -> "inf"."""
+    if isinstance(x, np.ndarray):
+        x = x.tolist()
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, float) and np.isnan(x):
+        return None
+    if isinstance(x, float) and np.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def _lower_quantiles(x):
+    x = np.asarray(x, dtype=float)
+    out = {"mean": x.mean(), "std": x.std()}
+    ordered = np.sort(x)
+    for name, q in (("min", 0), ("q25", 25), ("median", 50), ("q75", 75), ("max", 100)):
+        out[name] = ordered[int(np.floor(q / 100 * (x.size - 1)))]  # the 'lower' percentile
+    return _plain(out)
+
+
+def _expect_scores(path):
+    from scorebank.analysis import average_scores
+
+    avg = average_scores(path, ["el2n@2", "forgetting@3", "nmargin@6"], runs=[0, 2], reduce="sum")
+    return {"runs": [0, 2], "reduce": "sum", "csv": None,
+            "scores": {n: _lower_quantiles(avg[n].values) for n in avg.data_vars}}
+
+
+def _expect_correlation(path):
+    from scorebank.analysis import spearman_matrix
+
+    mat = spearman_matrix(path, ["el2n@2", "margin@6", "forgetting"], never_learned="inf")
+    return {"scores": ["el2n@2", "margin@6", "forgetting"], "runs": [0, 1, 2], "spearman": _plain(mat.values)}
+
+
+def _expect_sensitivity(path):
+    from scorebank.analysis import sensitivity_curve
+
+    c = sensitivity_curve(path, "loss@1", draws=2, seed=4)
+    return {"spec": "loss@1", "runs": [0, 1, 2],
+            "curve": [_plain({"k": int(k), **{n: float(c[n].sel(k=k)) for n in ("mean", "std", "min", "max")},
+                              "subsets": int(c["subsets"].sel(k=k))}) for k in c["k"].values]}
+
+
+def _expect_overlap(path):
+    from scorebank.analysis import margin_overlaps
+
+    r = margin_overlaps(path, k=[3, 5])
+    seeds = r["run"].values.tolist()
+    doc = {"k": [3, 5], "runs": seeds, "epochs": r["epoch"].values.tolist(),
+           "separation_epoch": dict(zip(map(str, seeds), r["separation_epoch"].values.tolist())),
+           "final_epoch": dict(zip(map(str, seeds), r["final_epoch"].values.tolist()))}
+    doc["retention"] = {str(k): {str(s): _plain(r["retention"].sel(k=k, run=s).values) for s in seeds} for k in (3, 5)}
+    doc["retention_at_separation"] = {str(k): {str(s): _plain(float(r["at_separation"].sel(k=k, run=s)))
+                                               for s in seeds} for k in (3, 5)}
+    for name in ("pairwise_mean", "pairwise_min", "pairwise_max"):
+        doc[name] = {str(k): _plain(r[name].sel(k=k).values) for k in (3, 5)}
+    return doc
+
+
+def _expect_margins(path):
+    from scorebank.analysis import margin_distribution
+
+    r = margin_distribution(path, gammas=[0.05, 0.5], epochs=[0, 3, 6])
+    seeds = r["run"].values.tolist()
+    return {"runs": seeds, "epochs": [0, 3, 6], "gamma": [0.05, 0.5],
+            "auc": {str(s): _plain(r["auc"].sel(run=s).values) for s in seeds},
+            "smallest": {str(s): _plain(r["smallest"].sel(run=s).values) for s in seeds},
+            "n_within": {str(g): {str(s): _plain(r["n_within"].sel(gamma=g, run=s).values) for s in seeds}
+                         for g in (0.05, 0.5)},
+            "classes": ["c0", "c1", "c2"],
+            "class_auc": {str(s): _plain(r["class_auc"].sel(run=s).transpose("epoch", ...).values) for s in seeds},
+            "class_n_within": {str(g): {str(s): _plain(r["class_n_within"].sel(gamma=g, run=s)
+                                                       .transpose("epoch", ...).values) for s in seeds}
+                               for g in (0.05, 0.5)}}
+
+
+def _expect_difficulty(path):
+    from scorebank.analysis import difficulty
+
+    r = difficulty(path, threshold=0.55, runs=[1, 2])
+    hist = np.bincount(r["difficulty"].values, minlength=3)
+    return {"threshold": 0.55,
+            "runs": [{"run": int(s), "threshold_epoch": int(r["threshold_epoch"].sel(run=s)),
+                      "train_accuracy": float(r["train_accuracy"].sel(run=s)),
+                      "hard": int(r["hard"].sel(run=s).sum())} for s in (1, 2)],
+            "histogram": {str(d): int(c) for d, c in enumerate(hist)}}
+
+
+def _expect_noise(path):
+    from scorebank.analysis import noise_detection
+
+    r = noise_detection(path, ["el2n@1", "forgetting"], never_learned="inf")
+    return {"noise_rate": float(r["noise_rate"]), "n_corrupted": int(r["n_corrupted"]), "runs": [0, 1, 2],
+            "scores": [{"score": s, "roc_auc": float(r["roc_auc"].sel(score=s)),
+                        "precision_at_noise_rate": float(r["precision_at_noise_rate"].sel(score=s))}
+                       for s in ("el2n@1", "forgetting")]}
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["scores", "el2n@2", "forgetting@3", "nmargin@6", "--runs", "0,2", "--reduce", "sum"], _expect_scores),
+    (["correlation", "el2n@2", "margin@6", "forgetting", "--never-learned", "inf"], _expect_correlation),
+    (["sensitivity", "loss@1", "--draws", "2", "--seed", "4"], _expect_sensitivity),
+    (["overlap", "--k", "3,5"], _expect_overlap),
+    (["margins", "--gamma", "0.05,0.5", "--epochs", "0,3,6", "--by-class"], _expect_margins),
+    (["difficulty", "--threshold", "0.55", "--runs", "1-2"], _expect_difficulty),
+    (["noise", "el2n@1", "forgetting", "--never-learned", "inf"], _expect_noise),
+], ids=lambda v: v[0] if isinstance(v, list) else "")
+def test_json_matches_library(st, tmp_path, args, expect):
+    path = st.path
+    if args[0] == "noise":
+        path = build_store(tmp_path / "noisy.zarr", chunk=16, label_noise=0.25).path
+    res = run("analyze", path, *args, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == expect(path)
+
+
 def test_scores_csv_and_plots(st, tmp_path):
     out = tmp_path / "scores.csv"
     res = run("analyze", st.path, "scores", "el2n@2", "nmargin@6", "--out", out)
