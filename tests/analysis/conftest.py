@@ -120,6 +120,38 @@ def build_store(path, *, seeds=(0, 1, 2), epochs=6, n=40, classes=3, seed=0, gra
     return BuiltStore(Path(path), arrays, tuple(seeds), statuses)
 
 
+def forgetting_reference(tc: np.ndarray, presented: np.ndarray, never: str = "count"):
+    """Forgetting of one run by straightforward loops, the oracle of the tests (never the
+    code under test): ``tc`` (epoch, example) train_correct, ``presented`` (epoch,) the
+    epochs counted (completed, and <= E for forgetting@E).  Returns events, never-learned,
+    stays-learned epoch and score per example."""
+    epochs = [e for e in range(tc.shape[0]) if e >= 1 and presented[e]]
+    n = tc.shape[1]
+    events = np.zeros(n, int)
+    learned = np.full(n, -1)
+    ever = np.zeros(n, bool)
+    for x in range(n):
+        for a, b in zip(range(tc.shape[0] - 1), range(1, tc.shape[0])):
+            if a >= 1 and presented[a] and presented[b] and tc[a, x] and not tc[b, x]:
+                events[x] += 1
+        seq = [bool(tc[e, x]) for e in epochs]
+        ever[x] = any(seq)
+        if seq and seq[-1]:
+            i = len(seq) - 1
+            while i > 0 and seq[i - 1]:
+                i -= 1
+            learned[x] = epochs[i]
+    fill = np.inf if never == "inf" else len(epochs) + 1
+    score = np.where(ever, events.astype(float), fill)
+    return events, ~ever, learned, score
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """:func:`forgetting_reference` (conftest modules are not importable by tests)."""
+    return forgetting_reference
+
+
 @pytest.fixture
 def make_store(tmp_path):
     counter = iter(range(10_000))

@@ -4,21 +4,43 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from scorebank.analysis import forgetting, sensitivity_curve, spearman, spearman_matrix
+from scorebank.analysis import sensitivity_curve, spearman, spearman_matrix
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError
 
 
-def test_spearman_matrix_matches_scipy(store):
+def _forgetting_mean(reference, st, never="count"):
+    return np.mean([reference(st[S.TRAIN_CORRECT][i], st[S.COMPLETED][i], never)[3]
+                    for i in range(len(st.seeds))], axis=0)
+
+
+def test_spearman_matrix_matches_scipy(store, reference):
     specs = ["el2n@2", "grand@0", "forgetting", "margin@6", "nmargin@6"]
     got = spearman_matrix(store.path, specs)
     rho = store[S.NORM_PRODUCT][:, 6]
     columns = [store[S.EL2N][:, 2].astype(float).mean(0), store[S.GRAND][:, 0].astype(float).mean(0),
-               forgetting(store.path)["score"].values.mean(0), store[S.MARGIN][:, 6].astype(float).mean(0),
+               _forgetting_mean(reference, store), store[S.MARGIN][:, 6].astype(float).mean(0),
                (store[S.MARGIN][:, 6].astype(float) / rho[:, None]).mean(0)]
     expected = spearmanr(np.column_stack(columns)).statistic
     np.testing.assert_allclose(got.values, expected, atol=1e-12)
     assert got["score_a"].values.tolist() == specs
+
+
+def test_spearman_with_never_learned_inf(make_store, reference):
+    tc = np.random.default_rng(1).random((3, 7, 30)) < 0.6
+    tc[:, 1, 5:] = True
+    tc[:, :, :5] = False  # five examples never learned in any run: score inf (Data Diet)
+    st = make_store(n=30, overrides={S.TRAIN_CORRECT: tc}, seed=4)
+    for never in ("count", "inf"):
+        got = spearman_matrix(st.path, ["forgetting", "el2n@3", "loss@5"], never_learned=never)
+        forget = _forgetting_mean(reference, st, never)
+        assert np.isinf(forget[:5]).all() == (never == "inf")
+        columns = [forget, st[S.EL2N][:, 3].astype(float).mean(0), st[S.LOSS][:, 5].astype(float).mean(0)]
+        expected = spearmanr(np.column_stack(columns)).statistic
+        np.testing.assert_allclose(got.values, expected, atol=1e-12)
+    # inf and count rank the never-learned examples alike (above every other), so rho agrees
+    np.testing.assert_allclose(spearman_matrix(st.path, ["forgetting", "el2n@3"], never_learned="inf").values,
+                               spearman_matrix(st.path, ["forgetting", "el2n@3"]).values, atol=1e-12)
 
 
 def test_spearman_of_constant_is_nan():

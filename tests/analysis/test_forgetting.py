@@ -6,29 +6,6 @@ from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError
 
 
-def reference(tc: np.ndarray, presented: np.ndarray, never: str = "count"):
-    """Straightforward loops: events, never-learned, stays-learned epoch, score per example."""
-    epochs = [e for e in range(tc.shape[0]) if e >= 1 and presented[e]]
-    n = tc.shape[1]
-    events = np.zeros(n, int)
-    learned = np.full(n, -1)
-    ever = np.zeros(n, bool)
-    for x in range(n):
-        for a, b in zip(range(tc.shape[0] - 1), range(1, tc.shape[0])):
-            if a >= 1 and presented[a] and presented[b] and tc[a, x] and not tc[b, x]:
-                events[x] += 1
-        seq = [bool(tc[e, x]) for e in epochs]
-        ever[x] = any(seq)
-        if seq and seq[-1]:
-            i = len(seq) - 1
-            while i > 0 and seq[i - 1]:
-                i -= 1
-            learned[x] = epochs[i]
-    fill = np.inf if never == "inf" else len(epochs) + 1
-    score = np.where(ever, events.astype(float), fill)
-    return events, ~ever, learned, score
-
-
 def test_hand_made_sequence_has_three_forgetting_events(make_store):
     # epochs 0..8; example 0: 1 0 1 0 1 1 0 1 over epochs 1..8 -> three 1->0 transitions
     seq = np.array([0, 1, 0, 1, 0, 1, 1, 0, 1], bool)
@@ -49,7 +26,7 @@ def test_hand_made_sequence_has_three_forgetting_events(make_store):
 
 
 @pytest.mark.parametrize("blocks", [False, True])
-def test_random_store_matches_loops(store, request, blocks):
+def test_random_store_matches_loops(store, request, blocks, reference):
     if blocks:
         request.getfixturevalue("small_blocks")
         from scorebank.analysis import access
@@ -65,7 +42,7 @@ def test_random_store_matches_loops(store, request, blocks):
         np.testing.assert_array_equal(out["score"].sel(run=seed).values, score)
 
 
-def test_forgetting_at_epoch_and_gap_in_completion(make_store, small_blocks):
+def test_forgetting_at_epoch_and_gap_in_completion(make_store, small_blocks, reference):
     completed = np.ones((2, 9), bool)
     completed[1, 4] = False  # a gap: epochs 3 and 5 are no consecutive pair
     completed[1, 8] = False  # and the run stopped before epoch 8

@@ -44,14 +44,54 @@ def test_nmargin_sum_and_run_subset(store):
     assert per_run["run"].values.tolist() == [1]
 
 
-def test_several_scores_in_one_pass(store):
+def _forgetting_scores(reference, st, rows, last=None, never="count"):
+    """(run, example) forgetting scores by the reference loops, over epochs 1..last."""
+    out = []
+    for i in rows:
+        presented = st[S.COMPLETED][i].copy()
+        if last is not None:
+            presented[last + 1:] = False
+        out.append(reference(st[S.TRAIN_CORRECT][i], presented, never)[3])
+    return np.array(out)
+
+
+def test_several_scores_in_one_pass(store, reference):
     out = average_scores(store.path, ["el2n@1", "forgetting", "forgetting@3"])
     assert list(out.data_vars) == ["el2n@1", "forgetting", "forgetting@3"]
     assert out.attrs["runs"] == [0, 1, 2]
-    from scorebank.analysis import forgetting
+    np.testing.assert_allclose(out["el2n@1"].values, store[S.EL2N][:, 1].astype(np.float64).mean(0), rtol=1e-12)
+    every = _forgetting_scores(reference, store, range(3))
+    np.testing.assert_allclose(out["forgetting"].values, every.mean(0), rtol=1e-12)
+    at3 = _forgetting_scores(reference, store, range(3), 3)
+    np.testing.assert_allclose(out["forgetting@3"].values, at3.mean(0), rtol=1e-12)
 
-    np.testing.assert_array_equal(out["forgetting@3"].values,
-                                  forgetting(store.path, epoch=3)["score"].mean("run").values)
+
+def test_forgetting_never_learned_inf_and_sum(make_store, reference):
+    tc = np.random.default_rng(5).random((3, 7, 30)) < 0.5
+    tc[:, 1, 4:] = True  # every other example is learned at epoch 1 ...
+    tc[:, :, :3] = False  # ... except three never learned in any run
+    tc[0, :, 3] = False  # and one never learned in run 0 only
+    tc[1, :4, 4] = False  # run 1: not learned within epochs 1..3 (forgetting@3), but at epoch 5
+    tc[1, 5, 4] = True
+    st = make_store(n=30, overrides={S.TRAIN_CORRECT: tc}, seed=2)
+    for never in ("count", "inf"):
+        for reduce in ("mean", "sum"):
+            out = average_scores(st.path, ["forgetting", "forgetting@3", "el2n@2"], never_learned=never,
+                                 reduce=reduce, runs=[2, 0])
+            assert out.attrs["never_learned"] == never and out.attrs["reduce"] == reduce
+            for spec, last in (("forgetting", None), ("forgetting@3", 3)):
+                per_run = _forgetting_scores(reference, st, [2, 0], last, never)
+                want = per_run.sum(0) if reduce == "sum" else per_run.mean(0)
+                np.testing.assert_array_equal(out[spec].values, want)
+            el2n = st[S.EL2N][[2, 0], 2].astype(np.float64)
+            np.testing.assert_allclose(out["el2n@2"].values, el2n.sum(0) if reduce == "sum" else el2n.mean(0),
+                                       rtol=1e-12)
+    inf = average_scores(st.path, ["forgetting"], never_learned="inf")["forgetting"].values
+    assert np.isinf(inf[:4]).all() and np.isfinite(inf[4:]).all()
+    at3 = average_scores(st.path, ["forgetting@3"], never_learned="inf")["forgetting@3"].values
+    assert np.isinf(at3[:5]).all() and np.isfinite(at3[5:]).all()
+    count = average_scores(st.path, ["forgetting"], reduce="sum")["forgetting"].values
+    assert count[0] == 3 * 7.0  # 6 presentations + 1, in each of 3 runs
 
 
 def test_default_runs_are_the_completed_ones(make_store):
