@@ -342,3 +342,33 @@ def test_curves_json_table_and_plot(tmp_path):
     acc = noisy[S.CORRUPT_ACCURACY][:, 0].astype(np.float64).mean()
     assert cells[0].strip() == "0" and cells[1].strip() == "2" and cells[4].strip() == f"{acc:.4g}"
     assert table[3].strip("│").split("│")[4].strip() == "-"  # not recorded at epoch 3
+
+
+def _no_global_client(distributed):
+    assert not distributed.client._global_clients
+    with pytest.raises(ValueError):
+        distributed.default_client()
+
+
+def test_scheduler_address_of_a_real_cluster(st):
+    distributed = pytest.importorskip("distributed")
+    from scorebank.analysis import average_scores, forgetting, margin_overlaps
+
+    lib = forgetting(st.path)
+    average_scores(st.path, ["el2n@2", "forgetting"])
+    margin_overlaps(st.path, k=3, scheduler="synchronous")
+    _no_global_client(distributed)  # library calls never create one
+    ref = _builder.forgetting_reference
+    with distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=1,
+                                  dashboard_address=None) as cluster:
+        res = run("analyze", st.path, "forgetting", "--json", "--top", "40", "--scheduler", cluster.scheduler_address)
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.output)
+        _no_global_client(distributed)  # the CLI closed its client
+        ran = set(cluster.scheduler.task_prefixes)
+    assert {"block_state", "fold_states"} <= ran, ran  # forgetting ran on the cluster
+    assert doc == json.loads(run("analyze", st.path, "forgetting", "--json", "--top", "40").output)
+    assert [r["never_learned"] for r in doc["per_run"]] == lib["never_learned"].sum("example").values.tolist()
+    assert [r["max_events"] for r in doc["per_run"]] == lib["events"].max("example").values.tolist()
+    scores = np.array([ref(st[S.TRAIN_CORRECT][i], st[S.COMPLETED][i])[3] for i in range(3)]).mean(0)
+    assert {r["example"]: r["score"] for r in doc["most_forgotten"]} == dict(enumerate(scores.tolist()))
