@@ -45,13 +45,14 @@ Manifest ``scorebank-archive.json`` (JSON object)
 
 Archives are untrusted input (:class:`ArchiveStore`): nothing in them is ever executed
 (the metadata is JSON, the codecs are checked against an allow-list, checkpoints are only
-ever loaded with ``torch.load(..., weights_only=True)``), member names are never used as
-paths except ``checkpoints/run-<int>.pt``, and an archive is refused, naming the bad
-member, when a name is absolute, contains ``..``/``.``/empty parts or backslashes, a member
-is a symlink or special file, names repeat, members overlap, a size exceeds
-:class:`ArchiveLimits`, a compressed member's declared size is implausible or differs from
-what it expands to (zip bomb), a CRC or sha256 fails, or the manifest does not list exactly
-the members present.
+ever loaded with ``torch.load(..., weights_only=True)``), no chunk member may decompress
+to more than its array declares (:class:`scorebank.stores.location.ChunkGuard`), member
+names are never used as paths except ``checkpoints/run-<int>.pt``, and an archive is
+refused, naming the bad member, when a name is absolute, contains ``..``/``.``/empty parts
+or backslashes, a member is a symlink or special file, names repeat, members overlap, a
+size exceeds :class:`ArchiveLimits`, a compressed member's declared size is implausible or
+differs from what it expands to (zip bomb), a CRC or sha256 fails, or the manifest does
+not list exactly the members present.
 """
 
 from __future__ import annotations
@@ -78,11 +79,12 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError
+from scorebank.stores.location import ChunkGuard, reading, slice_bytes
 from scorebank.stores.remote import FsspecReader, LocalReader, RemoteStoreError, require_local_output
 
 MANIFEST = "scorebank-archive.json"
@@ -254,7 +256,9 @@ class ArchiveStore(Store):
     member read is one ranged request).  Construction checks the member table and the
     manifest (see the module docstring); every member read is checked against its size,
     CRC-32 and the manifest's sha256 before zarr sees it, so a corrupted or tampered
-    chunk raises :class:`ArchiveChecksumError` naming it instead of yielding wrong scores."""
+    chunk raises :class:`ArchiveChecksumError` naming it instead of yielding wrong scores.
+    Chunk members are also checked against their array's metadata (:meth:`chunk_guard`;
+    the size before the member is read), so none decompresses beyond its declared size."""
 
     supports_writes = False
     supports_deletes = False
@@ -274,6 +278,7 @@ class ArchiveStore(Store):
         self.name = reader.name
         self._members = _scan(reader, limits)
         self._offsets: dict[str, int] = {}
+        self._guard: ChunkGuard | None = None
         self.manifest = self._load_manifest()
 
     @classmethod
@@ -439,22 +444,40 @@ class ArchiveStore(Store):
     def _hidden(self, key: str) -> bool:
         return key == MANIFEST or key.startswith(S.CHECKPOINT_DIR + "/")
 
+    def set_chunk_guard(self, guard: ChunkGuard) -> None:
+        """Check chunks with ``guard`` (what :func:`~scorebank.stores.location.check_store_metadata`
+        returned for this archive's root ``zarr.json``)."""
+        self._guard = guard
+
+    def chunk_guard(self) -> ChunkGuard:
+        """The :class:`~scorebank.stores.location.ChunkGuard` every chunk read passes; made
+        from the archive's root ``zarr.json`` (checked) unless one was set."""
+        if self._guard is None:
+            from scorebank.stores.location import check_store_metadata
+
+            raw = self.read_member("zarr.json", max_bytes=self.limits.max_metadata_bytes)
+            try:
+                doc = json.loads(raw)
+            except (ValueError, RecursionError) as exc:
+                raise ArchiveError(f"archive {self.shown!r}: 'zarr.json' is not valid JSON ({exc})",
+                                   "zarr.json") from None
+            if not isinstance(doc, dict):
+                raise ArchiveError(f"archive {self.shown!r}: 'zarr.json' is not a JSON object", "zarr.json")
+            self._guard = check_store_metadata(doc, self.shown)
+        return self._guard
+
     async def get(self, key: str, prototype: BufferPrototype,
                   byte_range: ByteRequest | None = None) -> Buffer | None:
         if key not in self._members or self._hidden(key):
             return None
-        limit = self.limits.max_metadata_bytes if key.endswith("zarr.json") else None
-        data = await asyncio.to_thread(self.read_member, key, max_bytes=limit)
-        if byte_range is not None:
-            if isinstance(byte_range, RangeByteRequest):
-                data = data[byte_range.start:byte_range.end]
-            elif isinstance(byte_range, OffsetByteRequest):
-                data = data[byte_range.offset:]
-            elif isinstance(byte_range, SuffixByteRequest):
-                data = data[max(0, len(data) - byte_range.suffix):]
-            else:
-                raise TypeError(f"unexpected byte range {byte_range!r}")
-        return prototype.buffer.from_bytes(data)
+        if ChunkGuard.is_metadata(key):
+            data = await asyncio.to_thread(self.read_member, key, max_bytes=self.limits.max_metadata_bytes)
+        else:
+            guard = self._guard or await asyncio.to_thread(self.chunk_guard)
+            guard.check_size(key, self._members[key].file_size)  # before reading anything
+            data = await asyncio.to_thread(self.read_member, key)
+            guard.check(key, data)
+        return prototype.buffer.from_bytes(slice_bytes(data, byte_range))
 
     async def get_partial_values(self, prototype: BufferPrototype,
                                  key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
@@ -582,10 +605,12 @@ def _walk(group, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def copy_hierarchy(src_group, dst_group, chunk_rule: Callable[[str, Any], tuple[int, ...]],
-                   progress: Progress | None, stage: str) -> dict[str, tuple[int, ...]]:
+                   progress: Progress | None, stage: str, shown: str = "the source") -> dict[str, tuple[int, ...]]:
     """Copy every group (with attributes) and array (dtype, fill value, dimension names,
     attributes, values) below ``src_group`` into ``dst_group``, chunking each array as
-    ``chunk_rule(path, array)`` says.  Returns ``{path: chunks}``."""
+    ``chunk_rule(path, array)`` says.  Returns ``{path: chunks}``.  A source chunk that
+    cannot be decoded raises :class:`~scorebank.stores.location.CorruptStoreError` naming
+    its array in ``shown``."""
     groups = {"": dst_group}
     plans = []
     layout = {}
@@ -605,7 +630,9 @@ def copy_hierarchy(src_group, dst_group, chunk_rule: Callable[[str, Any], tuple[
     done = 0
     for src, dst, parts in plans:
         for sel in parts:
-            dst[sel] = src[sel]
+            with reading(shown, src.path):
+                values = src[sel]
+            dst[sel] = values
             done += 1
             if progress:
                 progress(stage, done, total)
@@ -753,18 +780,23 @@ def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _manifest(group, *, creator: str | None, license: str | None, layout: dict, checkpoints: list[str]) -> dict:
+def _manifest(group, shown: str, *, creator: str | None, license: str | None, layout: dict,
+              checkpoints: list[str]) -> dict:
     from scorebank.stores.zarrstore import scorebank_version
+
+    def values(name: str) -> list:
+        with reading(shown, name):
+            return np.asarray(group[name][:]).tolist()
 
     attrs = dict(group.attrs)
     runs_attr = attrs.get(S.ATTR_RUNS) or {}
-    run_ids = np.asarray(group[S.RUN][:]).tolist()
-    epochs = np.asarray(group[S.EPOCH][:]).tolist()
-    seeds = np.asarray(group[S.SEED][:]).tolist() if S.SEED in group else run_ids
-    hashes = (np.asarray(group[S.CONFIG_HASH][:]).tolist() if S.CONFIG_HASH in group
+    run_ids = values(S.RUN)
+    epochs = values(S.EPOCH)
+    seeds = values(S.SEED) if S.SEED in group else run_ids
+    hashes = (values(S.CONFIG_HASH) if S.CONFIG_HASH in group
               else [config_hash(attrs.get(S.ATTR_CONFIG))] * len(run_ids))
-    sources = np.asarray(group[S.SOURCE][:]).tolist() if S.SOURCE in group else [None] * len(run_ids)
-    completed = np.asarray(group[S.COMPLETED][:], dtype=bool)
+    sources = values(S.SOURCE) if S.SOURCE in group else [None] * len(run_ids)
+    completed = np.asarray(values(S.COMPLETED), dtype=bool)
     runs = []
     for i, run in enumerate(run_ids):
         done = np.flatnonzero(completed[i])
@@ -861,7 +893,7 @@ def export_archive(source: str | os.PathLike, out: str | os.PathLike, *, creator
                 itemsize = max(1, getattr(arr.dtype, "itemsize", 8) or 8)
                 return archive_chunks(_dims(arr), arr.shape, itemsize, arr.chunks)
 
-            layout = copy_hierarchy(group, dst, rule, progress, "exporting")
+            layout = copy_hierarchy(group, dst, rule, progress, "exporting", where.shown)
             consolidate_store(writer)
             names = []
             for seed, path in checkpoints:
@@ -869,7 +901,8 @@ def export_archive(source: str | os.PathLike, out: str | os.PathLike, *, creator
                 writer.write_file(name, path)
                 names.append(name)
             writer.finish()
-            manifest = _manifest(group, creator=creator, license=license, layout=layout, checkpoints=names)
+            manifest = _manifest(group, where.shown, creator=creator, license=license, layout=layout,
+                                 checkpoints=names)
             manifest["members"] = dict(sorted(writer.digests.items()))
             zf.writestr(writer._zipinfo(MANIFEST), json.dumps(manifest, indent=1).encode())
         sha = hashlib.sha256()
@@ -920,9 +953,15 @@ def import_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, progr
         raise InvalidArgumentError(f"folder {str(dest_path.parent)!r} of the import target does not exist")
     store = open_archive(archive, storage_options=storage_options, limits=limits)
     where = Resolved("archive", store, store.shown, store.name, None)
-    check_store_metadata(read_root_metadata(where), store.shown)
+    store.set_chunk_guard(check_store_metadata(read_root_metadata(where), store.shown))
     store.verify(progress)
-    group = zarr.open_group(store, mode="r", zarr_format=3, use_consolidated=True)
+    try:
+        group = zarr.open_group(store, mode="r", zarr_format=3, use_consolidated=True)
+    except ScorebankError:
+        raise
+    except (ValueError, KeyError, TypeError, LookupError) as exc:
+        raise ArchiveError(f"archive {store.shown!r} could not be opened as a Zarr store "
+                           f"({type(exc).__name__}: {exc})") from None
     n_epochs = int(group[S.EPOCH].shape[0])
     tmp = dest_path.with_name(f".{dest_path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
@@ -931,7 +970,7 @@ def import_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, progr
         def rule(path, arr):
             return writable_chunks(path, _dims(arr), arr.shape, arr.chunks, n_epochs)
 
-        copy_hierarchy(group, dst, rule, progress, "importing")
+        copy_hierarchy(group, dst, rule, progress, "importing", store.shown)
         for name in store.member_names:
             if CHECKPOINT_MEMBER.fullmatch(name):
                 target = tmp / S.CHECKPOINT_DIR / name.split("/", 1)[1]

@@ -11,11 +11,17 @@
 
 Stores and archives from elsewhere are untrusted input.  Before xarray decodes anything,
 the root ``zarr.json`` is checked (:func:`check_store_metadata`): it must be a Zarr v3
-group carrying the ``scorebank_format`` attribute and consolidated metadata, and every
-array in it may only use plain numeric/boolean/string data types and the codecs in
-:data:`ALLOWED_CODECS` (no pickle or other object codecs, so reading never runs code),
-with chunks of at most :data:`MAX_CHUNK_BYTES`.  Archives are checked further by
-:class:`scorebank.stores.archive.ArchiveStore` (member names, sizes, checksums).
+group carrying the ``scorebank_format`` attribute and flat consolidated metadata whose
+keys are plain relative node names; every array in it may only use plain
+numeric/boolean/string data types and the codec chains scorebank writes
+(:data:`ALLOWED_CODECS`: no pickle or other object codecs, so reading never runs code),
+with chunks of at most :data:`MAX_CHUNK_BYTES`; arrays the schema names must have its
+dimensions and data types, every dimension one length within :data:`DIMENSION_BOUNDS`,
+and the attributes scorebank reads (``config``, ``runs``, ``features``, ...) their
+documented types.  Every chunk is then checked as it is read (:class:`ChunkGuard`: its
+zstd frame must state a decompressed size equal to the array's declared chunk size), so
+no chunk can decompress to more than its metadata declares.  Archives are checked further
+by :class:`scorebank.stores.archive.ArchiveStore` (member names, sizes, checksums).
 
 Opening an archive without scorebank, with plain xarray::
 
@@ -25,12 +31,20 @@ Opening an archive without scorebank, with plain xarray::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import xarray as xr
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import WrapperStore
 
 from scorebank.stores import schema as S
 from scorebank.stores.errors import ScorebankError, StoreNotFoundError
@@ -40,23 +54,53 @@ from scorebank.stores.remote import (filesystem, is_remote, local_path, remote_p
 #: Zarr v3 data types a scorebank store may use.
 ALLOWED_DATA_TYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                                 "uint64", "float16", "float32", "float64", "string"})
-#: Zarr v3 codecs scorebank will decode (all pure data transforms; none deserialises objects).
-ALLOWED_CODECS = frozenset({"bytes", "zstd", "gzip", "blosc", "crc32c", "transpose", "vlen-utf8",
-                            "sharding_indexed"})
-#: Largest uncompressed chunk (or shard) a store may declare; bigger ones are refused so a
-#: crafted store cannot make a reader allocate unbounded memory.
+#: Zarr v3 codecs scorebank will decode: exactly the ones it writes (zarr's defaults, see
+#: :func:`scorebank.stores.zarrstore.create_store` and the archive export): ``bytes`` (or
+#: ``vlen-utf8`` for strings), optionally followed by ``zstd``.  None deserialises objects;
+#: gzip, blosc, sharding and the rest are refused (their decoded size cannot be bounded
+#: before decoding, see :class:`ChunkGuard`).
+ALLOWED_CODECS = frozenset({"bytes", "zstd", "vlen-utf8"})
+#: Largest uncompressed chunk a store may declare; bigger ones are refused so a crafted
+#: store cannot make a reader allocate unbounded memory.
 MAX_CHUNK_BYTES = 1 << 30
 #: Largest root ``zarr.json`` read (it holds the consolidated metadata of every array).
 MAX_METADATA_BYTES = 64 << 20
-#: Arrays every scorebank store has.
+#: Longest value (UTF-8 bytes) of a string array (source names, configuration hashes).
+MAX_STRING_BYTES = 1 << 12
+#: Upper bounds on the lengths of the store's dimensions, and on runs x epochs (the
+#: per-(run, epoch) arrays that ``scorebank info`` reads whole).
+DIMENSION_BOUNDS = {S.RUN: 100_000, S.EPOCH: 100_001, S.EXAMPLE: 1 << 31}
+MAX_RUN_EPOCHS = 1 << 24
+#: Arrays every scorebank store has; readers that need more (merge, export, import, the
+#: summary) require the schema's full list (:func:`schema_arrays`).
 REQUIRED_ARRAYS = (S.RUN, S.EPOCH, S.EXAMPLE, S.COMPLETED, S.RECORDED, S.LABEL)
 
 _ITEMSIZE = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "int32": 4,
-             "uint32": 4, "float32": 4, "int64": 8, "uint64": 8, "float64": 8, "string": 16}
+             "uint32": 4, "float32": 4, "int64": 8, "uint64": 8, "float64": 8}
+_ZSTD_MAGIC = 0xFD2FB528
+_CHUNK_INDEX = re.compile(r"[0-9]{1,19}")
 
 
 class UnsafeStoreError(ScorebankError, ValueError):
-    """The store's metadata asks for something scorebank refuses to decode or allocate."""
+    """The store's metadata or a chunk asks for something scorebank refuses to decode or allocate."""
+
+
+class CorruptStoreError(ScorebankError, ValueError):
+    """A chunk of the store passed the checks but could not be decoded (corrupt data)."""
+
+
+def schema_arrays(features: frozenset[str] | set[str] = frozenset()) -> tuple[str, ...]:
+    """Names of the root arrays a complete store with the given features holds: the
+    coordinates and every schema variable (:func:`scorebank.stores.schema.variables`)."""
+    return tuple(S.coordinates()) + tuple(v.name for v in S.variables(features))
+
+
+def _expected_arrays() -> dict[str, tuple[tuple[str, ...], str]]:
+    """``{name: (dims, Zarr data type)}`` of every root array the schema names."""
+    out = dict(S.coordinates())
+    out.update({v.name: (tuple(v.dims), v.dtype) for v in S.VARIABLES})
+    out.update({name: ((S.RUN,), dtype) for name, dtype in S.RUN_COORD_DTYPES.items()})
+    return out
 
 
 @dataclass
@@ -135,7 +179,7 @@ def read_root_metadata(where: Resolved) -> dict:
             except Exception as exc:  # noqa: BLE001 - network layers raise many types
                 raise translate_remote_errors(where.shown, exc) from None
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         if isinstance(exc, ScorebankError):
             raise
         raise StoreNotFoundError(f"{where.shown!r}: zarr.json is not valid JSON ({exc})") from None
@@ -144,9 +188,14 @@ def read_root_metadata(where: Resolved) -> dict:
     return doc
 
 
-def check_store_metadata(doc: dict, shown: str) -> None:
+# ------------------------------------------------------------------------------ metadata checks
+def check_store_metadata(doc: dict, shown: str, *, complete: bool = False) -> "ChunkGuard":
     """Refuse a root ``zarr.json`` that is not a scorebank store or that names data types,
-    codecs or chunk sizes scorebank will not read (see the module docstring)."""
+    codecs, chunk sizes, shapes, node names or attributes scorebank will not read (see the
+    module docstring).  ``complete`` requires every array of the schema
+    (:func:`schema_arrays` for the store's features), otherwise :data:`REQUIRED_ARRAYS`.
+
+    Returns the :class:`ChunkGuard` that checks the store's chunks as they are read."""
     if doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
         raise StoreNotFoundError(f"{shown!r} is not a Zarr v3 group (zarr_format "
                                  f"{doc.get('zarr_format')!r}, node_type {doc.get('node_type')!r})")
@@ -154,27 +203,121 @@ def check_store_metadata(doc: dict, shown: str) -> None:
     if not isinstance(attrs, dict) or S.ATTR_FORMAT not in attrs:
         raise StoreNotFoundError(
             f"{shown!r} is a Zarr store but not a scorebank store (attribute {S.ATTR_FORMAT!r} missing)")
+    features = check_attributes(attrs, shown)
     consolidated = doc.get("consolidated_metadata")
     entries = consolidated.get("metadata") if isinstance(consolidated, dict) else None
-    if not isinstance(entries, dict):
+    if not isinstance(entries, dict) or consolidated.get("kind", "inline") != "inline":
         raise StoreNotFoundError(
             f"{shown!r} has no consolidated metadata; scorebank stores always have it "
             "(re-create the archive with 'scorebank export')")
-    missing = [name for name in REQUIRED_ARRAYS if not isinstance(entries.get(name), dict)]
-    if missing:
-        raise StoreNotFoundError(f"{shown!r} lacks the array(s) {missing!r} every scorebank store has")
     for name, meta in entries.items():
+        _check_node_name(name, entries, shown)
         if not isinstance(meta, dict):
             raise UnsafeStoreError(f"{shown!r}: metadata of {name!r} is not a JSON object")
-        if meta.get("node_type") == "group":
-            continue
-        if meta.get("node_type") != "array":
+        if meta.get("zarr_format") != 3:
+            raise UnsafeStoreError(f"{shown!r}: {name!r} has zarr_format {meta.get('zarr_format')!r}; expected 3")
+        if meta.get("node_type") not in ("array", "group"):
             raise UnsafeStoreError(f"{shown!r}: {name!r} has node_type {meta.get('node_type')!r}; "
                                    "expected 'array' or 'group'")
-        _check_array_metadata(name, meta, shown)
+        if meta["node_type"] == "group":
+            nested = meta.get("consolidated_metadata")
+            if nested is not None and (not isinstance(nested, dict) or nested.get("metadata")):
+                raise UnsafeStoreError(
+                    f"{shown!r}: group {name!r} carries its own consolidated metadata; only the root's "
+                    "(flat) consolidated metadata is accepted")
+    rules = {name: _check_array_metadata(name, meta, shown)
+             for name, meta in entries.items() if meta["node_type"] == "array"}
+    _check_root_arrays(entries, shown)
+    required = schema_arrays(features) if complete else REQUIRED_ARRAYS
+    missing = [name for name in required
+               if not isinstance(entries.get(name), dict) or entries[name].get("node_type") != "array"]
+    if missing:
+        raise StoreNotFoundError(f"{shown!r} lacks the array(s) {missing!r} every scorebank store has")
+    return ChunkGuard(rules, shown)
 
 
-def _check_array_metadata(name: str, meta: dict, shown: str) -> None:
+def check_attributes(attrs: dict, shown: str) -> frozenset[str]:
+    """Refuse root attributes of the wrong type (the ones scorebank reads); returns the
+    store's features."""
+    def refuse(name: str, value: Any, expected: str) -> None:
+        text = repr(value)
+        if len(text) > 200:
+            text = text[:200] + "..."
+        raise UnsafeStoreError(f"{shown!r}: attribute {name!r} is {text}; expected {expected}")
+
+    version = attrs.get(S.ATTR_FORMAT)
+    if not _is_int(version) or not 1 <= version <= S.FORMAT_VERSION:
+        refuse(S.ATTR_FORMAT, version, f"an integer 1..{S.FORMAT_VERSION} (a newer scorebank may read it)")
+    for name in (S.ATTR_VERSION, S.ATTR_DATASET, S.ATTR_FINGERPRINT, S.ATTR_CREATED):
+        if attrs.get(name) is not None and not isinstance(attrs[name], str):
+            refuse(name, attrs[name], "a string")
+    names = attrs.get(S.ATTR_CLASS_NAMES)
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        refuse(S.ATTR_CLASS_NAMES, names, "a list of strings")
+    features = attrs.get(S.ATTR_FEATURES, [])
+    if not isinstance(features, list) or not all(isinstance(f, str) and f in S.FEATURES for f in features):
+        refuse(S.ATTR_FEATURES, features, f"a list of {sorted(S.FEATURES)!r}")
+    if S.ATTR_CONFIG in attrs:
+        text = attrs[S.ATTR_CONFIG]
+        try:
+            config = json.loads(text) if isinstance(text, str) else None
+        except (ValueError, RecursionError):
+            config = None
+        if not isinstance(config, dict):
+            refuse(S.ATTR_CONFIG, text, "the configuration as a JSON object in a string")
+        for key in ("record_epochs", "grand_epochs"):
+            value = config.get(key)
+            if value is not None and not (isinstance(value, list) and all(_is_int(e) and e >= 0 for e in value)):
+                refuse(f"{S.ATTR_CONFIG}.{key}", value, "a list of non-negative integers")
+    runs = attrs.get(S.ATTR_RUNS, {})
+    if not isinstance(runs, dict):
+        refuse(S.ATTR_RUNS, runs, "a JSON object {seed: {'status': ...}}")
+    for key, info in runs.items():
+        if (not isinstance(info, dict) or not isinstance(info.get("status", ""), str)
+                or not (info.get("failed_epoch") is None or _is_int(info["failed_epoch"]))):
+            refuse(f"{S.ATTR_RUNS}[{key!r}]", info, "{'status': str, 'failed_epoch': int or null, ...}")
+    sources = attrs.get(S.ATTR_SOURCES)
+    if sources is not None and not (isinstance(sources, list) and all(isinstance(e, dict) for e in sources)):
+        refuse(S.ATTR_SOURCES, sources, "a list of JSON objects")
+    return frozenset(features)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_list(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)
+
+
+def _check_node_name(name: Any, entries: dict, shown: str) -> None:
+    """A consolidated-metadata key must be a relative path of plain names whose parents
+    are groups (zarr resolves ``..`` and absolute keys to other nodes, or fails)."""
+    bad = None
+    if not isinstance(name, str) or not name:
+        bad = "is empty"
+    elif name.startswith("/"):
+        bad = "is absolute"
+    elif "\\" in name or "\x00" in name:
+        bad = "contains a backslash or NUL"
+    elif len(name) > 1024:
+        bad = "is longer than 1024 characters"
+    else:
+        parts = name.split("/")
+        if any(p in ("", ".", "..", "zarr.json") for p in parts):
+            bad = "has an empty, '.', '..' or 'zarr.json' component"
+        else:
+            for i in range(1, len(parts)):
+                parent = entries.get("/".join(parts[:i]))
+                if not isinstance(parent, dict) or parent.get("node_type") != "group":
+                    bad = f"has parent {'/'.join(parts[:i])!r}, which is not a group of the store"
+                    break
+    if bad:
+        raise UnsafeStoreError(f"{shown!r}: consolidated metadata key {name!r} {bad}; node names must be "
+                               "relative paths like 'margin' or 'manifests/NAME/indices'")
+
+
+def _check_array_metadata(name: str, meta: dict, shown: str) -> "ChunkRule":
     dtype = meta.get("data_type")
     if dtype not in ALLOWED_DATA_TYPES:
         raise UnsafeStoreError(
@@ -186,51 +329,316 @@ def _check_array_metadata(name: str, meta: dict, shown: str) -> None:
     grid = meta.get("chunk_grid")
     if not isinstance(grid, dict) or grid.get("name") != "regular":
         raise UnsafeStoreError(f"{shown!r}: array {name!r} has chunk grid {grid!r}; expected a regular grid")
+    encoding = meta.get("chunk_key_encoding")
+    if (not isinstance(encoding, dict) or encoding.get("name") != "default"
+            or (encoding.get("configuration") or {}).get("separator", "/") != "/"):
+        raise UnsafeStoreError(f"{shown!r}: array {name!r} has chunk key encoding {encoding!r}; "
+                               "expected {'name': 'default', 'configuration': {'separator': '/'}}")
     shape = meta.get("shape")
     chunk = (grid.get("configuration") or {}).get("chunk_shape")
     if not _int_list(shape) or not _int_list(chunk) or len(shape) != len(chunk) or 0 in chunk:
         raise UnsafeStoreError(f"{shown!r}: array {name!r} has shape {shape!r} and chunk shape "
                                f"{chunk!r}; expected equal-length lists of non-negative integers")
-    _check_codecs(name, meta.get("codecs"), chunk, _ITEMSIZE[dtype], shown)
+    return _check_codecs(name, meta.get("codecs"), chunk, dtype, shown)
 
 
-def _check_codecs(name: str, codecs: Any, chunk: list[int], itemsize: int, shown: str) -> None:
-    nbytes = itemsize
-    for c in chunk:
-        nbytes *= c
+def _check_codecs(name: str, codecs: Any, chunk: list[int], dtype: str, shown: str) -> "ChunkRule":
+    """The codec chain must be one scorebank writes; returns the chunk's size rule."""
+    items = math.prod(chunk)
+    string = dtype == "string"
+    nbytes = 4 + items * (4 + MAX_STRING_BYTES) if string else items * _ITEMSIZE[dtype]
     if nbytes > MAX_CHUNK_BYTES:
         raise UnsafeStoreError(f"{shown!r}: array {name!r} declares chunks of {chunk!r} "
                                f"({nbytes} bytes); at most {MAX_CHUNK_BYTES} bytes are accepted")
     if not isinstance(codecs, list) or not codecs:
         raise UnsafeStoreError(f"{shown!r}: array {name!r} has codecs {codecs!r}; expected a list")
+    names = []
     for codec in codecs:
         cname = codec if isinstance(codec, str) else codec.get("name") if isinstance(codec, dict) else None
         if cname not in ALLOWED_CODECS:
             raise UnsafeStoreError(
                 f"{shown!r}: array {name!r} uses codec {cname!r}; scorebank decodes only "
                 f"{', '.join(sorted(ALLOWED_CODECS))} (never pickle or other object codecs)")
-        if cname == "sharding_indexed":
-            config = codec.get("configuration") or {}
-            inner = config.get("chunk_shape")
-            if not _int_list(inner) or len(inner) != len(chunk) or 0 in inner:
-                raise UnsafeStoreError(f"{shown!r}: array {name!r} has inner chunk shape {inner!r}")
-            _check_codecs(name, config.get("codecs"), inner, itemsize, shown)
-            _check_codecs(name, config.get("index_codecs"), [1], 16, shown)
+        config = codec.get("configuration") if isinstance(codec, dict) else None
+        if cname == "bytes" and config not in (None, {}, {"endian": "little"}):
+            raise UnsafeStoreError(f"{shown!r}: array {name!r} has bytes codec configuration {config!r}; "
+                                   "scorebank writes little-endian data")
+        names.append(cname)
+    serializer = "vlen-utf8" if string else "bytes"
+    if names not in ([serializer], [serializer, "zstd"]):
+        raise UnsafeStoreError(f"{shown!r}: array {name!r} has the codec chain {names!r}; for data type "
+                               f"{dtype!r} scorebank reads {[serializer, 'zstd']!r} or {[serializer]!r}")
+    return ChunkRule(name, len(chunk), items, nbytes, string, names[-1] == "zstd")
 
 
-def _int_list(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+def _check_root_arrays(entries: dict, shown: str) -> None:
+    """Dimension names, data types and lengths of the root arrays (the Dataset's variables):
+    schema arrays as the schema says, every dimension one length, within
+    :data:`DIMENSION_BOUNDS`, so nothing is allocated from a crafted shape."""
+    expected = _expected_arrays()
+    sizes: dict[str, tuple[int, str]] = {}
+    for name, meta in entries.items():
+        if "/" in name or meta["node_type"] != "array":
+            continue
+        shape, dims = meta["shape"], meta.get("dimension_names")
+        if (not isinstance(dims, list) or len(dims) != len(shape) or len(set(dims)) != len(dims)
+                or not all(isinstance(d, str) and d for d in dims)):
+            raise UnsafeStoreError(f"{shown!r}: array {name!r} has dimension names {dims!r}; expected "
+                                   f"{len(shape)} distinct names")
+        want = expected.get(name)
+        if want is not None and (tuple(dims), meta["data_type"]) != want:
+            raise UnsafeStoreError(
+                f"{shown!r}: array {name!r} has dimensions {tuple(dims)!r} and data type "
+                f"{meta['data_type']!r}; the schema says {want[0]!r} and {want[1]!r}")
+        for dim, n in zip(dims, shape):
+            bound = DIMENSION_BOUNDS.get(dim)
+            if bound is not None and n > bound:
+                raise UnsafeStoreError(f"{shown!r}: array {name!r} has shape {shape!r}: {n} along "
+                                       f"{dim!r}; at most {bound} are accepted")
+            first = sizes.setdefault(dim, (n, name))
+            if first[0] != n:
+                raise UnsafeStoreError(
+                    f"{shown!r}: array {name!r} has shape {shape!r}: {n} along {dim!r}, but array "
+                    f"{first[1]!r} has {first[0]}; every array must agree on the dimension lengths")
+    cells = sizes.get(S.RUN, (1, ""))[0] * sizes.get(S.EPOCH, (1, ""))[0]
+    if cells > MAX_RUN_EPOCHS:
+        raise UnsafeStoreError(f"{shown!r} declares {sizes[S.RUN][0]} runs x {sizes[S.EPOCH][0]} epochs; "
+                               f"at most {MAX_RUN_EPOCHS} (run, epoch) pairs are accepted")
 
 
-def open_group(location: str | os.PathLike, *, storage_options: dict | None = None):
+def check_dataset(ds: xr.Dataset, shown: str, required: tuple[str, ...] = ()) -> None:
+    """After xarray decoded the store: every schema variable it holds has the schema's
+    dimensions and data type (attributes such as ``scale_factor`` or ``units: days since``
+    would otherwise change them), and the ``required`` ones are present."""
+    missing = [name for name in required if name not in ds.variables]
+    if missing:
+        raise StoreNotFoundError(f"{shown!r} lacks the array(s) {missing!r} every scorebank store has")
+    for name, (dims, dtype) in _expected_arrays().items():
+        if name not in ds.variables:
+            continue
+        got = ds.variables[name]
+        ok = got.dtype.kind in "OUT" if dtype == "string" else got.dtype == np.dtype(dtype)
+        if tuple(got.dims) != dims or not ok:
+            raise UnsafeStoreError(f"{shown!r}: variable {name!r} decodes to dimensions {tuple(got.dims)!r} "
+                                   f"and data type {str(got.dtype)!r}; the schema says {dims!r} and "
+                                   f"{dtype!r} (check its attributes)")
+
+
+@contextlib.contextmanager
+def reading(shown: str, name: str) -> Iterator[None]:
+    """Turn a failure to decode array ``name`` of store ``shown`` into a scorebank error."""
+    try:
+        yield
+    except ScorebankError:
+        raise
+    except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        raise CorruptStoreError(f"{shown!r}: array {name!r} could not be read "
+                                f"({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise translate_remote_errors(shown, exc) from None
+
+
+# ------------------------------------------------------------------------------ chunk checks
+@dataclass(frozen=True)
+class ChunkRule:
+    """What a chunk object of array ``array`` may hold: ``decoded`` bytes exactly (fixed-size
+    types) or at most (strings), ``items`` values, zstd-compressed or not."""
+
+    array: str
+    ndim: int
+    items: int
+    decoded: int
+    string: bool
+    zstd: bool
+
+    @property
+    def max_stored(self) -> int:
+        """Largest chunk object that can hold it (zstd's worst-case expansion included)."""
+        return self.decoded + self.decoded // 256 + 128 if self.zstd else self.decoded
+
+
+def zstd_content_size(data: bytes) -> int | None:
+    """Frame_Content_Size from the header of the zstd frame at the start of ``data``
+    (RFC 8878, 3.1.1.1); None when the header does not state it.  ValueError when
+    ``data`` does not start with a zstd frame header scorebank accepts."""
+    if len(data) < 6 or int.from_bytes(data[:4], "little") != _ZSTD_MAGIC:
+        raise ValueError(f"not a zstd frame (starts with {bytes(data[:4]).hex()!r})")
+    descriptor = data[4]
+    fcs_flag, single_segment = descriptor >> 6, (descriptor >> 5) & 1
+    if descriptor & 0x08:
+        raise ValueError("the zstd frame header sets the reserved bit")
+    if descriptor & 0x03:
+        raise ValueError("the zstd frame needs a dictionary")
+    pos = 5 + (0 if single_segment else 1)
+    size = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    if size == 0:
+        return None
+    if len(data) < pos + size:
+        raise ValueError("the zstd frame header is truncated")
+    value = int.from_bytes(data[pos:pos + size], "little")
+    return value + 256 if size == 2 else value
+
+
+class ChunkGuard:
+    """Checks every chunk object of a store before zarr decodes it, against the metadata
+    :func:`check_store_metadata` accepted, so no chunk decodes to more than its array
+    declares (decompression bombs):
+
+    * the object must be a chunk of an array in the consolidated metadata (key
+      ``ARRAY/c/i/j/...``), at most :attr:`ChunkRule.max_stored` bytes;
+    * zstd-compressed: one frame whose header states its content size (zarr trusts it,
+      and decompresses frames without it unbounded), exactly the declared chunk bytes
+      (fixed-size types) or at most :data:`MAX_STRING_BYTES` per value (strings);
+    * uncompressed: exactly the declared chunk bytes;
+    * strings (vlen-utf8): the item count in the chunk's header is the chunk's size
+      (the decoder allocates that many objects before looking at the data).
+
+    Metadata keys (``zarr.json``) pass unchecked (they are size-bounded and JSON)."""
+
+    def __init__(self, rules: dict[str, ChunkRule], shown: str):
+        self.rules = rules
+        self.shown = shown
+
+    @staticmethod
+    def is_metadata(key: str) -> bool:
+        return key == "zarr.json" or key.endswith("/zarr.json")
+
+    def rule(self, key: str) -> ChunkRule:
+        pos = key.find("/c")
+        while pos != -1:
+            rule = self.rules.get(key[:pos])
+            rest = key[pos + 2:]
+            if rule is not None and (rest == "" or rest.startswith("/")):
+                parts = rest[1:].split("/") if rest else []
+                if len(parts) == rule.ndim and all(_CHUNK_INDEX.fullmatch(p) for p in parts):
+                    return rule
+            pos = key.find("/c", pos + 1)
+        raise UnsafeStoreError(f"{self.shown!r}: object {key!r} is not a chunk of any array in the "
+                               "consolidated metadata; refusing to decode it")
+
+    def check_size(self, key: str, size: int) -> ChunkRule:
+        """Refuse a chunk object of ``size`` bytes that cannot be one of its array's."""
+        rule = self.rule(key)
+        if size > rule.max_stored:
+            raise UnsafeStoreError(
+                f"{self.shown!r}: chunk {key!r} of array {rule.array!r} is {size} bytes; its array's "
+                f"chunks hold {rule.decoded} bytes{' before compression' if rule.zstd else ''}")
+        return rule
+
+    def check(self, key: str, data: bytes) -> None:
+        """Refuse chunk ``data`` (the object stored at ``key``) as the class docstring says."""
+        rule = self.check_size(key, len(data))
+        decoded = data
+        if rule.zstd:
+            try:
+                size = zstd_content_size(data)
+            except ValueError as exc:
+                raise UnsafeStoreError(f"{self.shown!r}: chunk {key!r} of array {rule.array!r}: {exc}; "
+                                       "expected a zstd frame as zarr writes it") from None
+            if size is None:
+                raise UnsafeStoreError(
+                    f"{self.shown!r}: chunk {key!r} of array {rule.array!r} does not state its "
+                    "decompressed size in its zstd frame header; refusing to decompress it "
+                    "(possible decompression bomb)")
+            if size > rule.decoded or size == 0 or (not rule.string and size != rule.decoded):
+                raise UnsafeStoreError(
+                    f"{self.shown!r}: chunk {key!r} of array {rule.array!r} decompresses to {size} "
+                    f"bytes; its array declares chunks of {rule.decoded} bytes"
+                    f"{' at most' if rule.string else ''} (possible decompression bomb)")
+            if rule.string:
+                from numcodecs.zstd import Zstd
+
+                try:
+                    decoded = Zstd().decode(data)
+                except (RuntimeError, ValueError) as exc:
+                    raise CorruptStoreError(f"{self.shown!r}: chunk {key!r} of array {rule.array!r} "
+                                            f"is not valid zstd data ({exc})") from None
+        elif not rule.string and len(data) != rule.decoded:
+            raise UnsafeStoreError(f"{self.shown!r}: chunk {key!r} of array {rule.array!r} is {len(data)} "
+                                   f"bytes; its array declares chunks of {rule.decoded} bytes")
+        if rule.string:
+            count = int.from_bytes(bytes(decoded[:4]), "little") if len(decoded) >= 4 else None
+            if count != rule.items:
+                raise UnsafeStoreError(
+                    f"{self.shown!r}: chunk {key!r} of array {rule.array!r} says it holds {count!r} "
+                    f"strings; its array's chunks hold {rule.items}")
+
+
+def slice_bytes(data: bytes, byte_range: ByteRequest | None) -> bytes:
+    """The part of ``data`` a zarr byte request asks for."""
+    if byte_range is None:
+        return data
+    if isinstance(byte_range, RangeByteRequest):
+        return data[byte_range.start:byte_range.end]
+    if isinstance(byte_range, OffsetByteRequest):
+        return data[byte_range.offset:]
+    if isinstance(byte_range, SuffixByteRequest):
+        return data[max(0, len(data) - byte_range.suffix):]
+    raise TypeError(f"unexpected byte range {byte_range!r}")
+
+
+class GuardedStore(WrapperStore):
+    """Read-only view of a store directory or URL whose chunks pass a :class:`ChunkGuard`
+    before zarr decodes them (metadata keys pass unchanged)."""
+
+    def __init__(self, store: Store, guard: ChunkGuard):
+        super().__init__(store)
+        self.guard = guard
+
+    def _with_store(self, store: Store) -> "GuardedStore":
+        return type(self)(store, self.guard)
+
+    async def get(self, key: str, prototype: BufferPrototype,
+                  byte_range: ByteRequest | None = None) -> Buffer | None:
+        if self.guard.is_metadata(key):
+            return await self._store.get(key, prototype, byte_range)
+        buf = await self._store.get(key, prototype, None)
+        if buf is None:
+            return None
+        data = buf.to_bytes()
+        self.guard.check(key, data)
+        return buf if byte_range is None else prototype.buffer.from_bytes(slice_bytes(data, byte_range))
+
+    async def get_partial_values(self, prototype: BufferPrototype,
+                                 key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
+        return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
+
+    async def _get_many(self, requests):
+        for key, prototype, byte_range in requests:
+            yield key, await self.get(key, prototype, byte_range)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        raise UnsafeStoreError(f"{self.guard.shown!r} is opened read-only; refusing to write {key!r}")
+
+    async def delete(self, key: str) -> None:
+        raise UnsafeStoreError(f"{self.guard.shown!r} is opened read-only; refusing to delete {key!r}")
+
+    def __repr__(self) -> str:
+        return f"GuardedStore({self._store!r})"
+
+
+def _zarr_store(where: Resolved, guard: ChunkGuard):
+    """The store zarr reads ``where`` through, with ``guard`` checking its chunks."""
+    if where.kind == "archive":
+        where.store.set_chunk_guard(guard)
+        return where.store
+    if where.local is not None:
+        from zarr.storage import LocalStore
+
+        return GuardedStore(LocalStore(where.local, read_only=True), guard)
+    return GuardedStore(where.store, guard)
+
+
+def open_group(location: str | os.PathLike, *, storage_options: dict | None = None, complete: bool = False):
     """``(zarr.Group, Resolved)``: the store's root group, read-only, from consolidated
-    metadata, after :func:`check_store_metadata`."""
+    metadata, after :func:`check_store_metadata` (``complete``: every schema array is
+    required); every chunk read through it is checked (:class:`ChunkGuard`)."""
     import zarr
 
     where = resolve(location, storage_options=storage_options)
-    check_store_metadata(read_root_metadata(where), where.shown)
+    guard = check_store_metadata(read_root_metadata(where), where.shown, complete=complete)
     try:
-        group = zarr.open_group(where.store, mode="r", zarr_format=3, use_consolidated=True)
+        group = zarr.open_group(_zarr_store(where, guard), mode="r", zarr_format=3, use_consolidated=True)
     except ScorebankError:
         raise
     except (ValueError, KeyError, TypeError) as exc:
@@ -251,12 +659,13 @@ def open_scores(location: str | os.PathLike, *, chunks: dict | str | None = "aut
     Raises :class:`StoreNotFoundError` when ``location`` holds no scorebank store,
     :class:`UnsafeStoreError` for metadata it refuses, and
     :class:`~scorebank.stores.archive.ArchiveError` for a bad archive (reading a member
-    whose checksum fails raises it too, naming the member)."""
+    whose checksum fails raises it too, naming the member).  Reading a chunk that its
+    array's metadata cannot account for raises :class:`UnsafeStoreError`, naming it."""
     where = resolve(location, storage_options=storage_options)
-    check_store_metadata(read_root_metadata(where), where.shown)
+    guard = check_store_metadata(read_root_metadata(where), where.shown)
     kwargs = {} if chunks == "auto_store" else {"chunks": chunks}
     try:
-        ds = xr.open_zarr(where.store, consolidated=True, zarr_format=3, **kwargs)
+        ds = xr.open_zarr(_zarr_store(where, guard), consolidated=True, zarr_format=3, **kwargs)
     except ScorebankError:
         raise
     except (ValueError, KeyError, TypeError) as exc:
@@ -266,4 +675,6 @@ def open_scores(location: str | os.PathLike, *, chunks: dict | str | None = "aut
     if S.ATTR_FORMAT not in ds.attrs:
         raise StoreNotFoundError(
             f"{where.shown!r} is a Zarr store but not a scorebank store (attribute {S.ATTR_FORMAT!r} missing)")
+    check_dataset(ds, where.shown, REQUIRED_ARRAYS)
+    ds.encoding.setdefault("source", where.shown)  # names the store in later errors (summarize)
     return ds

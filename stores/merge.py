@@ -62,6 +62,7 @@ import zarr
 from scorebank.stores import schema as S
 from scorebank.stores.archive import BLOCK_BYTES, Progress, config_hash
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError
+from scorebank.stores.location import reading
 from scorebank.stores.remote import require_local_output
 # ATTR_SOURCES is re-exported: callers import it from here (pipeline/scoring.py)
 from scorebank.stores.schema import ATTR_SOURCES, CONFIG_HASH, RUN_COORDS, SEED, SOURCE, SOURCE_CREATOR  # noqa: F401
@@ -93,6 +94,15 @@ class _Source:
     epochs: np.ndarray
     runs: list[_Run] = field(default_factory=list)
 
+    def read(self, name: str, sel=slice(None)) -> np.ndarray:
+        """``group[name][sel]``; undecodable chunks raise a scorebank error naming the array."""
+        return _read(self.group, self.shown, name, sel)
+
+
+def _read(group, shown: str, name: str, sel=slice(None)) -> np.ndarray:
+    with reading(shown, name):
+        return np.asarray(group[name][sel])
+
 
 @dataclass(frozen=True)
 class MergeResult:
@@ -102,10 +112,10 @@ class MergeResult:
     epochs: tuple[int, ...]
 
 
-def _strings(group, name: str, n: int) -> list[str] | None:
+def _strings(group, shown: str, name: str, n: int) -> list[str] | None:
     if name not in group:
         return None
-    values = np.asarray(group[name][:]).tolist()
+    values = _read(group, shown, name).tolist()
     if len(values) != n:
         raise MergeError(f"coordinate {name!r} has {len(values)} values for {n} runs")
     return [str(v) for v in values]
@@ -114,11 +124,11 @@ def _strings(group, name: str, n: int) -> list[str] | None:
 def _load_source(location, storage_options, names: dict[str, int]) -> _Source:
     from scorebank.stores.location import open_group
 
-    group, where = open_group(location, storage_options=storage_options)
+    group, where = open_group(location, storage_options=storage_options, complete=True)
     attrs = dict(group.attrs)
-    run_values = np.asarray(group[S.RUN][:]).astype(np.int64).tolist()
+    run_values = _read(group, where.shown, S.RUN).astype(np.int64).tolist()
     n = len(run_values)
-    src = _Source(where.shown, group, attrs, np.asarray(group[S.EPOCH][:]).astype(np.int64))
+    src = _Source(where.shown, group, attrs, _read(group, where.shown, S.EPOCH).astype(np.int64))
     runs_attr = attrs.get(S.ATTR_RUNS) or {}
     manifest = where.archive.manifest if where.archive is not None else {}
 
@@ -127,11 +137,11 @@ def _load_source(location, storage_options, names: dict[str, int]) -> _Source:
         return name if names[name] == 1 else f"{name}#{names[name]}"
 
     inner_sources = attrs.get(ATTR_SOURCES)
-    seeds = group[SEED][:].astype(np.int64).tolist() if SEED in group else run_values
-    inner_names = _strings(group, SOURCE, n)
+    seeds = src.read(SEED).astype(np.int64).tolist() if SEED in group else run_values
+    inner_names = _strings(group, where.shown, SOURCE, n)
     if isinstance(inner_sources, list) and inner_names is not None:
         # A merged store: keep each run's original provenance.
-        hashes = _strings(group, CONFIG_HASH, n) or [config_hash(attrs.get(S.ATTR_CONFIG))] * n
+        hashes = _strings(group, where.shown, CONFIG_HASH, n) or [config_hash(attrs.get(S.ATTR_CONFIG))] * n
         by_name = {e.get("name"): e for e in inner_sources if isinstance(e, dict)}
         renamed: dict[str, dict] = {}
         for i, run in enumerate(run_values):
@@ -182,7 +192,7 @@ def _check_compatible(first: _Source, other: _Source) -> None:
             refuse(f"{name!r} arrays (present)", name in first.group, name in other.group, same_data)
         if name not in first.group:
             continue
-        a, b = np.asarray(first.group[name][:]), np.asarray(other.group[name][:])
+        a, b = first.read(name), other.read(name)
         diff = np.flatnonzero(a != b)
         if diff.size:
             i = int(diff[0])
@@ -288,8 +298,8 @@ def _write(path: Path, loaded: list[_Source], runs: list[_Run], ids: list[int], 
 
     coord(S.RUN, ids, S.RUN, "int64", 0)
     coord(S.EPOCH, epochs, S.EPOCH, "int64", 0)
-    coord(S.EXAMPLE, first.group[S.EXAMPLE][:], S.EXAMPLE, "int64", 0)
-    coord(S.ORIGINAL_INDEX, first.group[S.ORIGINAL_INDEX][:], S.EXAMPLE, "int64", 0,
+    coord(S.EXAMPLE, first.read(S.EXAMPLE), S.EXAMPLE, "int64", 0)
+    coord(S.ORIGINAL_INDEX, first.read(S.ORIGINAL_INDEX), S.EXAMPLE, "int64", 0,
           dict(first.group[S.ORIGINAL_INDEX].attrs))
     coord(SEED, [r.seed for r in runs], S.RUN, "int64", 0, {"description": "training seed of the run"})
     coord(SOURCE, [r.provenance["name"] for r in runs], S.RUN, str, "",
@@ -320,7 +330,7 @@ def _write(path: Path, loaded: list[_Source], runs: list[_Run], ids: list[int], 
     # per-example arrays of the data set: from the first source (checked equal)
     for var in S.variables(frozenset(features)):
         if var.dims == (S.EXAMPLE,) and var.name in first.group:
-            arrays[var.name][:] = first.group[var.name][:]
+            arrays[var.name][:] = first.read(var.name)
 
     # per-(run, epoch) arrays: assembled in memory (runs x epochs values)
     for var in S.variables(frozenset(features)):
@@ -330,7 +340,7 @@ def _write(path: Path, loaded: list[_Source], runs: list[_Run], ids: list[int], 
         for s in loaded:
             if var.name not in s.group:
                 continue
-            values = np.asarray(s.group[var.name][:])
+            values = s.read(var.name)
             for row, r in run_rows[id(s)]:
                 full[row, epoch_pos[id(s)]] = values[r.position]
         arrays[var.name][:] = full
@@ -352,7 +362,7 @@ def _write(path: Path, loaded: list[_Source], runs: list[_Run], ids: list[int], 
                     for x0 in range(0, n, width):
                         jobs.append((var.name, s, row, r.position, e0, min(e0 + step, e_s), x0, min(x0 + width, n)))
     for done, (name, s, row, pos, e0, e1, x0, x1) in enumerate(jobs, 1):
-        values = s.group[name][pos, e0:e1, x0:x1]
+        values = s.read(name, (pos, slice(e0, e1), slice(x0, x1)))
         target = epoch_pos[id(s)][e0:e1]
         if target.size and np.all(np.diff(target) == 1):
             arrays[name][row, int(target[0]):int(target[-1]) + 1, x0:x1] = values

@@ -55,21 +55,40 @@ def separation_epochs(train_accuracy: np.ndarray, recorded: np.ndarray, epochs: 
     return out
 
 
-def summarize(ds: xr.Dataset) -> StoreSummary:
-    epochs = ds[S.EPOCH].values
-    completed = ds[S.COMPLETED].values
-    recorded = ds[S.RECORDED].values
-    train_acc = ds[S.TRAIN_ACCURACY].values
-    test_acc = ds[S.TEST_ACCURACY].values
+#: Arrays the summary reads (the label-noise ones too when the store has that feature).
+SUMMARY_ARRAYS = (S.RUN, S.EPOCH, S.EXAMPLE, S.COMPLETED, S.RECORDED, S.TRAIN_ACCURACY, S.TEST_ACCURACY)
+NOISE_ARRAYS = (S.PRISTINE_ACCURACY, S.CORRUPT_ACCURACY)
+
+
+def summarize(ds: xr.Dataset, shown: str | None = None) -> StoreSummary:
+    """The store's summary.  ``ds`` is what :func:`~scorebank.stores.location.open_scores`
+    returned; ``shown`` names the store in errors.  A store lacking an array the summary
+    reads, with attributes of the wrong type or with a chunk that cannot be decoded raises
+    a :class:`~scorebank.stores.errors.ScorebankError` naming it."""
+    from scorebank.stores.location import check_attributes, check_dataset, reading
+
+    shown = shown or str(ds.encoding.get("source") or "Dataset")
+    features = check_attributes(ds.attrs, shown)
+    noisy = S.FEATURE_LABEL_NOISE in features or any(name in ds for name in NOISE_ARRAYS)
+    check_dataset(ds, shown, SUMMARY_ARRAYS + (NOISE_ARRAYS if noisy else ()))
+
+    def values(name: str) -> np.ndarray:
+        with reading(shown, name):
+            return ds[name].values
+
+    epochs = values(S.EPOCH)
+    completed = values(S.COMPLETED)
+    recorded = values(S.RECORDED)
+    train_acc = values(S.TRAIN_ACCURACY)
+    test_acc = values(S.TEST_ACCURACY)
     runs_attr = ds.attrs.get(S.ATTR_RUNS, {})
     seps = separation_epochs(train_acc, recorded & completed, epochs)
-    noisy = S.PRISTINE_ACCURACY in ds
-    pristine = ds[S.PRISTINE_ACCURACY].values if noisy else None
-    corrupt = ds[S.CORRUPT_ACCURACY].values if noisy else None
-    run_ids = ds[S.RUN].values.tolist()
+    pristine = values(S.PRISTINE_ACCURACY) if noisy else None
+    corrupt = values(S.CORRUPT_ACCURACY) if noisy else None
+    run_ids = values(S.RUN).tolist()
     # merged stores (scorebank.stores.merge) carry the training seed and source per run
-    seeds = ds[S.SEED].values.tolist() if S.SEED in ds.coords else run_ids
-    sources = ds[S.SOURCE].values.tolist() if S.SOURCE in ds.coords else [None] * len(run_ids)
+    seeds = values(S.SEED).tolist() if S.SEED in ds.coords else run_ids
+    sources = values(S.SOURCE).tolist() if S.SOURCE in ds.coords else [None] * len(run_ids)
     rows = []
     for i, run in enumerate(run_ids):
         info = runs_attr.get(str(run), {})
@@ -86,8 +105,8 @@ def summarize(ds: xr.Dataset) -> StoreSummary:
             pristine_accuracy=float(pristine[i, rec_done[-1]]) if noisy and rec_done.size else math.nan,
             corrupt_accuracy=float(corrupt[i, rec_done[-1]]) if noisy and rec_done.size else math.nan))
     config = json.loads(ds.attrs.get(S.ATTR_CONFIG, "{}"))
-    return StoreSummary(dataset=ds.attrs.get(S.ATTR_DATASET, "?"),
-                        fingerprint=ds.attrs.get(S.ATTR_FINGERPRINT, "?"),
+    return StoreSummary(dataset=ds.attrs.get(S.ATTR_DATASET) or "?",
+                        fingerprint=ds.attrs.get(S.ATTR_FINGERPRINT) or "?",
                         n_examples=int(ds.sizes[S.EXAMPLE]), epochs=int(epochs[-1]) if len(epochs) else 0,
-                        recorded_epochs=tuple(config.get("record_epochs", ())),
+                        recorded_epochs=tuple(config.get("record_epochs") or ()),
                         features=tuple(ds.attrs.get(S.ATTR_FEATURES, ())), config=config, runs=tuple(rows))

@@ -186,3 +186,14 @@ def test_scoring_more_seeds_into_a_merged_store_is_refused_and_changes_nothing(s
     with pytest.raises(MergedStoreError, match=r"merged\.zarr'.*scorebank merge"):
         score(_config(), (7,), out, device="cpu")
     assert {p: p.read_bytes() for p in Path(out).rglob("*") if p.is_file()} == before
+
+
+def test_provenance_names_are_the_schema_s(stores, tmp_path):
+    from scorebank.stores import merge
+
+    assert merge.ATTR_SOURCES is S.ATTR_SOURCES and merge.RUN_COORDS is S.RUN_COORDS  # merge.ATTR_SOURCES stays importable
+    out = merge_stores([stores["a"], stores["b"]], tmp_path / "merged.zarr")
+    root = json.loads((out.path / "zarr.json").read_text())
+    meta = root["consolidated_metadata"]["metadata"]
+    assert {name: meta[name]["data_type"] for name in S.RUN_COORDS} == S.RUN_COORD_DTYPES
+    assert isinstance(root["attributes"][S.ATTR_SOURCES], list) and S.ATTR_FEATURES in root["attributes"]

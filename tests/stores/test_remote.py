@@ -184,3 +184,33 @@ def test_a_server_without_range_requests_is_reported(served):
 def test_unknown_url_scheme_is_a_bad_argument():
     with pytest.raises(InvalidArgumentError, match="give a local path or a URL fsspec knows"):
         open_scores("nosuchscheme://bucket/scores.zarr")
+
+
+def test_chunks_read_through_urls_are_checked_before_decoding(served, tmp_path):
+    """A store directory served over HTTP whose chunk is a zstd frame without a stated
+    size (4 MiB from a few hundred bytes): refused when read, naming the chunk."""
+    import shutil
+    import struct
+
+    from scorebank.stores.location import UnsafeStoreError
+
+    root, _ = served
+    folder = tmp_path / "www"
+    shutil.copytree(root / "scores.zarr", folder / "bomb.zarr")
+    frame = bytearray(struct.pack("<I", 0xFD2FB528) + bytes([0x00, 0x38]))  # no content size
+    for last in [0] * 31 + [1]:
+        frame += struct.pack("<I", last | (1 << 1) | ((128 << 10) << 3))[:3] + b"\x00"  # 128 KiB RLE block
+    (folder / "bomb.zarr" / S.LABEL / "c" / "0").write_bytes(bytes(frame))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ds = open_scores(f"http://127.0.0.1:{server.server_address[1]}/bomb.zarr")
+        with pytest.raises(UnsafeStoreError, match=r"chunk 'label/c/0' of array 'label' does not state its "
+                                                   r"decompressed size"):
+            ds[S.LABEL].values
+        np.testing.assert_array_equal(ds[S.MARGIN].values, open_scores(root / "scores.zarr")[S.MARGIN].values)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
