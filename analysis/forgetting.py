@@ -111,8 +111,9 @@ def lazy_forgetting(ds: xr.Dataset, seeds: list[int], last_epoch: int | None = N
     joins = presented[:, bounds - 1] & presented[:, bounds]  # (run, blocks - 1)
     state = state.rechunk({1: -1})
     folded = da.map_blocks(_fold_states, state, joins, dtype=np.int32, drop_axis=[1],
+                           chunks=(state.chunks[0], state.chunks[2], (_NFOLDED,)),
                            meta=np.empty((0, 0, 0), dtype=np.int32))
-    events, ever_correct, last_correct, last_wrong = (folded[:, :, i] for i in range(4))
+    events, ever_correct, last_correct, last_wrong = (folded[:, :, i] for i in range(_NFOLDED))
     return LazyForgetting(list(seeds), ep[pos], presented, events, ever_correct.astype(bool),
                           last_correct.astype(bool), last_wrong.astype(np.int64))
 
@@ -120,6 +121,8 @@ def lazy_forgetting(ds: xr.Dataset, seeds: list[int], last_epoch: int | None = N
 # per-block state: events, first value, last value, ever correct, correct at the run's last
 # presentation, last misclassified presentation epoch (0 = none)
 _NSTATE = 6
+# folded per run: events, ever correct, correct at the last presentation, last wrong epoch
+_NFOLDED = 4
 
 
 def _block_state(x: np.ndarray, presented: np.ndarray, epoch_values: np.ndarray,
@@ -157,7 +160,7 @@ def _fold_states(state: np.ndarray, joins: np.ndarray, block_info=None) -> np.nd
     (1, n, 4) events, ever correct, last correct, last wrong."""
     r0 = block_info[0]["array-location"][0][0]
     st = state[0]
-    out = np.empty((1, st.shape[1], 4), dtype=np.int32)
+    out = np.empty((1, st.shape[1], _NFOLDED), dtype=np.int32)
     events = st[:, :, 0].sum(axis=0, dtype=np.int32)
     for b in np.flatnonzero(joins[r0]):
         events += st[b, :, 2] & (1 - st[b + 1, :, 1])
@@ -166,8 +169,6 @@ def _fold_states(state: np.ndarray, joins: np.ndarray, block_info=None) -> np.nd
     out[0, :, 2] = st[:, :, 4].max(axis=0)
     out[0, :, 3] = st[:, :, 5].max(axis=0)
     return out
-
-
 
 
 def forgetting(store: access.StoreLike, *, epoch: int | None = None, runs: Iterable[int] | None = None,
