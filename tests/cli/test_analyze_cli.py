@@ -48,7 +48,7 @@ def test_forgetting_json_matches_library(st):
 def test_tables_print(st, tmp_path):
     for args in (["forgetting"], ["scores", "el2n@2", "forgetting@3"], ["correlation", "el2n@2", "margin@6"],
                  ["sensitivity", "loss@1", "--draws", "2"], ["separation"], ["overlap", "--k", "3,5"],
-                 ["margins", "--by-class"], ["difficulty"]):
+                 ["margins", "--by-class"], ["difficulty"], ["curves"]):
         res = run("analyze", st.path, *args)
         assert res.exit_code == 0, (args, res.output)
         assert "┃" in res.output  # a rich table
