@@ -143,7 +143,7 @@ def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, 
             S.ATTR_VERSION: scorebank_version(),
             S.ATTR_CREATED: now_iso(),
             S.ATTR_RUNS: {str(s): {"status": S.RUN_PENDING} for s in seeds},
-            "features": sorted(features),
+            S.ATTR_FEATURES: sorted(features),
             **attrs,
         })
         consolidate(tmp)
@@ -167,7 +167,7 @@ class StoreWriter:
     def _open(self) -> None:
         # Not through the consolidated metadata: it would hand out stale shapes after a resize.
         self.root = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
-        self.features = frozenset(self.root.attrs.get("features", []))
+        self.features = frozenset(self.root.attrs.get(S.ATTR_FEATURES, []))
 
     # -------------------------------------------------------------- locking
     def __enter__(self) -> "StoreWriter":
