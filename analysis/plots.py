@@ -125,6 +125,17 @@ def plot_spearman(matrix: xr.DataArray, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
+def plot_accuracy_by_difficulty(levels: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Training accuracy of one run per difficulty level
+    (:func:`scorebank.analysis.difficulty_levels.accuracy_by_difficulty`) as bars, the
+    Coherent Gradients Fig. 5a table drawn."""
+    fig, (ax,) = _figure(width=5.0, height=3.2)
+    ax.bar(levels["difficulty"].values, 100 * levels["accuracy"].values, color="tab:blue")
+    ax.set(xlabel="difficulty (runs in which the example is hard)", ylabel="training accuracy (%)",
+           title=f"run {levels.attrs['run']}, epoch {levels.attrs['epoch']}", ylim=(0, 100))
+    return _save(fig, path)
+
+
 def _run_band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(ok, mean, lo, hi)`` over the run axis of a (run, epoch) array, ignoring NaN;
     ``ok`` marks the epochs where at least one run has a value."""

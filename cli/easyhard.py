@@ -73,7 +73,9 @@ def difficulty_accuracy_command(
     with handle_errors():
         res = accuracy_by_difficulty(store, run, difficulty_store=difficulty_from, epoch=epoch, threshold=threshold)
         if plot is not None:
-            _plot(res, plot)
+            from scorebank.analysis.plots import plot_accuracy_by_difficulty
+
+            plot_accuracy_by_difficulty(res, plot)
     rows = [{"difficulty": int(d), "count": int(c), "accuracy": float(a)}
             for d, c, a in zip(res.difficulty.values, res["count"].values, res["accuracy"].values)]
     if json_output:
@@ -83,23 +85,6 @@ def difficulty_accuracy_command(
     for r in rows:
         table.add_row(str(r["difficulty"]), str(r["count"]), "-" if r["count"] == 0 else f"{100 * r['accuracy']:.1f}%")
     console.print(table)
-
-
-def _plot(res, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(res.difficulty.values, 100 * res["accuracy"].values, color="tab:blue")
-    ax.set_xlabel("difficulty (runs in which the example is hard)")
-    ax.set_ylabel("training accuracy (%)")
-    ax.set_title(f"run {res.attrs['run']}, epoch {res.attrs['epoch']}")
-    ax.set_ylim(0, 100)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -74,7 +76,7 @@ def test_two_by_two_table_wiring(scored, tmp_path):
     xr.open_zarr(path)  # the store's root still opens
 
 
-def test_difficulty_accuracy(scored):
+def test_difficulty_accuracy(scored, tmp_path):
     from scorebank.analysis.difficulty_levels import accuracy_by_difficulty
 
     path = scored[0]
@@ -90,8 +92,12 @@ def test_difficulty_accuracy(scored):
         assert res["count"].sel(difficulty=level).item() == (d == level).sum()
         if (d == level).any():
             assert res["accuracy"].sel(difficulty=level).item() == pytest.approx(correct[d == level].mean())
-    r = CliRunner().invoke(app, ["difficulty-accuracy", str(path), "--run", "1", "--json"])
+    r = CliRunner().invoke(app, ["difficulty-accuracy", str(path), "--run", "1", "--epoch", "6", "--json",
+                                 "--plot", str(tmp_path / "levels.png")])
     assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [(lv["difficulty"], lv["count"]) for lv in doc["levels"]] == [(k, int((d == k).sum())) for k in range(3)]
+    assert (tmp_path / "levels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = CliRunner().invoke(app, ["difficulty-accuracy", str(path), "--run", "1", "--epoch", "99"])
     assert r.exit_code == 2 and "99" in r.output
 
