@@ -153,7 +153,7 @@ def merge_command(
             result = merge_stores(stores, out, allow_duplicates=allow_duplicates, progress=bar)
         renumbered = [r for r in result.runs if r["run"] != r["seed"]]
         console.print(f"merged {len(result.runs)} runs from {len(result.sources)} sources into {str(result.path)!r}"
-                      + (f"; renumbered (run <- seed): "
+                      + ("; renumbered (run <- seed): "
                          + ", ".join(f"{r['run']} <- {r['seed']} ({r['source']})" for r in renumbered)
                          if renumbered else ""), highlight=False, soft_wrap=True)
         from scorebank.cli.info import print_summary

@@ -118,7 +118,6 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_config, monkeypa
 
     # a crash after an epoch's values were written but before its checkpoint replaced the old one
     real_save = torch.save
-    calls = {"n": 0}
 
     def failing_save(obj, f, *a, **k):
         if obj.get("epoch") == 3:
