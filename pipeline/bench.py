@@ -5,7 +5,7 @@ All timings use synthetic data of a chosen shape (default CIFAR-10: 3x32x32, 10 
 size.  Each quantity is timed ``repeats`` times after one warm-up and the median is kept;
 ratios compare medians from the same run, so they transfer across machines better than
 seconds do.  Quantities that are compared as a ratio of two training epochs (plain vs
-in-flight recording, SGD vs another optimiser) are timed alternately, A B A B ..., so that
+in-flight recording, SGD vs another optimiser) are timed alternately, A B B A A B ..., so that
 drift during the run (the weights changing, other load on the machine) hits both alike.
 
 * ``train_epoch_s``: a plain training epoch (SGD step per minibatch, no recording).
@@ -106,9 +106,13 @@ def run_bench(spec: BenchSpec, progress: Callable[[str], None] | None = None) ->
         say(label)
         fa(), fb()  # warm-up
         ta, tb = [], []
-        for _ in range(spec.repeats):
-            ta.append(timed(fa))
-            tb.append(timed(fb))
+        for i in range(spec.repeats):  # A B, B A, A B, ...: neither always runs first
+            if i % 2 == 0:
+                ta.append(timed(fa))
+                tb.append(timed(fb))
+            else:
+                tb.append(timed(fb))
+                ta.append(timed(fa))
         return statistics.median(ta), statistics.median(tb)
 
     plain, inflight = alternating(lambda: trainer.train_epoch(record=False), lambda: trainer.train_epoch(record=True),
