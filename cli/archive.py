@@ -134,7 +134,7 @@ def inspect_command(
             console.print(f"[bold]{key:>11}[/]  {value}", highlight=False, soft_wrap=True)
         from scorebank.cli.info import print_summary
 
-        print_summary(archive)
+        print_summary(archive, summary)
 
 
 def merge_command(

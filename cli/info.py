@@ -12,11 +12,13 @@ from scorebank.cli.common import console, handle_errors, print_json
 from scorebank.stores import schema as S
 
 
-def print_summary(location) -> None:
+def print_summary(location, summary=None) -> None:
+    """Print the per-run summary of the store at ``location`` (``summary``: an already
+    computed :class:`~scorebank.stores.summary.StoreSummary` of it, to skip re-reading)."""
     from scorebank.stores.location import open_scores
     from scorebank.stores.summary import summarize
 
-    s = summarize(open_scores(location))
+    s = summary if summary is not None else summarize(open_scores(location))
     console.print(f"[bold]{location}[/]: {s.dataset}, {s.n_examples} examples, epochs 0..{s.epochs}, "
                   f"fingerprint {s.fingerprint[:19]}…", highlight=False)
     rec = s.recorded_epochs
