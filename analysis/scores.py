@@ -28,9 +28,13 @@ low (normalised) margin.
 
 from __future__ import annotations
 
+import csv
+import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -225,3 +229,61 @@ def average_score(store: access.StoreLike, spec: str | ScoreSpec, *, runs: Itera
     da_ = out[str(parse_score(spec))]
     da_.attrs.update(out.attrs)
     return da_
+
+
+# ------------------------------------------------------------------------------ summaries, CSV
+#: The statistics :func:`score_quantiles` returns, in order.
+QUANTILES = ("mean", "std", "min", "q25", "median", "q75", "max")
+
+
+def score_quantiles(values) -> dict[str, float]:
+    """Summary statistics of per-example scores, as ``scorebank analyze`` prints them.
+
+    Returns ``{"mean", "std", "min", "q25", "median", "q75", "max"}`` (that order) as Python
+    floats: ``mean`` is the arithmetic mean of every value (``inf`` when some value is
+    infinite, e.g. never-learned examples with ``never_learned="inf"``); ``std`` is the
+    population standard deviation of the *finite* values; the five quantiles are actual
+    values of the data, NumPy's ``"lower"`` percentiles (``min`` and ``max`` exactly), so
+    an infinite score can be one.  All are NaN for no values."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    out = {name: math.nan for name in QUANTILES}
+    if x.size == 0:
+        return out
+    finite = x[np.isfinite(x)]
+    if np.isfinite(x).all():
+        out["mean"] = float(np.mean(x))
+    else:
+        out["mean"] = math.inf if np.isinf(x).any() else math.nan
+    out["std"] = float(np.std(finite)) if finite.size else math.nan
+    for name, q in (("min", 0), ("q25", 25), ("median", 50), ("q75", 75), ("max", 100)):
+        out[name] = float(np.percentile(x, q, method="lower"))
+    return out
+
+
+def scores_csv_columns(avg: xr.Dataset) -> list[str]:
+    """Column names of :func:`write_scores_csv`: ``example``, then ``original_index`` and
+    ``label`` when ``avg`` has them, then one column per score."""
+    return ([S.EXAMPLE] + [c for c in (S.ORIGINAL_INDEX, S.LABEL) if c in avg.coords]
+            + [str(n) for n in avg.data_vars])
+
+
+def write_scores_csv(avg: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write the per-example scores of :func:`average_scores` to a CSV file, atomically.
+
+    One header row (:func:`scores_csv_columns`), then one row per example in store order:
+    its position, original index and label (integers), and every score written with
+    ``repr(float)`` so reading it back gives the exact float64.  The rows go to a
+    temporary sibling renamed onto ``path`` at the end, so an interrupted write never
+    leaves a partial file (an existing ``path`` stays as it was).  Missing parent folders
+    are created.  Returns ``path``."""
+    from scorebank.stores.zarrstore import atomic_file
+
+    path = Path(path)
+    cols = scores_csv_columns(avg)
+    values = [np.arange(avg.sizes[S.EXAMPLE])] + [np.asarray(avg[c].values) for c in cols[1:]]
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for row in zip(*values):
+            w.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else int(v) for v in row])
+    return path

@@ -90,15 +90,6 @@ def _thin(values: np.ndarray, keep_all: bool) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, MAX_ROWS).round().astype(int))
 
 
-def _quantiles(x: np.ndarray) -> dict:
-    finite = x[np.isfinite(x)]
-    out = {"mean": float(np.mean(x)) if np.isfinite(x).all() else (math.inf if np.isinf(x).any() else math.nan),
-           "std": float(np.std(finite)) if finite.size else math.nan}
-    for name, q in (("min", 0), ("q25", 25), ("median", 50), ("q75", 75), ("max", 100)):
-        out[name] = float(np.percentile(x, q, method="lower")) if x.size else math.nan
-    return out
-
-
 def _saved(path: Path) -> None:
     console.print(f"figure written to [bold]{path}[/]", highlight=False)
 
@@ -125,7 +116,7 @@ def forgetting_command(
     """Forgetting events per run (Toneva et al.; Data Diet 2.3) and the score over runs."""
     from scorebank.analysis import access
     from scorebank.analysis.forgetting import forgetting
-    from scorebank.analysis.scores import check_reduce
+    from scorebank.analysis.scores import check_reduce, score_quantiles
     from scorebank.stores import schema as S
 
     with handle_errors(), dask_scheduler(scheduler) as sched:
@@ -150,7 +141,7 @@ def forgetting_command(
                      "label": int(labels[i])} for i in order]
         doc = {"spec": out.attrs["spec"], "runs": [int(s) for s in out["run"].values],
                "never_learned": never_learned, "reduce": reduce, "per_run": rows,
-               "score": _quantiles(score.values), "most_forgotten": top_rows}
+               "score": score_quantiles(score.values), "most_forgotten": top_rows}
         if json_output:
             print_json(_clean(doc))
             return
@@ -183,14 +174,14 @@ def scores_command(
     scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
 ) -> None:
     """Scores averaged over runs (Data Diet B.3): summary statistics, optionally all values as CSV."""
-    from scorebank.analysis.scores import average_scores
+    from scorebank.analysis.scores import average_scores, score_quantiles, write_scores_csv
 
     with handle_errors(), dask_scheduler(scheduler) as sched:
         avg = average_scores(_store(ctx), specs, runs=_runs(runs), reduce=reduce, never_learned=never_learned,
                              scheduler=sched)
-        summary = {name: _quantiles(avg[name].values) for name in avg.data_vars}
+        summary = {name: score_quantiles(avg[name].values) for name in avg.data_vars}
         if out is not None:
-            _write_csv(out, avg)
+            write_scores_csv(avg, out)
         if json_output:
             print_json(_clean({"runs": avg.attrs["runs"], "reduce": reduce, "scores": summary,
                                "csv": None if out is None else str(out)}))
@@ -202,22 +193,6 @@ def scores_command(
         console.print(table)
         if out is not None:
             console.print(f"per-example scores written to [bold]{out}[/]", highlight=False)
-
-
-def _write_csv(path: Path, avg) -> None:
-    import csv
-
-    from scorebank.stores import schema as S
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names = list(avg.data_vars)
-    cols = [S.EXAMPLE] + [c for c in (S.ORIGINAL_INDEX, S.LABEL) if c in avg.coords] + names
-    values = [np.arange(avg.sizes[S.EXAMPLE])] + [avg[c].values for c in cols[1:]]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for row in zip(*values):
-            w.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else int(v) for v in row])
 
 
 @analyze_app.command("correlation")

@@ -125,3 +125,105 @@ def test_errors(make_store):
     assert not isinstance(info.value, InvalidArgumentError)
     # naming the runs explicitly works when they recorded the epoch
     assert average_score(pending.path, "el2n@0", runs=[0]).size == 40
+
+
+# ------------------------------------------------------------------------------ quantiles, CSV
+def _lower(ordered, q):
+    """The 'lower' percentile by hand: the value at position floor(q/100 * (n - 1))."""
+    return ordered[int(np.floor(q / 100 * (len(ordered) - 1)))]
+
+
+def test_score_quantiles_by_hand():
+    from scorebank.analysis.scores import score_quantiles
+
+    got = score_quantiles(np.array([3.0, 1.0, 2.0, 0.5, 4.0, 1.0]))
+    assert list(got) == ["mean", "std", "min", "q25", "median", "q75", "max"]
+    assert {k: v for k, v in got.items() if k != "std"} == {
+        "mean": 11.5 / 6, "min": 0.5, "q25": 1.0, "median": 1.0, "q75": 2.0, "max": 4.0}
+    m = 11.5 / 6
+    assert got["std"] == pytest.approx(((sum((v - m) ** 2 for v in (3, 1, 2, 0.5, 4, 1))) / 6) ** 0.5, rel=1e-14)
+    # never-learned examples scored inf: mean inf, std over the finite values, inf can be a quantile
+    got = score_quantiles([1.0, np.inf, 2.0, 3.0])
+    assert {k: v for k, v in got.items() if k != "std"} == {
+        "mean": np.inf, "min": 1.0, "q25": 1.0, "median": 2.0, "q75": 3.0, "max": np.inf}
+    assert got["std"] == pytest.approx((2 / 3) ** 0.5, rel=1e-14)
+    assert all(np.isnan(v) for v in score_quantiles(np.array([])).values())
+    got = score_quantiles([1.0, np.nan, 3.0])
+    assert np.isnan(got["mean"]) and got["std"] == 1.0 and np.isnan(got["median"])
+    assert all(type(v) is float for v in got.values())
+
+
+def test_score_quantiles_of_random_values():
+    from scorebank.analysis.scores import score_quantiles
+
+    x = np.round(np.random.default_rng(2).normal(size=101), 1)  # ties
+    ordered = sorted(x.tolist())
+    got = score_quantiles(x)
+    for name, q in (("min", 0), ("q25", 25), ("median", 50), ("q75", 75), ("max", 100)):
+        assert got[name] == _lower(ordered, q), name
+    assert got["mean"] == pytest.approx(sum(ordered) / 101, rel=1e-12)
+
+
+def _read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def test_write_scores_csv_holds_the_averaged_scores(store, reference, tmp_path):
+    from scorebank.analysis.scores import write_scores_csv
+
+    avg = average_scores(store.path, ["el2n@2", "forgetting", "nmargin@6"], never_learned="inf", runs=[0, 2])
+    out = write_scores_csv(avg, tmp_path / "new" / "dir" / "scores.csv")
+    assert out == tmp_path / "new" / "dir" / "scores.csv"
+    header, rows = _read_csv(out)
+    assert header == ["example", "original_index", "label", "el2n@2", "forgetting", "nmargin@6"]
+    assert len(rows) == 40
+    assert [int(r[0]) for r in rows] == list(range(40))
+    assert [int(r[1]) for r in rows] == [10 * i for i in range(40)]
+    assert [int(r[2]) for r in rows] == store[S.LABEL].tolist()
+    for j, name in enumerate(["el2n@2", "forgetting", "nmargin@6"], start=3):
+        assert [float(r[j]) for r in rows] == avg[name].values.tolist(), name  # exact: repr(float)
+    # and those are the plain averages over runs 0 and 2
+    el2n = store[S.EL2N][:, 2].astype(np.float64)
+    assert [float(r[3]) for r in rows] == [(el2n[0, x] + el2n[2, x]) / 2 for x in range(40)]
+    forg = _forgetting_scores(reference, store, [0, 2], never="inf")
+    assert [float(r[4]) for r in rows] == [(forg[0, x] + forg[1, x]) / 2 for x in range(40)]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["scores.csv"]  # no temporary left
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_write_scores_csv_failure_leaves_no_partial_file(store, tmp_path, monkeypatch, existing):
+    import csv
+
+    from scorebank.analysis.scores import write_scores_csv
+
+    avg = average_scores(store.path, ["el2n@2"])
+    path = tmp_path / "scores.csv"
+    if existing:
+        path.write_text("previous\n")
+    real = csv.writer
+
+    class Failing:
+        """A csv writer whose disk fills up after ten rows."""
+
+        def __init__(self, f):
+            self.inner, self.rows = real(f), 0
+
+        def writerow(self, row):
+            self.rows += 1
+            if self.rows > 10:
+                raise OSError(28, "No space left on device")
+            self.inner.writerow(row)
+
+    monkeypatch.setattr(csv, "writer", Failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_scores_csv(avg, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["scores.csv"] if existing else [])
+    if existing:
+        assert path.read_text() == "previous\n"
+    monkeypatch.undo()
+    write_scores_csv(avg, path)
+    assert len(_read_csv(path)[1]) == 40
