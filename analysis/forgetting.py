@@ -26,7 +26,9 @@ misclassified presentation (the first presentation if it was never misclassified
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+
+import math
 
 import dask.array as da
 import numpy as np
@@ -221,3 +223,84 @@ def forgetting(store: access.StoreLike, *, epoch: int | None = None, runs: Itera
                      never_learned=never_learned,
                      definition="Toneva et al. 2019 forgetting events on train_correct")
     return out
+
+
+# ------------------------------------------------------------------------------ summary
+@dataclass(frozen=True)
+class RunForgettingStats:
+    """Forgetting statistics of one run (a row of ``scorebank analyze STORE forgetting``)."""
+
+    run: int
+    presentations: int  # presentations counted
+    never_learned: int  # examples never classified correctly when presented
+    unforgettable: int  # learned at some presentation and never forgotten (0 events)
+    mean_events: float  # mean forgetting events over the learned examples (NaN if none)
+    max_events: int  # most events of any example
+    median_learned_epoch: float  # median stays-learned epoch of the examples that stay learned (NaN if none)
+
+
+@dataclass(frozen=True)
+class ForgottenExample:
+    """One of the most forgotten examples: position in the store, score over runs, label."""
+
+    example: int
+    score: float
+    label: int
+
+
+@dataclass(frozen=True)
+class ForgettingSummary:
+    """What :func:`forgetting_summary` returns; :meth:`to_dict` is the CLI's ``--json``."""
+
+    spec: str
+    runs: list[int]
+    never_learned: str
+    reduce: str
+    per_run: list[RunForgettingStats]
+    score: np.ndarray = field(repr=False)  # (example,) float64: the score reduced over runs
+    quantiles: dict[str, float]  # :func:`scorebank.analysis.scores.score_quantiles` of ``score``
+    most_forgotten: list[ForgottenExample]
+
+    def to_dict(self) -> dict:
+        """Plain dict (``score`` holds the quantiles, not the N values)."""
+        return {"spec": self.spec, "runs": list(self.runs), "never_learned": self.never_learned,
+                "reduce": self.reduce, "per_run": [asdict(r) for r in self.per_run],
+                "score": dict(self.quantiles), "most_forgotten": [asdict(r) for r in self.most_forgotten]}
+
+
+def forgetting_summary(result: xr.Dataset, labels, *, reduce: str = "mean", top: int = 10) -> ForgettingSummary:
+    """Per-run statistics, the score over runs and the ``top`` most forgotten examples of a
+    :func:`forgetting` result (computed in memory; nothing is read from the store).
+
+    ``labels`` are the examples' training labels (``store["label"]``), reported with the
+    most forgotten examples.  ``reduce`` combines the per-run scores: ``"mean"`` (Data
+    Diet) or ``"sum"``.  The most forgotten examples are the ``top`` largest reduced scores,
+    ties broken by the smaller example position (``top <= 0``: none).  Per run:
+    presentations, never-learned examples, unforgettable examples (learned, zero events),
+    mean and largest event counts over the learned examples (largest over all), and the
+    median stays-learned epoch of the examples that stay learned."""
+    from scorebank.analysis.scores import check_reduce, score_quantiles
+
+    check_reduce(reduce)
+    reduced = result["score"].sum(S.RUN) if reduce == "sum" else result["score"].mean(S.RUN)
+    score = np.asarray(reduced.values, dtype=np.float64)
+    labels = np.asarray(labels)
+    if labels.shape != score.shape:
+        raise InvalidArgumentError(f"labels of shape {labels.shape!r} do not match the {score.size} examples "
+                                   "of the forgetting result; pass the store's label array")
+    rows = []
+    for i, seed in enumerate(result[S.RUN].values):
+        events = np.asarray(result["events"].values[i])
+        learned = ~np.asarray(result["never_learned"].values[i])
+        stays = np.asarray(result["learned_epoch"].values[i])
+        stays = stays[stays >= 0]
+        rows.append(RunForgettingStats(
+            run=int(seed), presentations=int(result["presentations"].values[i]),
+            never_learned=int((~learned).sum()), unforgettable=int((learned & (events == 0)).sum()),
+            mean_events=float(events[learned].mean()) if learned.any() else math.nan,
+            max_events=int(events.max()), median_learned_epoch=float(np.median(stays)) if stays.size else math.nan))
+    order = np.lexsort((np.arange(score.size), -score))[:max(0, int(top))]
+    top_rows = [ForgottenExample(int(i), float(score[i]), int(labels[i])) for i in order]
+    return ForgettingSummary(spec=str(result.attrs["spec"]), runs=[int(s) for s in result[S.RUN].values],
+                             never_learned=str(result.attrs["never_learned"]), reduce=reduce, per_run=rows,
+                             score=score, quantiles=score_quantiles(score), most_forgotten=top_rows)

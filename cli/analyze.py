@@ -115,33 +115,15 @@ def forgetting_command(
 ) -> None:
     """Forgetting events per run (Toneva et al.; Data Diet 2.3) and the score over runs."""
     from scorebank.analysis import access
-    from scorebank.analysis.forgetting import forgetting
-    from scorebank.analysis.scores import check_reduce, score_quantiles
-    from scorebank.stores import schema as S
+    from scorebank.analysis.forgetting import forgetting, forgetting_summary
+    from scorebank.analysis.scores import check_reduce
 
     with handle_errors(), dask_scheduler(scheduler) as sched:
         check_reduce(reduce)
         ds = access.open_store(_store(ctx))
         out = forgetting(ds, epoch=epoch, runs=_runs(runs), never_learned=never_learned, scheduler=sched)
-        score = out["score"].sum("run") if reduce == "sum" else out["score"].mean("run")
-        rows = []
-        for seed in out["run"].values:
-            r = out.sel(run=seed)
-            learned = ~r["never_learned"].values
-            le = r["learned_epoch"].values
-            rows.append({"run": int(seed), "presentations": int(r["presentations"]),
-                         "never_learned": int((~learned).sum()),
-                         "unforgettable": int((learned & (r["events"].values == 0)).sum()),
-                         "mean_events": float(r["events"].values[learned].mean()) if learned.any() else math.nan,
-                         "max_events": int(r["events"].values.max()),
-                         "median_learned_epoch": float(np.median(le[le >= 0])) if (le >= 0).any() else math.nan})
-        order = np.lexsort((np.arange(score.size), -score.values))[:max(0, top)]
-        labels = ds[S.LABEL].values
-        top_rows = [{"example": int(i), "score": float(score.values[i]),
-                     "label": int(labels[i])} for i in order]
-        doc = {"spec": out.attrs["spec"], "runs": [int(s) for s in out["run"].values],
-               "never_learned": never_learned, "reduce": reduce, "per_run": rows,
-               "score": score_quantiles(score.values), "most_forgotten": top_rows}
+        doc = forgetting_summary(out, access.labels(ds), reduce=reduce, top=top).to_dict()
+        rows, top_rows = doc["per_run"], doc["most_forgotten"]
         if json_output:
             print_json(_clean(doc))
             return

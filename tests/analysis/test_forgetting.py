@@ -70,3 +70,73 @@ def test_bad_arguments(store):
         forgetting(store.path, epoch=0)
     with pytest.raises(InvalidArgumentError, match=r"forgetting@7.*1 <= E <= 6"):
         forgetting(store.path, epoch=7)
+
+
+@pytest.mark.parametrize("never,reduce", [("count", "mean"), ("inf", "sum")])
+def test_summary_matches_plain_numpy(make_store, reference, never, reduce):
+    from scorebank.analysis.forgetting import forgetting_summary
+
+    completed = np.ones((3, 9), bool)
+    completed[2, 7:] = False  # run 2 stopped early: fewer presentations
+    tc = np.random.default_rng(5).random((3, 9, 50)) < 0.6
+    tc[1, :, 3] = False  # never learned in one run
+    tc[:, :, 9] = False  # never learned in any run
+    st = make_store(seeds=(4, 5, 6), epochs=8, n=50, completed=completed, seed=11,
+                    statuses={4: S.RUN_COMPLETE, 5: S.RUN_COMPLETE, 6: S.RUN_FAILED},
+                    overrides={S.TRAIN_CORRECT: tc})
+    summary = forgetting_summary(forgetting(st.path, runs=[4, 5, 6], never_learned=never), st[S.LABEL],
+                                 reduce=reduce, top=7)
+    refs = [reference(st[S.TRAIN_CORRECT][i], completed[i], never) for i in range(3)]
+    for i, (seed, row) in enumerate(zip((4, 5, 6), summary.per_run)):
+        ev, nev, learned, _ = refs[i]
+        learned_ev = [int(ev[x]) for x in range(50) if not nev[x]]
+        stays = sorted(int(e) for e in learned if e >= 0)
+        mid = len(stays) // 2
+        median = (stays[mid] if len(stays) % 2 else (stays[mid - 1] + stays[mid]) / 2) if stays else None
+        assert (row.run, row.presentations, row.never_learned, row.max_events) == (
+            seed, int(completed[i, 1:].sum()), int(sum(nev)), int(max(ev)))
+        assert row.unforgettable == sum(1 for x in range(50) if not nev[x] and ev[x] == 0)
+        assert row.mean_events == pytest.approx(sum(learned_ev) / len(learned_ev), rel=1e-15)
+        assert row.median_learned_epoch == median
+    totals = [sum(float(r[3][x]) for r in refs) for x in range(50)]
+    expected = totals if reduce == "sum" else [t / 3 for t in totals]
+    assert summary.score.tolist() == expected
+    best = sorted(range(50), key=lambda x: (-expected[x], x))[:7]
+    assert [(r.example, r.score, r.label) for r in summary.most_forgotten] == [
+        (x, expected[x], int(st[S.LABEL][x])) for x in best]
+    assert {3, 9} <= set(best)  # never-learned examples rank first
+    if never == "inf":
+        assert summary.quantiles["mean"] == np.inf and summary.most_forgotten[1].score == np.inf
+    ordered = sorted(expected)
+    assert summary.quantiles["median"] == ordered[49 // 2] and summary.quantiles["max"] == ordered[-1]
+    doc = summary.to_dict()
+    assert list(doc) == ["spec", "runs", "never_learned", "reduce", "per_run", "score", "most_forgotten"]
+    assert doc["runs"] == [4, 5, 6] and doc["spec"] == "forgetting" and doc["never_learned"] == never
+    assert list(doc["per_run"][0]) == ["run", "presentations", "never_learned", "unforgettable", "mean_events",
+                                       "max_events", "median_learned_epoch"]
+    assert doc["most_forgotten"][0] == {"example": best[0], "score": expected[best[0]],
+                                        "label": int(st[S.LABEL][best[0]])}
+
+
+def test_summary_ties_top_and_bad_arguments(make_store):
+    from scorebank.analysis.forgetting import forgetting_summary
+
+    tc = np.zeros((1, 5, 4), bool)
+    tc[0, 1:, 1] = [1, 0, 1, 0]  # two events
+    tc[0, 1:, 2] = [1, 0, 1, 1]  # one event
+    tc[0, 1:, 3] = [1, 0, 0, 1]  # one event; example 0 never learned: 4 + 1
+    st = make_store(seeds=(0,), epochs=4, n=4, overrides={S.TRAIN_CORRECT: tc, S.LABEL: np.array([2, 1, 0, 1])})
+    out = forgetting(st.path)
+    s = forgetting_summary(out, st[S.LABEL], top=10)
+    assert [(r.example, r.score, r.label) for r in s.most_forgotten] == [
+        (0, 5.0, 2), (1, 2.0, 1), (2, 1.0, 0), (3, 1.0, 1)]  # the tie 2, 3 by position
+    (row,) = s.per_run
+    assert (row.never_learned, row.unforgettable, row.mean_events, row.max_events) == (1, 0, 4 / 3, 2)
+    assert row.median_learned_epoch == 3.5  # stays learned: example 2 from epoch 3, example 3 from 4
+    assert forgetting_summary(out, st[S.LABEL], top=2).most_forgotten[-1].example == 1
+    assert forgetting_summary(out, st[S.LABEL], top=0).most_forgotten == []
+    assert forgetting_summary(out, st[S.LABEL], top=-3).most_forgotten == []
+    with pytest.raises(InvalidArgumentError, match="reduce 'median'"):
+        forgetting_summary(out, st[S.LABEL], reduce="median")
+    with pytest.raises(InvalidArgumentError, match=r"labels of shape \(3,\)"):
+        forgetting_summary(out, st[S.LABEL][:3])
