@@ -49,3 +49,21 @@ def final_epochs(store: access.StoreLike, *, runs: Iterable[int] | None = None,
                         dtype=np.int64)
     return xr.DataArray(values, dims=(S.RUN,), coords={S.RUN: np.asarray(seeds, dtype=np.int64)},
                         name="final_epoch")
+
+
+def final_train_accuracy(store: access.StoreLike, *, runs: Iterable[int] | None = None,
+                         scheduler=None) -> xr.DataArray:
+    """Each run's clean-pass training accuracy at its last recorded epoch
+    (:func:`final_epochs`), as a (run,) float64 DataArray; NaN for a run with no recorded
+    epoch.  Reads only per-(run, epoch) values (``scheduler`` is accepted for uniformity)."""
+    ds = access.open_store(store)
+    seeds = access.resolve_runs(ds, runs)
+    final = final_epochs(ds, runs=seeds).values
+    acc = access.per_epoch(ds, S.TRAIN_ACCURACY, seeds)
+    ep = access.epochs(ds)
+    values = np.asarray([float(acc[i, int(np.flatnonzero(ep == f)[0])]) if f >= 0 else np.nan
+                         for i, f in enumerate(final)], dtype=np.float64)
+    out = xr.DataArray(values, dims=(S.RUN,), coords={S.RUN: np.asarray(seeds, dtype=np.int64)},
+                       name="final_train_accuracy")
+    out.attrs["definition"] = "clean-pass train accuracy at the run's last recorded epoch"
+    return out

@@ -255,19 +255,17 @@ def separation_command(
 ) -> None:
     """Per run, the first epoch with 100% clean-pass train accuracy (margins paper)."""
     from scorebank.analysis import access
-    from scorebank.analysis.separation import data_separation, final_epochs
-    from scorebank.stores import schema as S
+    from scorebank.analysis.separation import data_separation, final_epochs, final_train_accuracy
 
     with handle_errors():
         ds = access.open_store(_store(ctx))
         sep = data_separation(ds, runs=_runs(runs))
         seeds = [int(s) for s in sep["run"].values]
         final = final_epochs(ds, runs=seeds).values
-        acc = access.per_epoch(ds, S.TRAIN_ACCURACY, seeds)
-        ep = access.epochs(ds)
+        acc = final_train_accuracy(ds, runs=seeds).values
         rows = [{"run": s, "separation_epoch": None if e < 0 else int(e), "final_epoch": None if f < 0 else int(f),
-                 "final_train_accuracy": float(acc[i, int(np.flatnonzero(ep == f)[0])]) if f >= 0 else math.nan}
-                for i, (s, e, f) in enumerate(zip(seeds, sep.values, final))]
+                 "final_train_accuracy": float(a)}
+                for s, e, f, a in zip(seeds, sep.values, final, acc)]
         if json_output:
             print_json(_clean({"runs": rows}))
             return

@@ -26,3 +26,20 @@ def test_final_epochs(make_store):
     rec[1, 5:] = False
     st = make_store(seeds=(3, 4), recorded=rec)
     assert final_epochs(st.path).values.tolist() == [6, 4]
+
+
+def test_final_train_accuracy(make_store):
+    from scorebank.analysis.separation import final_train_accuracy
+
+    acc = np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+                    [0.1, 0.2, 0.3, 0.4, 0.5, 0.625, 0.75],
+                    [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]], dtype=np.float32)
+    rec = np.ones((3, 7), bool)
+    rec[1, 6] = False  # last recorded epoch of run 1 is 5
+    rec[2, :] = False  # run 2 never recorded
+    st = make_store(overrides={S.TRAIN_ACCURACY: acc}, recorded=rec)
+    got = final_train_accuracy(st.path)
+    assert got["run"].values.tolist() == [0, 1, 2] and got.dtype == np.float64
+    assert got.values[:2].tolist() == [float(np.float32(0.7)), 0.625]
+    assert np.isnan(got.values[2])
+    assert final_train_accuracy(st.path, runs=[1]).values.tolist() == [0.625]
