@@ -1,10 +1,8 @@
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from scorebank.stores import schema as S
 from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, StoreExistsError,
@@ -69,15 +67,15 @@ def test_mismatching_data_set(tmp_path):
 
 
 def _store(tmp_path):
-    ds = xr.Dataset({S.COMPLETED: ((S.RUN, S.EPOCH), np.ones((1, 2), bool)),
-                     S.RECORDED: ((S.RUN, S.EPOCH), np.ones((1, 2), bool)),
-                     S.LABEL: ((S.EXAMPLE,), np.zeros(10, np.int64))},
-                    coords={S.RUN: [0], S.EPOCH: [0, 1], S.EXAMPLE: np.arange(10)})
-    ds.attrs[S.ATTR_FORMAT] = S.FORMAT_VERSION
+    """A small, empty store with the full schema, made by the writer itself (no training)."""
+    from scorebank.stores.zarrstore import create_store
+
     path = tmp_path / "s.zarr"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        ds.to_zarr(path, zarr_format=3, consolidated=True)
+    labels = np.zeros(10, np.int64)
+    create_store(path, n_epochs=1, labels=labels, true_labels=labels, original_index=np.arange(10),
+                 seeds=(0,), features=frozenset(),
+                 attrs={S.ATTR_CONFIG: json.dumps({"record_epochs": [0, 1]}), S.ATTR_DATASET: "toy",
+                        S.ATTR_FINGERPRINT: "fp-1", S.ATTR_CLASS_NAMES: ["a", "b"]})
     return path
 
 
