@@ -18,7 +18,9 @@ numeric/boolean/string data types and the codec chains scorebank writes
 with chunks of at most :data:`MAX_CHUNK_BYTES`; arrays the schema names must have its
 dimensions and data types, every dimension one length within :data:`DIMENSION_BOUNDS`,
 and the attributes scorebank reads (``config``, ``runs``, ``features``, ...) their
-documented types.  Every chunk is then checked as it is read (:class:`ChunkGuard`: its
+documented types; by default every array the schema lists for the store's features must
+be there (:func:`schema_arrays`), so a crafted store missing one is refused when opened
+rather than failing later in an analysis.  Every chunk is then checked as it is read (:class:`ChunkGuard`: its
 zstd frame must state a decompressed size equal to the array's declared chunk size), so
 no chunk can decompress to more than its metadata declares.  Archives are checked further
 by :class:`scorebank.stores.archive.ArchiveStore` (member names, sizes, checksums).
@@ -71,8 +73,9 @@ MAX_STRING_BYTES = 1 << 12
 #: per-(run, epoch) arrays that ``scorebank info`` reads whole).
 DIMENSION_BOUNDS = {S.RUN: 100_000, S.EPOCH: 100_001, S.EXAMPLE: 1 << 31}
 MAX_RUN_EPOCHS = 1 << 24
-#: Arrays every scorebank store has; readers that need more (merge, export, import, the
-#: summary) require the schema's full list (:func:`schema_arrays`).
+#: The minimum a scorebank store has: what :func:`open_scores` and :func:`open_group`
+#: require with ``complete=False``.  By default they require the schema's full list for the
+#: store's features (:func:`schema_arrays`), so no reader meets a missing array later.
 REQUIRED_ARRAYS = (S.RUN, S.EPOCH, S.EXAMPLE, S.COMPLETED, S.RECORDED, S.LABEL)
 
 _ITEMSIZE = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "int32": 4,
@@ -232,7 +235,8 @@ def check_store_metadata(doc: dict, shown: str, *, complete: bool = False) -> "C
     missing = [name for name in required
                if not isinstance(entries.get(name), dict) or entries[name].get("node_type") != "array"]
     if missing:
-        raise StoreNotFoundError(f"{shown!r} lacks the array(s) {missing!r} every scorebank store has")
+        which = f" with the feature(s) {sorted(features)!r}" if complete and features else ""
+        raise StoreNotFoundError(f"{shown!r} lacks the array(s) {missing!r} every scorebank store{which} has")
     return ChunkGuard(rules, shown)
 
 
@@ -629,10 +633,12 @@ def _zarr_store(where: Resolved, guard: ChunkGuard):
     return GuardedStore(where.store, guard)
 
 
-def open_group(location: str | os.PathLike, *, storage_options: dict | None = None, complete: bool = False):
+def open_group(location: str | os.PathLike, *, storage_options: dict | None = None, complete: bool = True):
     """``(zarr.Group, Resolved)``: the store's root group, read-only, from consolidated
-    metadata, after :func:`check_store_metadata` (``complete``: every schema array is
-    required); every chunk read through it is checked (:class:`ChunkGuard`)."""
+    metadata, after :func:`check_store_metadata`; every chunk read through it is checked
+    (:class:`ChunkGuard`).  ``complete=True`` (default) requires every schema array for the
+    store's features (:func:`schema_arrays`), ``False`` only :data:`REQUIRED_ARRAYS`
+    (:class:`StoreNotFoundError` naming the missing ones)."""
     import zarr
 
     where = resolve(location, storage_options=storage_options)
@@ -649,20 +655,24 @@ def open_group(location: str | os.PathLike, *, storage_options: dict | None = No
 
 
 def open_scores(location: str | os.PathLike, *, chunks: dict | str | None = "auto_store",
-                storage_options: dict | None = None) -> xr.Dataset:
+                storage_options: dict | None = None, complete: bool = True) -> xr.Dataset:
     """Open a scorebank store lazily (Dask-backed) as an xarray Dataset.
 
     ``location`` is a store directory, a ``.zip`` archive or a URL (module docstring).
     ``chunks="auto_store"`` (default) keeps the store's own chunking, so reading costs
     O(chunks touched); pass anything ``xarray.open_zarr`` accepts to override.
     ``storage_options`` go to fsspec for URLs (e.g. ``{"anon": True}`` for public S3).
-    Raises :class:`StoreNotFoundError` when ``location`` holds no scorebank store,
-    :class:`UnsafeStoreError` for metadata it refuses, and
+    ``complete=True`` (default) requires every array of the schema for the store's
+    features (:func:`schema_arrays`: GraNd and the label-noise arrays only in stores made
+    with them), so analyses never meet a missing variable; ``complete=False`` accepts any
+    store holding :data:`REQUIRED_ARRAYS` (enough for the run table and manifests).
+    Raises :class:`StoreNotFoundError` when ``location`` holds no scorebank store or lacks
+    a required array, :class:`UnsafeStoreError` for metadata it refuses, and
     :class:`~scorebank.stores.archive.ArchiveError` for a bad archive (reading a member
     whose checksum fails raises it too, naming the member).  Reading a chunk that its
     array's metadata cannot account for raises :class:`UnsafeStoreError`, naming it."""
     where = resolve(location, storage_options=storage_options)
-    guard = check_store_metadata(read_root_metadata(where), where.shown)
+    guard = check_store_metadata(read_root_metadata(where), where.shown, complete=complete)
     kwargs = {} if chunks == "auto_store" else {"chunks": chunks}
     try:
         ds = xr.open_zarr(_zarr_store(where, guard), consolidated=True, zarr_format=3, **kwargs)
@@ -675,6 +685,7 @@ def open_scores(location: str | os.PathLike, *, chunks: dict | str | None = "aut
     if S.ATTR_FORMAT not in ds.attrs:
         raise StoreNotFoundError(
             f"{where.shown!r} is a Zarr store but not a scorebank store (attribute {S.ATTR_FORMAT!r} missing)")
-    check_dataset(ds, where.shown, REQUIRED_ARRAYS)
+    features = frozenset(ds.attrs.get(S.ATTR_FEATURES) or [])
+    check_dataset(ds, where.shown, schema_arrays(features) if complete else REQUIRED_ARRAYS)
     ds.encoding.setdefault("source", where.shown)  # names the store in later errors (summarize)
     return ds

@@ -208,6 +208,26 @@ def test_error_exit_codes(st, tmp_path):
     assert res.exit_code == 1
 
 
+def test_a_store_missing_an_array_is_refused_in_one_line(st, tmp_path):
+    import shutil
+
+    from scorebank.stores.errors import StoreNotFoundError
+    from scorebank.stores.location import open_scores
+
+    path = Path(shutil.copytree(st.path, tmp_path / "no-margin.zarr"))
+    shutil.rmtree(path / S.MARGIN)  # a crafted store: no margin array, nor its metadata
+    doc = json.loads((path / "zarr.json").read_text())
+    del doc["consolidated_metadata"]["metadata"][S.MARGIN]
+    (path / "zarr.json").write_text(json.dumps(doc))
+    res = run("analyze", path, "forgetting")
+    assert res.exit_code == 1, res.output
+    assert "lacks the array(s) ['margin']" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    with pytest.raises(StoreNotFoundError, match=r"no-margin\.zarr' lacks the array\(s\) \['margin'\]"):
+        open_scores(path)
+    assert run("analyze", st.path, "forgetting").exit_code == 0  # the store it was copied from is fine
+
+
 def test_select_writes_and_records_manifest(st, tmp_path):
     from scorebank.stores.manifest import read_manifest, read_store_manifest, store_manifest_names
 

@@ -350,7 +350,7 @@ def test_malformed_metadata_is_refused_when_opened(store, tmp_path, case):
 
 def test_summary_refuses_a_store_without_what_it_reads(store, tmp_path):
     path = edit_root(copy(store, tmp_path), _drop(S.TRAIN_ACCURACY))
-    ds = open_scores(path)  # REQUIRED_ARRAYS are there
+    ds = open_scores(path, complete=False)  # REQUIRED_ARRAYS are there
     with pytest.raises(StoreNotFoundError, match=r"lacks the array\(s\) \['train_accuracy'\]"):
         summarize(ds)
 
@@ -364,7 +364,45 @@ def test_merge_requires_every_schema_array_and_writes_nothing(store, tmp_path):
     assert listing(out) == []
     with pytest.raises(StoreNotFoundError, match=r"\['el2n'\]"):
         open_group(path, complete=True)
-    assert open_group(path)[0][S.LABEL].shape == (N,)  # enough for reading manifests
+    assert open_group(path, complete=False)[0][S.LABEL].shape == (N,)  # REQUIRED_ARRAYS are there
+
+
+def drop_array(path: Path, name: str) -> Path:
+    """Remove array ``name`` from a store directory: its folder and its consolidated entry."""
+    shutil.rmtree(path / name)
+    return edit_root(path, _drop(name))
+
+
+def test_a_store_missing_a_schema_array_is_refused_by_default(store, tmp_path):
+    path = drop_array(copy(store, tmp_path), S.MARGIN)
+    for opener in (open_scores, lambda p: open_group(p)):
+        with pytest.raises(StoreNotFoundError) as exc:
+            opener(path)
+        assert "lacks the array(s) ['margin']" in str(exc.value) and "\n" not in str(exc.value)
+    ds = open_scores(path, complete=False)  # asked for explicitly: only REQUIRED_ARRAYS
+    assert S.MARGIN not in ds and ds[S.LABEL].values.tolist() == (np.arange(N) % 3).tolist()
+
+
+@pytest.mark.parametrize("features", [(), (S.FEATURE_GRAND,), (S.FEATURE_LABEL_NOISE,),
+                                      (S.FEATURE_GRAND, S.FEATURE_LABEL_NOISE)])
+def test_complete_means_the_arrays_of_the_stores_features(tmp_path, features):
+    from scorebank.stores.zarrstore import create_store
+
+    path = tmp_path / "s.zarr"
+    labels = np.arange(12) % 3
+    create_store(path, n_epochs=1, labels=labels, true_labels=(labels + 1) % 3, original_index=np.arange(12),
+                 seeds=(0,), features=frozenset(features), attrs={S.ATTR_DATASET: "toy"})
+    ds = open_scores(path)  # stores without GraNd or label noise need not hold those arrays
+    assert (S.GRAND in ds) == (S.FEATURE_GRAND in features)
+    assert (S.PRISTINE_ACCURACY in ds) == (S.FEATURE_LABEL_NOISE in features)
+    assert open_group(path)[0][S.LABEL].shape == (12,)
+    for name in ((S.GRAND,) if S.FEATURE_GRAND in features else ()) + (
+            (S.CORRUPT_ACCURACY,) if S.FEATURE_LABEL_NOISE in features else ()):
+        broken = drop_array(Path(shutil.copytree(path, tmp_path / f"no-{name}.zarr")), name)
+        with pytest.raises(StoreNotFoundError, match=rf"lacks the array\(s\) \[{name!r}\] every scorebank "
+                                                     rf"store with the feature\(s\) "):
+            open_scores(broken)
+        assert open_scores(broken, complete=False)[S.LABEL].size == 12
 
 
 def test_attributes_that_change_decoded_types_are_refused(store, tmp_path):
