@@ -18,3 +18,20 @@ def tiny_config():
         return resolve_config(**fields)
 
     return make
+
+
+@pytest.fixture
+def counting_store():
+    """Wraps a zarr store as ``counting_store(inner)``; ``.keys`` lists every object read."""
+    import zarr
+
+    class CountingStore(zarr.storage.WrapperStore):
+        def __init__(self, store):
+            super().__init__(store)
+            self.keys: list[str] = []
+
+        async def get(self, key, prototype, byte_range=None):
+            self.keys.append(key)
+            return await self._store.get(key, prototype, byte_range)
+
+    return CountingStore

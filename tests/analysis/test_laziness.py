@@ -14,22 +14,10 @@ from scorebank.stores import schema as S
 PER_EXAMPLE = {S.MARGIN, S.EL2N, S.LOSS, S.CORRECT, S.TRAIN_CORRECT, S.GRAND}
 
 
-class CountingStore(zarr.storage.WrapperStore):
-    """Records the key of every object read."""
-
-    def __init__(self, store):
-        super().__init__(store)
-        self.keys: list[str] = []
-
-    async def get(self, key, prototype, byte_range=None):
-        self.keys.append(key)
-        return await self._store.get(key, prototype, byte_range)
-
-
 class ReadsPerTask(Callback):
     """With the synchronous scheduler: the store keys read while each task ran."""
 
-    def __init__(self, store: CountingStore):
+    def __init__(self, store):
         super().__init__()
         self.store = store
         self.tasks: list[list[str]] = []
@@ -47,12 +35,12 @@ class ReadsPerTask(Callback):
     (lambda ds: pairwise_overlap(ds, k=(3, 10), scheduler="synchronous"), S.MARGIN, 1),
     (lambda ds: margin_distribution(ds, gammas=(0.1,), scheduler="synchronous"), S.MARGIN, 2),
 ], ids=["forgetting", "pairwise_overlap", "margin_distribution"])
-def test_reads_a_few_chunks_per_task(make_store, monkeypatch, analysis, var, passes):
+def test_reads_a_few_chunks_per_task(make_store, monkeypatch, counting_store, analysis, var, passes):
     from scorebank.analysis import access
 
     st = make_store(epochs=12, n=120, chunk=20)  # 3 runs x 13 epochs x 6 chunks = 234 chunks
     monkeypatch.setattr(access, "BLOCK_BYTES", 80)  # 4 epochs of a bool chunk, 1 of a float32 one
-    counting = CountingStore(zarr.storage.LocalStore(st.path, read_only=True))
+    counting = counting_store(zarr.storage.LocalStore(st.path, read_only=True))
     ds = xr.open_zarr(counting, chunks=None, zarr_format=3, consolidated=True)  # like access.open_store
     counting.keys.clear()
     reads = ReadsPerTask(counting)

@@ -104,23 +104,11 @@ def test_read_optimised_chunking():
     assert archive_chunks((S.EXAMPLE,), (50_000,), 8, (50_000,)) == (50_000,)
 
 
-class CountingStore(zarr.storage.WrapperStore):
-    """Records the key of every object read."""
-
-    def __init__(self, store):
-        super().__init__(store)
-        self.keys: list[str] = []
-
-    async def get(self, key, prototype, byte_range=None):
-        self.keys.append(key)
-        return await self._store.get(key, prototype, byte_range)
-
-
-def test_one_example_trajectory_touches_one_object_per_run_in_the_archive(store, archive):
+def test_one_example_trajectory_touches_one_object_per_run_in_the_archive(store, archive, counting_store):
     counted = {}
     for label, inner in (("store", zarr.storage.LocalStore(store, read_only=True)),
                          ("archive", zarr.storage.ZipStore(archive, mode="r"))):
-        wrapper = CountingStore(inner)
+        wrapper = counting_store(inner)
         ds = xr.open_zarr(wrapper)
         wrapper.keys.clear()
         ds[S.MARGIN].isel(example=17).values
