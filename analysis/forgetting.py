@@ -25,10 +25,9 @@ misclassified presentation (the first presentation if it was never misclassified
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-
-import math
 
 import dask.array as da
 import numpy as np
