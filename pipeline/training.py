@@ -111,14 +111,19 @@ def example_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
     """Per-example margin, EL2N, loss and correctness from raw logits ``(batch, classes)``.
 
     margin = f_y - max_{j != y} f_j (margins paper), EL2N = ||softmax(f) - onehot(y)||_2
-    (Data Diet Def. 2.2), loss = cross-entropy, correct = margin > 0."""
+    (Data Diet Def. 2.2), loss = cross-entropy (in nats, to float32 relative precision even
+    for losses far below float32's epsilon), correct = margin > 0."""
     logits = logits.float()
     true = logits.gather(1, labels[:, None]).squeeze(1)  # (batch,)
     other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)  # (batch,)
     margin = true - other
     onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)  # (batch, classes)
     el2n = torch.linalg.vector_norm(logits.softmax(1) - onehot, dim=1)
-    loss = torch.logsumexp(logits, 1) - true
+    # cross-entropy = log(1 + sum_{j != y} exp(f_j - f_y)) = softplus(logsumexp_{j != y} f_j - f_y):
+    # exact to float32's relative precision at every size, where logsumexp(f) - f_y rounds
+    # losses below ~1e-7 to 0 (they would tie among the easiest examples).
+    other_lse = torch.logsumexp(logits.scatter(1, labels[:, None], float("-inf")), 1)  # (batch,)
+    loss = F.softplus(other_lse - true)
     return {S.MARGIN: margin, S.EL2N: el2n, S.LOSS: loss, S.CORRECT: margin > 0}
 
 

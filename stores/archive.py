@@ -767,7 +767,7 @@ class ExportResult:
 def config_hash(config_json: str | None) -> str:
     """16-hex-digit hash of a configuration's identity fields
     (:meth:`ScoreConfig.identity_hash`); for text that is no ScoreConfig, a hash of the text."""
-    from scorebank.pipeline.config import ScoreConfig
+    from scorebank.core.config import ScoreConfig
 
     text = config_json or "{}"
     try:

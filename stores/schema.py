@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scorebank.core.config import FEATURE_GRAND as _FEATURE_GRAND
+from scorebank.core.config import FEATURE_LABEL_NOISE as _FEATURE_LABEL_NOISE
+
 # ---------------------------------------------------------------- dimensions
 RUN = "run"
 EPOCH = "epoch"
@@ -87,8 +90,8 @@ CHECKPOINT_DIR = "checkpoints"  # torch checkpoints, one file per run; not part 
 LOCK_FILE = ".scorebank.lock"
 
 # Optional features: a variable with a feature exists only in stores that enabled it.
-FEATURE_GRAND = "grand"
-FEATURE_LABEL_NOISE = "label_noise"
+FEATURE_GRAND = _FEATURE_GRAND
+FEATURE_LABEL_NOISE = _FEATURE_LABEL_NOISE
 FEATURES = frozenset({FEATURE_GRAND, FEATURE_LABEL_NOISE})
 
 PER_EXAMPLE_CHUNK = 1 << 16  # examples per chunk along `example`
