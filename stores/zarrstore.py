@@ -1,8 +1,6 @@
-"""Creating and writing a score store (a Zarr v3 group laid out as :mod:`schema` says).
+"""Writing a score store created by :mod:`scorebank.stores.create` (re-exported here).
 
-The store is created complete (every array at full shape, filled with its fill value, so
-float variables read NaN) in a temporary sibling directory and renamed into place, so a
-path either holds a whole store or nothing.  Afterwards each epoch writes only its own
+Each epoch writes only its own
 chunks, and zarr writes every chunk atomically (temporary file + rename), so a ``kill -9``
 at any moment leaves a readable store.  Metadata is consolidated after every structural
 change so plain ``xarray.open_zarr(path)`` opens it quickly and without warnings.
@@ -11,44 +9,20 @@ change so plain ``xarray.open_zarr(path)`` opens it quickly and without warnings
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import json
 import os
 import shutil
 import uuid
-import warnings
 from collections.abc import Iterator, Mapping
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import zarr
 
 from scorebank.stores import schema as S
+from scorebank.stores.create import consolidate, create_store, now_iso, scorebank_version  # noqa: F401
 from scorebank.stores.errors import InvalidArgumentError, StoreExistsError, StoreLockedError, StoreNotFoundError
-
-
-def scorebank_version() -> str:
-    try:
-        return version("scorebank")
-    except PackageNotFoundError:  # running from a source tree
-        return "0+unknown"
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def consolidate(path: str | os.PathLike) -> None:
-    """Re-write the store's consolidated metadata (after adding arrays/groups or attrs)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
-                                category=UserWarning)
-        # checkpoints/ and the lock file live inside the store but outside the Zarr hierarchy
-        warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component",
-                                category=UserWarning)
-        zarr.consolidate_metadata(os.fspath(path))
 
 
 def require_store_directory(location: str | os.PathLike, what: str) -> Path:
@@ -96,61 +70,6 @@ def remove_store(path: str | os.PathLike) -> None:
     with StoreWriter(path):
         os.replace(path, trash)
     shutil.rmtree(trash)
-
-
-def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, true_labels: np.ndarray,
-                 original_index: np.ndarray, seeds: tuple[int, ...], features: frozenset[str],
-                 attrs: Mapping) -> None:
-    """Create an empty store for epochs ``0..n_epochs`` and the given runs, atomically.
-
-    ``attrs`` are added to the root attributes (configuration JSON, data set, ...)."""
-    path = Path(path)
-    if path.exists():
-        raise StoreExistsError(f"{str(path)!r} already exists")
-    n = len(labels)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        root = zarr.open_group(tmp, mode="w", zarr_format=3)
-        shapes = {S.RUN: len(seeds), S.EPOCH: n_epochs + 1, S.EXAMPLE: n}
-        coords = {S.RUN: np.asarray(seeds, dtype=np.int64),
-                  S.EPOCH: np.arange(n_epochs + 1, dtype=np.int64),
-                  S.EXAMPLE: np.arange(n, dtype=np.int64)}
-        for dim, values in coords.items():
-            arr = root.create_array(dim, shape=values.shape, dtype="int64",
-                                    chunks=(max(1, min(len(values), S.PER_EXAMPLE_CHUNK)),),
-                                    dimension_names=(dim,), fill_value=0)
-            arr[:] = values
-        oi = root.create_array(S.ORIGINAL_INDEX, shape=(n,), dtype="int64",
-                               chunks=(max(1, min(n, S.PER_EXAMPLE_CHUNK)),),
-                               dimension_names=(S.EXAMPLE,), fill_value=0,
-                               attributes={"description": "index of the example in the source data set"})
-        oi[:] = np.asarray(original_index, dtype=np.int64)
-        for var in S.variables(features):
-            attributes = dict(var.attrs)
-            if S.EXAMPLE in var.dims:
-                attributes["coordinates"] = S.ORIGINAL_INDEX
-            arr = root.create_array(var.name, shape=tuple(shapes[d] for d in var.dims), dtype=var.dtype,
-                                    chunks=S.chunks_for(var, n_epochs + 1, n), dimension_names=var.dims,
-                                    fill_value=var.fill_value, attributes=attributes)
-            if var.name == S.LABEL:
-                arr[:] = np.asarray(labels, dtype=np.int64)
-            elif var.name == S.TRUE_LABEL:
-                arr[:] = np.asarray(true_labels, dtype=np.int64)
-            elif var.name == S.CORRUPTED:
-                arr[:] = np.asarray(labels) != np.asarray(true_labels)
-        root.attrs.update({
-            S.ATTR_FORMAT: S.FORMAT_VERSION,
-            S.ATTR_VERSION: scorebank_version(),
-            S.ATTR_CREATED: now_iso(),
-            S.ATTR_RUNS: {str(s): {"status": S.RUN_PENDING} for s in seeds},
-            S.ATTR_FEATURES: sorted(features),
-            **attrs,
-        })
-        consolidate(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 class StoreWriter:

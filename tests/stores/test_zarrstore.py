@@ -29,7 +29,7 @@ def test_new_store_reads_nan_and_false(tmp_path):
 
 
 def test_creation_is_atomic(tmp_path, monkeypatch):
-    import scorebank.stores.zarrstore as zs
+    import scorebank.stores.create as zs
 
     def boom(path):
         raise RuntimeError("disk full")
