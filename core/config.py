@@ -112,7 +112,7 @@ class ScoreConfig:
     width: int | None = None
     optimizer: str = "sgd"
     clip_count: int = 0
-    epochs: int = 10
+    epochs: int = 20
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False

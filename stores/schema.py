@@ -81,6 +81,7 @@ RUN_PENDING = "pending"
 RUN_RUNNING = "running"
 RUN_COMPLETE = "complete"
 RUN_FAILED = "failed"
+RUN_INTERRUPTED = "interrupted"  # the writer stopped (Ctrl-C) or its owner is gone; resumable
 
 # ---------------------------------------------------------------- groups / folders
 MANIFESTS_GROUP = "manifests"
