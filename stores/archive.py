@@ -83,6 +83,7 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from scorebank.stores import schema as S
+from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError
 from scorebank.stores.location import ChunkGuard, reading, slice_bytes
 from scorebank.stores.remote import FsspecReader, LocalReader, RemoteStoreError, require_local_output
@@ -621,9 +622,8 @@ def copy_hierarchy(src_group, dst_group, chunk_rule: Callable[[str, Any], tuple[
             continue
         chunks = tuple(int(c) for c in chunk_rule(path, node))
         layout[path] = chunks
-        dst = groups[parent].create_array(name, shape=node.shape, dtype=node.dtype, chunks=chunks,
-                                          fill_value=node.fill_value, dimension_names=_dims(node),
-                                          attributes=dict(node.attrs))
+        dst = create_array(groups[parent], name, dims=_dims(node), shape=node.shape, dtype=node.dtype,
+                           chunks=chunks, fill_value=node.fill_value, attributes=dict(node.attrs))
         itemsize = max(1, getattr(node.dtype, "itemsize", 8) or 8)
         plans.append((node, dst, blocks(node.shape, chunks, itemsize)))
     total = sum(len(parts) for *_, parts in plans)

@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from scorebank.stores import schema as S
+from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import StoreExistsError
 
 
@@ -64,22 +65,18 @@ def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, 
                   S.EPOCH: np.arange(n_epochs + 1, dtype=np.int64),
                   S.EXAMPLE: np.arange(n, dtype=np.int64)}
         for dim, values in coords.items():
-            arr = root.create_array(dim, shape=values.shape, dtype="int64",
-                                    chunks=(max(1, min(len(values), S.PER_EXAMPLE_CHUNK)),),
-                                    dimension_names=(dim,), fill_value=0)
-            arr[:] = values
-        oi = root.create_array(S.ORIGINAL_INDEX, shape=(n,), dtype="int64",
-                               chunks=(max(1, min(n, S.PER_EXAMPLE_CHUNK)),),
-                               dimension_names=(S.EXAMPLE,), fill_value=0,
-                               attributes={"description": "index of the example in the source data set"})
-        oi[:] = np.asarray(original_index, dtype=np.int64)
+            create_array(root, dim, dims=(dim,), data=values,
+                         chunks=(max(1, min(len(values), S.PER_EXAMPLE_CHUNK)),), fill_value=0)
+        create_array(root, S.ORIGINAL_INDEX, dims=(S.EXAMPLE,), data=np.asarray(original_index, dtype=np.int64),
+                     chunks=(max(1, min(n, S.PER_EXAMPLE_CHUNK)),), fill_value=0,
+                     attributes={"description": "index of the example in the source data set"})
         for var in S.variables(features):
             attributes = dict(var.attrs)
             if S.EXAMPLE in var.dims:
                 attributes["coordinates"] = S.ORIGINAL_INDEX
-            arr = root.create_array(var.name, shape=tuple(shapes[d] for d in var.dims), dtype=var.dtype,
-                                    chunks=S.chunks_for(var, n_epochs + 1, n), dimension_names=var.dims,
-                                    fill_value=var.fill_value, attributes=attributes)
+            arr = create_array(root, var.name, dims=var.dims, shape=tuple(shapes[d] for d in var.dims),
+                               dtype=var.dtype, chunks=S.chunks_for(var, n_epochs + 1, n),
+                               fill_value=var.fill_value, attributes=attributes)
             if var.name == S.LABEL:
                 arr[:] = np.asarray(labels, dtype=np.int64)
             elif var.name == S.TRUE_LABEL:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from scorebank.stores import schema as S
+from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, StoreExistsError,
                                      StoreNotFoundError)
 
@@ -265,8 +266,8 @@ def record_manifest(store: str | os.PathLike, manifest: Manifest) -> str:
         try:
             tmp = group.create_group(tmp_name)
             tmp.attrs[MANIFEST_ATTR] = manifest.to_dict(with_indices=False)
-            tmp.create_array(INDICES_ARRAY, data=np.asarray(manifest.indices, dtype=np.int64),
-                             chunks=(max(1, manifest.n_kept),), dimension_names=("kept",))
+            create_array(tmp, INDICES_ARRAY, dims=("kept",), data=np.asarray(manifest.indices, dtype=np.int64),
+                         chunks=(max(1, manifest.n_kept),), fill_value=0)
             os.rename(path / S.MANIFESTS_GROUP / tmp_name, final)
         except BaseException:
             shutil.rmtree(path / S.MANIFESTS_GROUP / tmp_name, ignore_errors=True)

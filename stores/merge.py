@@ -60,6 +60,7 @@ import numpy as np
 import zarr
 
 from scorebank.stores import schema as S
+from scorebank.stores.arrays import create_array
 from scorebank.stores.archive import BLOCK_BYTES, Progress, config_hash
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError
 from scorebank.stores.location import reading
@@ -291,10 +292,9 @@ def _write(path: Path, loaded: list[_Source], runs: list[_Run], ids: list[int], 
 
     def coord(name, values, dim, dtype, fill, attributes=None):
         values = np.asarray(values, dtype=dtype)
-        arr = root.create_array(name, shape=values.shape, dtype=dtype,
-                                chunks=(max(1, min(len(values), S.PER_EXAMPLE_CHUNK)),),
-                                dimension_names=(dim,), fill_value=fill, attributes=attributes or {})
-        arr[:] = values
+        create_array(root, name, dims=(dim,), data=values, dtype=dtype,
+                     chunks=(max(1, min(len(values), S.PER_EXAMPLE_CHUNK)),), fill_value=fill,
+                     attributes=attributes)
 
     coord(S.RUN, ids, S.RUN, "int64", 0)
     coord(S.EPOCH, epochs, S.EPOCH, "int64", 0)
@@ -322,10 +322,9 @@ def _write(path: Path, loaded: list[_Source], runs: list[_Run], ids: list[int], 
             linked += list(RUN_COORDS)
         if linked:
             attributes["coordinates"] = " ".join(linked)
-        arrays[var.name] = root.create_array(
-            var.name, shape=tuple(shapes[d] for d in var.dims), dtype=var.dtype,
-            chunks=S.chunks_for(var, n_epochs, n), dimension_names=var.dims,
-            fill_value=var.fill_value, attributes=attributes)
+        arrays[var.name] = create_array(
+            root, var.name, dims=var.dims, shape=tuple(shapes[d] for d in var.dims), dtype=var.dtype,
+            chunks=S.chunks_for(var, n_epochs, n), fill_value=var.fill_value, attributes=attributes)
 
     # per-example arrays of the data set: from the first source (checked equal)
     for var in S.variables(frozenset(features)):

@@ -97,6 +97,43 @@ FEATURES = frozenset({FEATURE_GRAND, FEATURE_LABEL_NOISE})
 
 PER_EXAMPLE_CHUNK = 1 << 16  # examples per chunk along `example`
 
+# ---------------------------------------------------------------- codecs
+# The Zarr v3 codec chains (``zarr.json`` form) every array is written with, through
+# :func:`scorebank.stores.arrays.create_array`.  They are what zarr 3 wrote by default when the
+# first release wrote format 1, spelled out so stores stay byte-identical whatever zarr's
+# defaults become: numbers and booleans as little-endian bytes (zarr drops ``endian`` for
+# one-byte types), strings as variable-length UTF-8, each chunk compressed by zstd level 0
+# without checksum.  The readers' whitelist (:data:`scorebank.stores.location.ALLOWED_CODECS`)
+# must accept every codec named here.
+ZSTD = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
+CODECS: dict[str, tuple[dict, ...]] = {
+    "numeric": ({"name": "bytes", "configuration": {"endian": "little"}}, ZSTD),
+    "string": ({"name": "vlen-utf8", "configuration": {}}, ZSTD),
+}
+
+
+def is_string_dtype(dtype) -> bool:
+    """True for the text data types (``str``, numpy unicode/``StringDType``/object)."""
+    return dtype is str or np.dtype(dtype).kind in "OTU"
+
+
+def codecs_for(dtype) -> tuple[dict, ...]:
+    """The codec chain (serializer first, then compressors) arrays of ``dtype`` are written with."""
+    return CODECS["string" if is_string_dtype(dtype) else "numeric"]
+
+
+def fill_value_for(dtype):
+    """The value an array of ``dtype`` reads where nothing was written: NaN for floats (never
+    0), False for booleans, '' for strings, 0 otherwise."""
+    if is_string_dtype(dtype):
+        return ""
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return np.nan
+    if kind == "b":
+        return False
+    return 0
+
 
 @dataclass(frozen=True)
 class Variable:
@@ -111,12 +148,7 @@ class Variable:
 
     @property
     def fill_value(self):
-        kind = np.dtype(self.dtype).kind
-        if kind == "f":
-            return np.nan
-        if kind == "b":
-            return False
-        return 0
+        return fill_value_for(self.dtype)
 
     @property
     def attrs(self) -> dict:
