@@ -1,0 +1,289 @@
+"""``scorebank memorization``: train many models on random subsets and record, per model,
+which examples it trained on and which it classifies correctly.
+
+Feldman & Zhang (NeurIPS 2020, "What neural networks memorize and why") estimate the
+memorisation of training example i as
+``mem(i) = P[h(x_i) = y_i | i in S] - P[h(x_i) = y_i | i not in S]`` over models h trained
+on random subsets S holding a fraction r of the training set (r = 0.7 in the paper), and the
+influence of training example i on test example j the same way with correctness on j.  This
+module trains the models and records the raw material; the estimates and their standard
+errors are computed from it by :mod:`scorebank.analysis.memorization`.
+
+Model m trains on the subset drawn by ``numpy.random.default_rng([0x3E30, m])``:
+``round(keep * N)`` examples uniformly without replacement (``keep`` in (0, 1)), with the
+store's configuration (one pass over the subset per epoch), initialised and shuffled like
+trainer seed ``MEMORIZATION_SEED_OFFSET + m``.  After the last epoch a clean pass (eval mode,
+no augmentation) records its correctness on every training example (w.r.t. the store's
+training label ``label``) and on every test example.
+
+Store layout: the Zarr group ``memorization`` (``xarray.open_zarr(store,
+group="memorization")``) with
+
+``model`` (model,) int64                       model numbers 0..M-1 (coordinate).
+``example`` (example,) int64, ``test_example`` (test_example,) int64
+``in_subset`` (model, example) bool            the subset masks (recorded before training).
+``correct`` (model, example) bool              clean-pass correctness after training.
+``test_correct`` (model, test_example) bool    the same on the test set.
+``completed`` (model,) bool                    the model's correctness is written.
+
+and the attribute ``memorization`` (the :class:`MemorizationSpec` as JSON).  Resume: a model
+is the unit of work; its values are written (each chunk atomically) and then ``completed``.
+Re-running skips completed models; a larger ``--subsets`` adds models.  The estimate arrays
+that :mod:`scorebank.analysis.memorization` adds to the group are dropped whenever models
+are added (they describe the models they were computed from).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from scorebank.pipeline.config import ScoreConfig
+from scorebank.pipeline.datasets import ImageData
+from scorebank.pipeline.subset_training import (StoreTraining, check_count, load_store_training,
+                                                predict_correct, train_on_subset)
+from scorebank.stores import heldout as H
+from scorebank.stores import schema as S
+from scorebank.stores.arrays import create_array
+from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, RunFailedError
+from scorebank.stores.heldout import drop_estimates
+from scorebank.stores.zarrstore import StoreWriter, consolidate, now_iso, scorebank_version
+
+GROUP = H.MEMORIZATION_GROUP
+MODEL, EXAMPLE, TEST_EXAMPLE = H.MODEL, S.EXAMPLE, H.TEST_EXAMPLE
+IN_SUBSET, CORRECT, TEST_CORRECT, COMPLETED = H.IN_SUBSET, H.CORRECT, H.TEST_CORRECT, H.COMPLETED
+ATTR_SPEC = H.ATTR_MEMORIZATION
+MEMORIZATION_FORMAT = 1
+MEMORIZATION_SEED_OFFSET = 3_000_000
+MAX_MODELS = 100_000
+_SUBSET_SALT = 0x3E30
+
+
+@dataclass(frozen=True)
+class MemorizationSpec:
+    """What determines the group's values, except the number of models."""
+
+    keep: float
+    subset_size: int
+    training: ScoreConfig
+    dataset_fingerprint: str
+    n_examples: int
+    n_test: int
+    seed_offset: int = MEMORIZATION_SEED_OFFSET
+    format: int = MEMORIZATION_FORMAT
+
+    def to_json(self) -> str:
+        out = dataclasses.asdict(self)
+        out["training"] = json.loads(self.training.to_json())
+        return json.dumps(out, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MemorizationSpec":
+        raw = json.loads(text)
+        raw["training"] = ScoreConfig.from_json(json.dumps(raw["training"]))
+        return cls(**{k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+    def differences(self, other: "MemorizationSpec") -> dict[str, tuple]:
+        diff = {f"training.{k}": v for k, v in self.training.differences(other.training).items()}
+        for f in dataclasses.fields(self):
+            if f.name != "training" and getattr(self, f.name) != getattr(other, f.name):
+                diff[f.name] = (getattr(self, f.name), getattr(other, f.name))
+        return diff
+
+
+@dataclass(frozen=True)
+class MemorizationEvent:
+    """Sent to the ``progress`` callback: ``kind`` is ``"model"`` (model ``model`` starts;
+    ``epoch`` = 0), ``"epoch"`` (one of its epochs finished), ``"skip"`` (it was completed
+    already) or ``"done"`` (its correctness is written)."""
+
+    kind: str
+    model: int
+    models: int
+    epoch: int
+    total_epochs: int
+
+
+@dataclass(frozen=True)
+class MemorizationOutcome:
+    trained: int
+    skipped: int
+    failed: tuple[int, ...]
+
+
+def check_keep(keep) -> float:
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not math.isfinite(keep) or not 0 < keep < 1:
+        raise InvalidArgumentError(f"--keep must be a fraction strictly between 0 and 1 (the paper uses 0.7), "
+                                   f"got {keep!r}")
+    return float(keep)
+
+
+def subset_size(n_examples: int, keep: float) -> int:
+    """``round(keep * N)`` (half up), refused when it leaves no example in or none out."""
+    size = int(math.floor(keep * n_examples + 0.5))
+    if not 1 <= size < n_examples:
+        raise InvalidArgumentError(
+            f"--keep {keep!r} of {n_examples} examples gives subsets of {size}; every subset must hold "
+            "at least one example and leave at least one out")
+    return size
+
+
+def subset_mask(n_examples: int, size: int, model: int) -> np.ndarray:
+    """``(N,)`` bool: the subset of model ``model`` (see the module docstring)."""
+    rng = np.random.default_rng([_SUBSET_SALT, int(model)])
+    mask = np.zeros(n_examples, dtype=bool)
+    mask[rng.choice(n_examples, size=size, replace=False)] = True
+    return mask
+
+
+def read_spec(store: str | os.PathLike) -> MemorizationSpec | None:
+    meta = Path(store) / GROUP / "zarr.json"
+    if not meta.is_file():
+        return None
+    attrs = json.loads(meta.read_text()).get("attributes", {})
+    return MemorizationSpec.from_json(attrs[ATTR_SPEC]) if ATTR_SPEC in attrs else None
+
+
+def _chunk(n: int) -> int:
+    return max(1, min(n, S.PER_EXAMPLE_CHUNK))
+
+
+def _create_group(writer: StoreWriter, spec: MemorizationSpec) -> None:
+    """An empty (zero models) group, built under a temporary name and renamed into place."""
+    tmp_name = f".{GROUP}.{uuid.uuid4().hex[:8]}.partial"
+    n, t = spec.n_examples, spec.n_test
+    try:
+        group = writer.root.create_group(tmp_name)
+        create_array(group, MODEL, dims=(MODEL,), shape=(0,), dtype="int64", chunks=(1024,), fill_value=0)
+        create_array(group, EXAMPLE, dims=(EXAMPLE,), data=np.arange(n, dtype=np.int64), chunks=(_chunk(n),))
+        create_array(group, TEST_EXAMPLE, dims=(TEST_EXAMPLE,), data=np.arange(t, dtype=np.int64),
+                     chunks=(_chunk(t),))
+        create_array(group, IN_SUBSET, dims=(MODEL, EXAMPLE), shape=(0, n), dtype="bool", chunks=(1, _chunk(n)),
+                     attributes={"description": "the example is in the model's random training subset"})
+        create_array(group, CORRECT, dims=(MODEL, EXAMPLE), shape=(0, n), dtype="bool", chunks=(1, _chunk(n)),
+                     attributes={"description": "clean-pass correctness (w.r.t. `label`) after training; "
+                                                "False where `completed` is False"})
+        create_array(group, TEST_CORRECT, dims=(MODEL, TEST_EXAMPLE), shape=(0, t), dtype="bool",
+                     chunks=(1, _chunk(t)), attributes={"description": "correctness on the test example after "
+                                                                       "training"})
+        create_array(group, COMPLETED, dims=(MODEL,), shape=(0,), dtype="bool", chunks=(1024,),
+                     attributes={"description": "the model's correctness is written"})
+        group.attrs.update({ATTR_SPEC: spec.to_json(), S.ATTR_CREATED: now_iso(),
+                            S.ATTR_VERSION: scorebank_version()})
+        os.rename(writer.path / tmp_name, writer.path / GROUP)
+    except BaseException:
+        shutil.rmtree(writer.path / tmp_name, ignore_errors=True)
+        raise
+
+
+def _add_models(path: Path, group: zarr.Group, models: int, spec: MemorizationSpec) -> None:
+    """Grow the ``model`` dimension to ``models``; the new subset masks are written before the
+    ``model`` coordinate, which is resized last."""
+    old = int(group[MODEL].shape[0])
+    if models <= old:
+        return
+    drop_estimates(path / GROUP, group)
+    for name in (IN_SUBSET, CORRECT, TEST_CORRECT, COMPLETED):
+        arr = group[name]
+        arr.resize((old,) + arr.shape[1:])  # drop rows a crash left behind
+        arr.resize((models,) + arr.shape[1:])
+    for m in range(old, models):
+        group[IN_SUBSET][m, :] = subset_mask(spec.n_examples, spec.subset_size, m)
+    model = group[MODEL]
+    model.resize((models,))
+    model[old:] = np.arange(old, models, dtype=np.int64)
+
+
+def memorization(store: str | os.PathLike, subsets: int, keep: float = 0.7, *, device: str = "auto",
+                 overwrite: bool = False, progress: Callable[[MemorizationEvent], None] | None = None,
+                 data: ImageData | None = None) -> MemorizationOutcome:
+    """Train models 0..``subsets``-1 on random subsets of a fraction ``keep`` of the store's
+    training examples and record subsets and correctness into the ``memorization`` group (see
+    the module docstring).
+
+    Re-running skips completed models and adds new ones (a smaller ``subsets`` trains
+    nothing new; the group keeps its models).  A group made with another ``keep``,
+    configuration or data set is refused (:class:`ConfigMismatchError`) unless ``overwrite``.
+    Raises :class:`RunFailedError` after all models ran if some diverged."""
+    subsets = check_count(subsets, "--subsets", 1, MAX_MODELS)
+    keep = check_keep(keep)
+    st = load_store_training(store, "memorization", device=device, data=data)
+    spec = MemorizationSpec(keep, subset_size(st.n_examples, keep), st.config, st.fingerprint,
+                            st.n_examples, st.n_test)
+    old = read_spec(st.path)
+    if old is not None and not overwrite:
+        _refuse_mismatch(st.path, old, spec)
+    with StoreWriter(st.path) as writer:
+        if old is not None and overwrite:
+            shutil.rmtree(st.path / GROUP)
+            old = None
+        if old is None:
+            _create_group(writer, spec)
+        else:
+            _refuse_mismatch(st.path, read_spec(st.path), spec)
+        group = _open(st.path)
+        _add_models(st.path, group, subsets, spec)
+        consolidate(st.path)
+        group = _open(st.path)
+        trained, skipped, failed = 0, 0, []
+        for m in range(subsets):
+            status = _train_model(group, st, spec, m, subsets, progress)
+            trained += status == "trained"
+            skipped += status == "skipped"
+            if status == "failed":
+                failed.append(m)
+        consolidate(st.path)
+    if failed:
+        raise RunFailedError(f"{len(failed)} subset model(s) diverged (non-finite loss): models {failed!r}; "
+                             "lower the store's learning rate; the other models are in the store")
+    return MemorizationOutcome(trained, skipped, tuple(failed))
+
+
+def _open(path: Path) -> zarr.Group:
+    return zarr.open_group(path / GROUP, mode="r+", zarr_format=3, use_consolidated=False)
+
+
+def _refuse_mismatch(path: Path, old: MemorizationSpec, new: MemorizationSpec) -> None:
+    diff = old.differences(new)
+    if diff:
+        listing = "; ".join(f"{k}: group has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        raise ConfigMismatchError(
+            f"the memorization group of {str(path)!r} was made with other settings ({listing}); "
+            "use the same --keep, or --overwrite to replace it")
+
+
+def _train_model(group: zarr.Group, st: StoreTraining, spec: MemorizationSpec, m: int, models: int,
+                 progress) -> str:
+    epochs = st.config.epochs
+    if bool(group[COMPLETED][m]):
+        if progress:
+            progress(MemorizationEvent("skip", m, models, epochs, epochs))
+        return "skipped"
+    if progress:
+        progress(MemorizationEvent("model", m, models, 0, epochs))
+    subset = np.flatnonzero(np.asarray(group[IN_SUBSET][m, :]))  # (subset_size,)
+
+    def on_epoch(e: int) -> None:
+        if progress:
+            progress(MemorizationEvent("epoch", m, models, e, epochs))
+
+    model = train_on_subset(st, subset, spec.seed_offset + m, on_epoch=on_epoch)
+    if model is None:
+        return "failed"
+    bs, d = st.config.eval_batch_size, st.data
+    group[CORRECT][m, :] = predict_correct(model, d.train_x, d.train_y, bs)
+    group[TEST_CORRECT][m, :] = predict_correct(model, d.test_x, d.test_y, bs)
+    group[COMPLETED][m] = True  # last: the model is complete
+    if progress:
+        progress(MemorizationEvent("done", m, models, epochs, epochs))
+    return "trained"
