@@ -5,6 +5,7 @@ Every function takes a store path or an opened Dataset and ``scheduler=None`` (a
 one), and returns xarray objects.  One module per idea:
 
 =================  =====================================================================
+registry           the score registry: every score's syntax, hard end, variables, computation
 scores             score specs ``name@epoch``, scores averaged over runs, summary, CSV
 forgetting         forgetting events (Toneva et al.; Data Diet) and their summary
 correlation        Spearman matrices and the run-count sensitivity curve (Data Diet D.1)

@@ -24,6 +24,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from scorebank.core.config import ScoreConfig
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError
 
@@ -132,15 +133,16 @@ def recorded_mask(ds: xr.Dataset, seeds: Sequence[int]) -> np.ndarray:
     return per_epoch(ds, S.RECORDED, seeds).astype(bool) & completed_mask(ds, seeds)
 
 
-def config(ds: xr.Dataset) -> dict:
-    """The store's configuration (the ``config`` attribute, JSON), or {} when absent."""
+def config(ds: xr.Dataset) -> ScoreConfig | None:
+    """The store's configuration (the ``config`` attribute) read typed, or None when the
+    store has none (or an unreadable one)."""
     text = ds.attrs.get(S.ATTR_CONFIG)
     if not text:
-        return {}
+        return None
     try:
-        return json.loads(text) if isinstance(text, str) else dict(text)
-    except ValueError:
-        return {}
+        return ScoreConfig.from_json(text if isinstance(text, str) else json.dumps(dict(text)))
+    except (TypeError, ValueError):
+        return None
 
 
 def format_epochs(values: Iterable[int]) -> str:

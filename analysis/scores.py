@@ -1,29 +1,19 @@
 """Score specifications ``name@epoch`` and scores averaged over runs.
 
-Scores (each a per-example number at one epoch of one run):
-
-``el2n``
-    EL2N, ``||softmax(f(x)) - onehot(y)||_2`` (Data Diet, Paul et al. 2021, Def. 2.3).
-``grand``
-    GraNd, ``||grad_w loss(x, y)||_2`` (Data Diet Def. 2.1); present only in stores made
-    with GraNd epochs.
-``loss``
-    cross-entropy of the example.
-``margin``
-    classification margin ``f_y(x) - max_{j != y} f_j(x)`` on raw logits (Banburski et al.
-    2021, "Distribution of classification margins", Sec. 2.1).
-``nmargin``
-    normalised margin ``margin / rho``, rho = ``norm_product`` (the margins paper's
-    product of layer norms, Sec. 3), computed in float64.
-``forgetting``
-    forgetting events (Toneva et al. 2019, Data Diet Sec. 2.3; see
-    :mod:`scorebank.analysis.forgetting`); ``forgetting`` counts over every completed
-    epoch, ``forgetting@E`` over epochs 1..E.
+The scores themselves (what each is, its spec syntax, which end is hard, what it reads
+from the store, how it is computed and when it may be infinite) are the entries of
+:data:`scorebank.analysis.registry.SCORES`; this module parses specs against that registry
+and computes them.
 
 Data Diet (appendix B.3) averages every score over independent runs; :func:`average_score`
-does that over a chosen set of runs (default: every completed run).  Each score declares
-which end is *hard* (:attr:`ScoreSpec.high_is_hard`): high EL2N, GraNd, loss and forgetting,
-low (normalised) margin.
+does that over a chosen set of runs (default: every completed run).
+
+Non-finite values follow one rule, the registry's: every score must be finite (a NaN means
+the store is incomplete there, an infinity that a run produced an unusable value), except
+where an entry allows ``+inf`` on request (forgetting of never-learned examples with
+``never_learned="inf"``).  A score breaking the rule is refused with a one-line
+:class:`ScorebankError` naming the score and how many examples are affected, in every
+analysis that reads scores (select, correlation, sensitivity, noise, scores).
 """
 
 from __future__ import annotations
@@ -40,24 +30,21 @@ import numpy as np
 import xarray as xr
 
 from scorebank.analysis import access
-from scorebank.analysis.forgetting import check_never_learned, lazy_forgetting
+from scorebank.analysis.registry import (EPOCH_NONE, EPOCH_REQUIRED, SCORES, ScoreKind, ScoreOptions,
+                                         infinite_scores)
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError
 
 NMARGIN = "nmargin"
 FORGETTING = "forgetting"
-#: Every score name a spec may use, in display order.
-SCORES = (S.EL2N, S.GRAND, S.LOSS, S.MARGIN, NMARGIN, FORGETTING)
-_HIGH_IS_HARD = {S.EL2N: True, S.GRAND: True, S.LOSS: True, FORGETTING: True,
-                 S.MARGIN: False, NMARGIN: False}
 #: How scores of several runs are combined.
 REDUCTIONS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
 class ScoreSpec:
-    """A parsed score specification: ``name`` and ``epoch`` (None only for forgetting
-    over all epochs)."""
+    """A parsed score specification: ``name`` and ``epoch`` (None for scores whose epoch
+    is optional and left out, e.g. forgetting over all epochs)."""
 
     name: str
     epoch: int | None = None
@@ -66,28 +53,38 @@ class ScoreSpec:
         return self.name if self.epoch is None else f"{self.name}@{self.epoch}"
 
     @property
+    def kind(self) -> ScoreKind:
+        """The registry entry of this score."""
+        return SCORES.get(self.name)
+
+    @property
     def high_is_hard(self) -> bool:
-        """True when large values mark hard examples (EL2N, GraNd, loss, forgetting)."""
-        return _HIGH_IS_HARD[self.name]
+        """True when large values mark hard examples (the registry says which end)."""
+        return self.kind.high_is_hard
+
+
+def _syntax_help() -> str:
+    return (f"use NAME@EPOCH with NAME one of {', '.join(SCORES.names())} ("
+            + ", ".join(k.syntax for k in (e.value for e in SCORES.entries())) + "; e.g. el2n@20)")
 
 
 def parse_score(spec: str | ScoreSpec) -> ScoreSpec:
-    """``"el2n@20"`` -> ``ScoreSpec("el2n", 20)``; ``"forgetting"`` -> all epochs."""
+    """``"el2n@20"`` -> ``ScoreSpec("el2n", 20)``; ``"forgetting"`` -> all epochs.  The
+    accepted names and syntaxes come from the registry."""
     if isinstance(spec, ScoreSpec):
         return spec
     m = re.fullmatch(r"\s*([A-Za-z0-9_]+)\s*(?:@\s*(-?\d+)\s*)?", str(spec))
-    accepted = ", ".join(SCORES)
     if m is None or m.group(1).lower() not in SCORES:
-        raise InvalidArgumentError(
-            f"unknown score {spec!r}; use NAME@EPOCH with NAME one of {accepted} "
-            "(e.g. el2n@20, grand@0, nmargin@200, forgetting@200; 'forgetting' alone counts "
-            "over every epoch)")
+        raise InvalidArgumentError(f"unknown score {spec!r}; {_syntax_help()}")
     name = m.group(1).lower()
+    kind = SCORES.get(name)
     epoch = None if m.group(2) is None else int(m.group(2))
     if epoch is not None and epoch < 0:
         raise InvalidArgumentError(f"score {spec!r} names a negative epoch; epochs start at 0")
-    if epoch is None and name != FORGETTING:
+    if epoch is None and kind.epoch == EPOCH_REQUIRED:
         raise InvalidArgumentError(f"score {spec!r} needs an epoch: write {name}@E, e.g. {name}@20")
+    if epoch is not None and kind.epoch == EPOCH_NONE:
+        raise InvalidArgumentError(f"score {spec!r} takes no epoch: write {name}")
     return ScoreSpec(name, epoch)
 
 
@@ -98,41 +95,33 @@ def check_reduce(reduce: str) -> str:
 
 
 # ------------------------------------------------------------------------------ availability
-def _grand_available(ds: xr.Dataset, seeds: Sequence[int]) -> np.ndarray:
-    """(run, epoch) bool: GraNd was recorded.  From the configuration's ``grand_epochs``
-    when present, else by probing the first example of every (run, epoch)."""
-    completed = access.completed_mask(ds, seeds)
-    cfg = access.config(ds)
-    if "grand_epochs" in cfg:
-        wanted = np.isin(access.epochs(ds), np.asarray(cfg["grand_epochs"], dtype=np.int64))
-        return completed & wanted[None, :]
-    probe = ds[S.GRAND].isel({S.RUN: access.run_positions(ds, seeds), S.EXAMPLE: 0}).values
-    return completed & ~np.isnan(probe)
-
-
 def available(ds: xr.Dataset, spec: ScoreSpec, seeds: Sequence[int]) -> np.ndarray:
-    """(run, epoch) bool: ``spec``'s variable holds values at that epoch of each run."""
-    if spec.name == S.GRAND:
-        return _grand_available(ds, seeds)
-    if spec.name == FORGETTING:
+    """(run, epoch) bool: ``spec``'s variables hold values at that epoch of each run (for
+    scores without an epoch of their own: every completed epoch)."""
+    kind = spec.kind
+    if kind.available is None:
         return access.completed_mask(ds, seeds)
-    rec = access.recorded_mask(ds, seeds)
-    if spec.name == NMARGIN:
-        rho = access.per_epoch(ds, S.NORM_PRODUCT, seeds)
-        rec &= np.isfinite(rho) & (rho > 0)
-    return rec
+    return kind.available(ds, seeds)
+
+
+def check_variables(ds: xr.Dataset, spec: ScoreSpec) -> None:
+    """Refuse, in one line, a score whose store variables this store does not have."""
+    kind = spec.kind
+    absent = [v for v in kind.variables if v not in ds]
+    if not absent:
+        return
+    present = [k.name for k in (e.value for e in SCORES.entries()) if all(v in ds for v in k.variables)]
+    why = kind.missing or f"this store has no {', '.join(map(repr, absent))}"
+    raise InvalidArgumentError(f"score {str(spec)!r}: {why}; available scores: {', '.join(present)}")
 
 
 def check_available(ds: xr.Dataset, spec: ScoreSpec, seeds: Sequence[int]) -> None:
-    """Raise :class:`InvalidArgumentError` naming the epochs that exist when ``spec`` is not
-    recorded in every one of ``seeds``."""
-    if spec.name == S.GRAND and S.GRAND not in ds:
-        present = [s for s in SCORES if s != S.GRAND]
-        raise InvalidArgumentError(
-            f"score {str(spec)!r}: this store has no GraNd (it was made without --grand-epochs); "
-            f"available scores: {', '.join(present)}")
-    if spec.name == FORGETTING:
-        return  # checked by lazy_forgetting
+    """Raise :class:`InvalidArgumentError` when the store lacks ``spec``'s variables, or,
+    for a score at one epoch, naming the epochs that exist when it is not recorded in
+    every one of ``seeds`` (other scores check their epochs when built)."""
+    check_variables(ds, spec)
+    if not spec.kind.at_epoch:
+        return
     pos = access.epoch_position(ds, spec.epoch)
     avail = available(ds, spec, seeds)
     missing = [s for s, ok in zip(seeds, avail[:, pos]) if not ok]
@@ -148,28 +137,34 @@ def lazy_run_scores(ds: xr.Dataset, spec: str | ScoreSpec, seeds: Sequence[int],
                     never_learned: str = "count") -> xr.DataArray:
     """The Dask graph of ``spec`` per run: a (run, example) float64 DataArray, not computed."""
     spec = parse_score(spec)
-    check_never_learned(never_learned)
+    options = ScoreOptions(never_learned=never_learned)
     check_available(ds, spec, seeds)
+    data = spec.kind.compute(ds, seeds, spec.epoch, options)
     coords = {S.RUN: np.asarray(seeds, dtype=np.int64)}
-    if spec.name == FORGETTING:
-        lf = lazy_forgetting(ds, list(seeds), spec.epoch)
-        return xr.DataArray(lf.score(never_learned), dims=(S.RUN, S.EXAMPLE), coords=coords,
-                            name=str(spec))
-    var = S.MARGIN if spec.name == NMARGIN else spec.name
-    pos = access.epoch_position(ds, spec.epoch)
-    data = access.select(ds, var, runs=access.run_positions(ds, seeds), epochs=pos).astype(np.float64)
-    if spec.name == NMARGIN:
-        rho = access.per_epoch(ds, S.NORM_PRODUCT, seeds)[:, pos].astype(np.float64)
-        data = data / rho[:, None]
     return xr.DataArray(data, dims=(S.RUN, S.EXAMPLE), coords=coords, name=str(spec))
 
 
-def _finish(values: np.ndarray, spec: ScoreSpec) -> np.ndarray:
-    if np.isnan(values).any():
-        bad = np.flatnonzero(np.isnan(values.reshape(-1, values.shape[-1])).any(axis=0))
+def check_finite(values: np.ndarray, spec: str | ScoreSpec, *, never_learned: str = "count") -> np.ndarray:
+    """``values`` of ``spec`` (any shape, examples last) if they follow the registry's
+    non-finite rule, else a one-line :class:`ScorebankError` naming the score, how many
+    examples break it and the first of them."""
+    spec = parse_score(spec)
+    values = np.asarray(values)
+    flat = values.reshape(-1, values.shape[-1]) if values.ndim else values.reshape(1, 1)
+    nan = np.isnan(flat).any(axis=0)
+    if nan.any():
+        bad = np.flatnonzero(nan)
         raise ScorebankError(
             f"score {str(spec)!r} has missing (NaN) values for {bad.size} example(s), e.g. "
             f"example {int(bad[0])}; the store is incomplete at that epoch")
+    inf_ok = spec.kind.may_be_inf(ScoreOptions(never_learned=never_learned))
+    inf = (np.isneginf(flat) | (np.isposinf(flat) & (not inf_ok))).any(axis=0)
+    if inf.any():
+        bad = np.flatnonzero(inf)
+        raise ScorebankError(
+            f"score {str(spec)!r} is infinite for {bad.size} example(s), e.g. example {int(bad[0])}; "
+            f"scores must be finite (infinite only on request: {infinite_scores()}); the runs that "
+            "produced it diverged or the store holds unusable values, choose other --runs or epochs")
     return values
 
 
@@ -182,7 +177,7 @@ def run_scores(store: access.StoreLike, spec: str | ScoreSpec, *, runs: Iterable
     seeds = access.resolve_runs(ds, runs)
     lazy = lazy_run_scores(ds, spec, seeds, never_learned=never_learned)
     (values,) = access.compute(lazy.data, scheduler=scheduler)
-    return lazy.copy(data=_finish(np.asarray(values), spec))
+    return lazy.copy(data=check_finite(np.asarray(values), spec, never_learned=never_learned))
 
 
 # ------------------------------------------------------------------------------ averaged
@@ -214,7 +209,7 @@ def average_scores(store: access.StoreLike, specs: Sequence[str | ScoreSpec], *,
     coords = {S.LABEL: (S.EXAMPLE, access.labels(ds))}
     if S.ORIGINAL_INDEX in ds.coords or S.ORIGINAL_INDEX in ds:
         coords[S.ORIGINAL_INDEX] = (S.EXAMPLE, np.asarray(ds[S.ORIGINAL_INDEX].values))
-    out = xr.Dataset({n: (S.EXAMPLE, _finish(np.asarray(v), s)) for n, v, s in zip(names, values, parsed)},
+    out = xr.Dataset({n: (S.EXAMPLE, check_finite(np.asarray(v), s, never_learned=never_learned)) for n, v, s in zip(names, values, parsed)},
                      coords=coords)
     out.attrs.update(runs=list(seeds), reduce=reduce, never_learned=never_learned)
     return out

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scorebank.analysis import access
+from scorebank.analysis.registry import ScoreOptions
 from scorebank.analysis.scores import NMARGIN, ScoreSpec, average_score, parse_score
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError
@@ -296,8 +297,7 @@ def select(store: access.StoreLike, strategy: str, *, score: str | ScoreSpec | N
     params = rule.parameters()
     if spec is not None:
         params.update(reduce=reduce)
-        if spec.name == "forgetting":
-            params.update(never_learned=never_learned)
+        params.update({name: getattr(ScoreOptions(never_learned=never_learned), name) for name in spec.kind.uses})
     return Selection(indices=kept, rule=rule, score=None if spec is None else str(spec),
                      runs=tuple(seeds), n_examples=n,
                      counts_per_class={str(c): int(v) for c, v in enumerate(counts)},

@@ -1,0 +1,197 @@
+"""The score registry: every per-example score a spec ``NAME@EPOCH`` may name.
+
+One entry per score says everything the rest of scorebank needs to know about it:
+
+* its **name** and **spec syntax**: ``NAME@E`` (an epoch is required), ``NAME[@E]`` (the
+  epoch is optional: ``forgetting`` counts over every epoch) or ``NAME`` (no epoch);
+* which end is **hard** (``high_is_hard``): what ``select``'s stratified strategy drops
+  and what ``analyze noise`` ranks as suspicious, so no command needs a sign flag;
+* the **store variables** it reads (``variables``): a store that lacks one (an optional
+  feature it was made without, or a format that predates the variable) is refused in one
+  line before anything is read;
+* at which (run, epoch) it exists (``available``, for scores at one epoch);
+* the **lazy computation**: ``compute(ds, seeds, epoch, options)`` returns the Dask graph
+  of the score of each chosen run, a (run, example) float64 array, not computed;
+* its **non-finite rule**: every score must be finite, except that an entry may allow
+  ``+inf`` when the caller asked for it (``may_be_inf(options)``: forgetting of
+  never-learned examples with ``never_learned="inf"``);
+* the one-line **help text**, from which the CLI's help and the validation messages are
+  generated.
+
+Adding a score computed from stored variables is one decorated function here (and a test)::
+
+    @score("prob", high_is_hard=False, variables=(S.LOSS,), available=clean_pass,
+           help="softmax probability of the training label, exp(-loss)")
+    def _prob(ds, seeds, epoch, options):
+        return np.exp(-at_epoch(ds, S.LOSS, seeds, epoch))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from scorebank.analysis import access
+from scorebank.analysis.forgetting import check_never_learned, lazy_forgetting
+from scorebank.core.registry import Registry
+from scorebank.stores import schema as S
+
+#: Spec syntaxes: ``NAME@E``, ``NAME[@E]``, ``NAME``.
+EPOCH_REQUIRED, EPOCH_OPTIONAL, EPOCH_NONE = "required", "optional", "none"
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Options that change how a score is computed (one field per CLI option).
+
+    ``never_learned``: the forgetting score of examples never classified correctly in a run,
+    ``"count"`` (presentations + 1) or ``"inf"`` (Data Diet's convention)."""
+
+    never_learned: str = "count"
+
+    def __post_init__(self) -> None:
+        check_never_learned(self.never_learned)
+
+
+def _finite_only(options: ScoreOptions) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class ScoreKind:
+    """One registered score (see the module docstring)."""
+
+    name: str
+    compute: Callable[[xr.Dataset, Sequence[int], int | None, ScoreOptions], da.Array]
+    high_is_hard: bool
+    variables: tuple[str, ...]
+    epoch: str = EPOCH_REQUIRED
+    available: Callable[[xr.Dataset, Sequence[int]], np.ndarray] | None = None
+    may_be_inf: Callable[[ScoreOptions], bool] = _finite_only
+    inf_when: str = ""  # the request that allows +inf, for messages (e.g. "--never-learned inf")
+    missing: str = ""  # why a store may lack the variables, e.g. "it was made without --grand-epochs"
+    uses: tuple[str, ...] = ()  # the ScoreOptions fields it depends on (recorded in manifests)
+
+    @property
+    def syntax(self) -> str:
+        """``el2n@E``, ``forgetting[@E]`` or ``input_norm``."""
+        return {EPOCH_REQUIRED: f"{self.name}@E", EPOCH_OPTIONAL: f"{self.name}[@E]",
+                EPOCH_NONE: self.name}[self.epoch]
+
+    @property
+    def at_epoch(self) -> bool:
+        """True for scores read at one epoch (their availability is checked generically)."""
+        return self.available is not None
+
+
+#: Every score, in display order.
+SCORES: Registry[ScoreKind] = Registry("score", "--score")
+
+
+def score(name: str, *, help: str, high_is_hard: bool, variables: tuple[str, ...],
+          epoch: str = EPOCH_REQUIRED, available: Callable | None = None,
+          may_be_inf: Callable[[ScoreOptions], bool] = _finite_only, inf_when: str = "",
+          missing: str = "", uses: tuple[str, ...] = ()) -> Callable:
+    """Decorator registering ``compute(ds, seeds, epoch, options)`` as the score ``name``."""
+    def deco(compute: Callable) -> Callable:
+        SCORES.add(name, ScoreKind(name, compute, high_is_hard, tuple(variables), epoch, available,
+                                   may_be_inf, inf_when, missing, tuple(uses)), help=help)
+        return compute
+    return deco
+
+
+def score_help() -> str:
+    """One sentence per score with its syntax and which end is hard, for CLI help texts."""
+    parts = [f"{k.value.syntax}: {k.help} ({'high' if k.value.high_is_hard else 'low'} = hard)"
+             for k in SCORES.entries()]
+    return "Scores: " + "; ".join(parts) + ". Scores are averaged over runs."
+
+
+def infinite_scores() -> str:
+    """``"forgetting (with --never-learned inf)"``: the scores that may be infinite, and when."""
+    return ", ".join(f"{k.name} (with {k.inf_when})" for k in (e.value for e in SCORES.entries())
+                     if k.inf_when) or "none"
+
+
+# ------------------------------------------------------------------------------ building blocks
+def clean_pass(ds: xr.Dataset, seeds: Sequence[int]) -> np.ndarray:
+    """(run, epoch) bool: the clean pass (margin, el2n, loss, correct) was recorded."""
+    return access.recorded_mask(ds, seeds)
+
+
+def at_epoch(ds: xr.Dataset, name: str, seeds: Sequence[int], epoch: int) -> da.Array:
+    """A per-example variable at one epoch for the chosen runs: a lazy (run, example)
+    float64 Dask array, streamed chunk by chunk."""
+    pos = access.epoch_position(ds, epoch)
+    return access.select(ds, name, runs=access.run_positions(ds, seeds), epochs=pos).astype(np.float64)
+
+
+def _norm_product(ds: xr.Dataset, seeds: Sequence[int]) -> np.ndarray:
+    return access.per_epoch(ds, S.NORM_PRODUCT, seeds).astype(np.float64)
+
+
+def _grand_recorded(ds: xr.Dataset, seeds: Sequence[int]) -> np.ndarray:
+    """(run, epoch) bool: GraNd was recorded.  From the configuration's ``grand_epochs``
+    when the store has a configuration, else by probing the first example of every
+    (run, epoch)."""
+    completed = access.completed_mask(ds, seeds)
+    cfg = access.config(ds)
+    if cfg is not None:
+        wanted = np.isin(access.epochs(ds), np.asarray(cfg.grand_epochs, dtype=np.int64))
+        return completed & wanted[None, :]
+    probe = ds[S.GRAND].isel({S.RUN: access.run_positions(ds, seeds), S.EXAMPLE: 0}).values
+    return completed & ~np.isnan(probe)
+
+
+def _normalised_recorded(ds: xr.Dataset, seeds: Sequence[int]) -> np.ndarray:
+    rho = _norm_product(ds, seeds)
+    return clean_pass(ds, seeds) & np.isfinite(rho) & (rho > 0)
+
+
+# ------------------------------------------------------------------------------ the scores
+@score(S.EL2N, high_is_hard=True, variables=(S.EL2N,), available=clean_pass,
+       help="EL2N, ||softmax(f(x)) - onehot(y)||_2 (Data Diet Def. 2.2)")
+def _el2n(ds, seeds, epoch, options):
+    return at_epoch(ds, S.EL2N, seeds, epoch)
+
+
+@score(S.GRAND, high_is_hard=True, variables=(S.GRAND,), available=_grand_recorded,
+       missing="this store has no GraNd (it was made without --grand-epochs)",
+       help="GraNd, ||grad_w loss(x, y)||_2 (Data Diet Def. 2.1), at the --grand-epochs")
+def _grand(ds, seeds, epoch, options):
+    return at_epoch(ds, S.GRAND, seeds, epoch)
+
+
+@score(S.LOSS, high_is_hard=True, variables=(S.LOSS,), available=clean_pass,
+       help="cross-entropy loss")
+def _loss(ds, seeds, epoch, options):
+    return at_epoch(ds, S.LOSS, seeds, epoch)
+
+
+@score(S.MARGIN, high_is_hard=False, variables=(S.MARGIN,), available=clean_pass,
+       help="classification margin f_y(x) - max_{j!=y} f_j(x) on raw logits")
+def _margin(ds, seeds, epoch, options):
+    return at_epoch(ds, S.MARGIN, seeds, epoch)
+
+
+@score("nmargin", high_is_hard=False, variables=(S.MARGIN, S.NORM_PRODUCT), available=_normalised_recorded,
+       help="normalised margin, margin / norm_product (margins paper Sec. 3)")
+def _nmargin(ds, seeds, epoch, options):
+    rho = _norm_product(ds, seeds)[:, access.epoch_position(ds, epoch)]
+    return at_epoch(ds, S.MARGIN, seeds, epoch) / rho[:, None]
+
+
+def _never_learned_inf(options: ScoreOptions) -> bool:
+    return options.never_learned == "inf"
+
+
+@score("forgetting", high_is_hard=True, variables=(S.TRAIN_CORRECT,), epoch=EPOCH_OPTIONAL,
+       may_be_inf=_never_learned_inf, inf_when="--never-learned inf", uses=("never_learned",),
+       help="forgetting events (Toneva et al.) over epochs 1..E, or every epoch without @E; "
+            "never-learned examples score presentations + 1, or inf with --never-learned inf")
+def _forgetting(ds, seeds, epoch, options):
+    return lazy_forgetting(ds, list(seeds), epoch).score(options.never_learned)
