@@ -195,3 +195,9 @@ def _never_learned_inf(options: ScoreOptions) -> bool:
             "never-learned examples score presentations + 1, or inf with --never-learned inf")
 def _forgetting(ds, seeds, epoch, options):
     return lazy_forgetting(ds, list(seeds), epoch).score(options.never_learned)
+
+
+@score("prob", high_is_hard=False, variables=(S.LOSS,), available=clean_pass,
+       help="softmax probability of the training label, exp(-loss) (the data maps' confidence at one epoch)")
+def _prob(ds, seeds, epoch, options):
+    return np.exp(-at_epoch(ds, S.LOSS, seeds, epoch))

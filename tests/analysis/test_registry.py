@@ -1,0 +1,31 @@
+"""Scores added as one registry entry: the toy ``prob@E`` (softmax probability of the label)."""
+
+import numpy as np
+import pytest
+
+from scorebank.analysis import average_score, noise_detection, parse_score, select
+from scorebank.stores import schema as S
+from scorebank.stores.errors import InvalidArgumentError
+
+
+def test_prob_is_exp_of_minus_the_loss_averaged_over_runs(store):
+    expected = np.exp(-store[S.LOSS][:, 3, :].astype(np.float64)).mean(axis=0)
+    got = average_score(store.path, "prob@3")
+    np.testing.assert_allclose(got.values, expected, rtol=1e-12)
+    assert parse_score("prob@3").high_is_hard is False  # a low probability of the label is hard
+    with pytest.raises(InvalidArgumentError, match=r"'prob' needs an epoch: write prob@E"):
+        parse_score("prob")
+
+
+def test_prob_low_end_is_hard_in_select_and_noise(make_store):
+    st = make_store(label_noise=0.25, seed=3)
+    prob = np.exp(-st[S.LOSS][:, 2, :].astype(np.float64)).mean(axis=0)
+    sel = select(st.path, "stratified", score="prob@2", fraction=0.5, hard_cutoff=0.25, bins=1)
+    hardest = sorted(range(40), key=lambda i: (prob[i], i))[:10]  # dropped first: the lowest probabilities
+    assert not set(hardest) & set(sel.indices.tolist()) and sel.parameters["hard_end"] == "low"
+    res = noise_detection(st.path, ["prob@2"])
+    corrupted = st[S.CORRUPTED]
+    # ROC AUC by pairs: a corrupted example is harder (lower probability) than a clean one
+    pairs = [(1.0 if prob[a] < prob[b] else 0.5 if prob[a] == prob[b] else 0.0)
+             for a in np.flatnonzero(corrupted) for b in np.flatnonzero(~corrupted)]
+    assert float(res["roc_auc"].sel(score="prob@2")) == pytest.approx(np.mean(pairs), abs=1e-12)
