@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from scorebank.analysis import access
+from scorebank.analysis.scores import check_finite_nmargins, lazy_nonfinite_nmargins
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError
 
@@ -34,7 +35,8 @@ _MIN, _MAX, _SUM, _COUNT = range(4)
 
 def _normalised(x: np.ndarray, rho: np.ndarray, loc) -> np.ndarray:
     (r0, _), (e0, e1), _ = loc
-    return x.astype(np.float64) / rho[r0, e0:e1][None, :, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return x.astype(np.float64) / rho[r0, e0:e1][None, :, None]
 
 
 def _groups(lab: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,14 +53,15 @@ def _block_moments(x, lab, rho, n_classes, block_info=None):
     out[..., _MIN], out[..., _MAX], out[..., _SUM], out[..., _COUNT] = np.inf, -np.inf, 0.0, 0.0
     order, bounds = _groups(lab, n_classes)
     ms = m[:, order]
-    for c in range(n_classes + 1):
-        seg = m if c == n_classes else ms[:, bounds[c]:bounds[c + 1]]
-        if seg.shape[1] == 0:
-            continue
-        out[0, :, 0, c, _MIN] = seg.min(axis=1)
-        out[0, :, 0, c, _MAX] = seg.max(axis=1)
-        out[0, :, 0, c, _SUM] = seg.sum(axis=1)
-        out[0, :, 0, c, _COUNT] = seg.shape[1]
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite margins are refused after the pass
+        for c in range(n_classes + 1):
+            seg = m if c == n_classes else ms[:, bounds[c]:bounds[c + 1]]
+            if seg.shape[1] == 0:
+                continue
+            out[0, :, 0, c, _MIN] = seg.min(axis=1)
+            out[0, :, 0, c, _MAX] = seg.max(axis=1)
+            out[0, :, 0, c, _SUM] = seg.sum(axis=1)
+            out[0, :, 0, c, _COUNT] = seg.shape[1]
     return out
 
 
@@ -111,7 +114,8 @@ def margin_distribution(store: access.StoreLike, *, gammas: float | Iterable[flo
     out_chunks = (x.chunks[0], x.chunks[1], (1,) * len(x.chunks[2]), (k + 1,))
     moments = da.map_blocks(_block_moments, x, lab_d, rho, k, new_axis=[3, 4], dtype=np.float64,
                             chunks=out_chunks + ((4,),), meta=np.empty((0,) * 5))
-    (mom,) = access.compute(moments, scheduler=scheduler)
+    (mom, bad) = access.compute(moments, lazy_nonfinite_nmargins(x, rho), scheduler=scheduler)
+    check_finite_nmargins(bad, valid, seeds, access.epochs(ds)[pos])
     mn, mx = mom[..., _MIN].min(axis=2), mom[..., _MAX].max(axis=2)  # (run, epoch, group)
     total, count = mom[..., _SUM].sum(axis=2), mom[..., _COUNT].sum(axis=2)
     thresholds = mn[..., None] + np.asarray(gam)[None, None, None, :]

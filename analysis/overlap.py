@@ -16,7 +16,8 @@ smallest candidates per (run, epoch), and the candidates of all blocks are merge
 memory never holds more than a block of margins.  Dividing by rho > 0, one number per
 (run, epoch), does not change the order of the examples, so the sets are found on the raw
 margins; (run, epoch) pairs without a recorded clean pass or a finite positive rho are
-left out, and NaN margins count as larger than every other.
+left out.  Recorded normalised margins must be finite (the score registry's rule): a NaN
+or infinite one is refused in one line naming the run, epoch and number of examples.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from scorebank.analysis import access
+from scorebank.analysis.scores import check_finite_nmargins, lazy_nonfinite_nmargins
 from scorebank.analysis.separation import data_separation
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError
@@ -103,13 +105,15 @@ def smallest_margin_sets(store: access.StoreLike, k: int, *, runs: Iterable[int]
     (k,) = check_ks(k, n)
     seeds = access.resolve_runs(ds, runs)
     ep = access.epochs(ds)
-    pos, valid, _ = access.margin_epochs(ds, seeds, epochs)
+    pos, valid, rho = access.margin_epochs(ds, seeds, epochs)
     # rho > 0 is one number per (run, epoch): margin / rho orders examples as margin does
     x = access.select(ds, S.MARGIN, runs=access.run_positions(ds, seeds), epochs=pos)
     cand = da.map_blocks(_block_candidates, x, k, new_axis=[3, 4], dtype=np.float64,
                          chunks=(x.chunks[0], x.chunks[1], (1,) * len(x.chunks[2]), (k,), (2,)),
                          meta=np.empty((0,) * 5, dtype=np.float64))
-    (cand_np,) = access.compute(cand, scheduler=scheduler)
+    cand_np, bad = access.compute(cand, lazy_nonfinite_nmargins(x, np.where(valid, rho, np.nan)),
+                                  scheduler=scheduler)
+    check_finite_nmargins(bad, valid, seeds, ep[pos])
     idx = _merge(np.asarray(cand_np), k)
     ok = valid & (idx < n).all(axis=2)
     sets = np.where(ok[:, :, None], idx, -1).astype(np.int64)

@@ -168,6 +168,44 @@ def check_finite(values: np.ndarray, spec: str | ScoreSpec, *, never_learned: st
     return values
 
 
+def _block_nonfinite(x: np.ndarray, rho: np.ndarray, block_info=None) -> np.ndarray:
+    """(r, e, n) margins -> (r, e, 1) counts of non-finite normalised margins."""
+    (r0, r1), (e0, e1), _ = block_info[0]["array-location"]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        m = x.astype(np.float64) / rho[r0:r1, e0:e1, None]
+    return (~np.isfinite(m)).sum(axis=2, keepdims=True)
+
+
+def lazy_nonfinite_nmargins(x, rho: np.ndarray):
+    """The Dask graph of how many normalised margins ``x / rho`` are not finite, per
+    (run, epoch): ``x`` the streamed (run, epoch, example) margins, ``rho`` (run, epoch).
+    Compute it with the analysis's own pass over ``x`` (one read)."""
+    import dask.array as da
+
+    counts = da.map_blocks(_block_nonfinite, x, np.asarray(rho, dtype=np.float64), dtype=np.int64,
+                           chunks=(x.chunks[0], x.chunks[1], (1,) * len(x.chunks[2])),
+                           meta=np.empty((0, 0, 0), dtype=np.int64))
+    return counts.sum(axis=2)
+
+
+def check_finite_nmargins(counts: np.ndarray, valid: np.ndarray, seeds: Sequence[int],
+                          epochs: Sequence[int]) -> None:
+    """The registry's rule for ``nmargin`` in the analyses that stream margins themselves
+    (margins, overlap): a one-line :class:`ScorebankError` naming the first (run, epoch)
+    whose recorded normalised margins are not all finite, and how many examples."""
+    bad = np.where(np.asarray(valid, dtype=bool), np.asarray(counts), 0)
+    if not bad.any():
+        return
+    hits = np.argwhere(bad > 0)
+    i, j = (int(v) for v in hits[0])
+    spec = ScoreSpec(NMARGIN, int(epochs[j]))
+    more = f" (and at {len(hits) - 1} more run/epoch pair(s))" if len(hits) > 1 else ""
+    raise ScorebankError(
+        f"score {str(spec)!r} is not finite (NaN or inf) for {int(bad[i, j])} example(s) in run "
+        f"{int(seeds[i])}{more}; normalised margins must be finite where the clean pass was recorded: "
+        "choose other --runs or --epochs")
+
+
 def run_scores(store: access.StoreLike, spec: str | ScoreSpec, *, runs: Iterable[int] | None = None,
                never_learned: str = "count", scheduler=None) -> xr.DataArray:
     """``spec`` for each chosen run (default: completed runs) as a (run, example) float64
