@@ -19,7 +19,6 @@ realistic in shape, not in detail.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scorebank.core.config import ScoreConfig
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError, StoreExistsError, StoreNotFoundError
 
@@ -41,6 +41,16 @@ BENCH_STORE = "bench.zarr"
 def _epoch_blocks(n_epochs: int, n_examples: int, budget: int = 16 * 2**20) -> list[tuple[int, int]]:
     per = max(1, min(n_epochs, budget // max(1, 4 * n_examples)))
     return [(e, min(n_epochs, e + per)) for e in range(0, n_epochs, per)]
+
+
+def binary_el2n(margin: np.ndarray) -> np.ndarray:
+    """EL2N of a two-logit softmax with logit margin m: the error on the label is
+    ``1 - sigmoid(m)`` on both entries, so ``sqrt(2) * sigmoid(-m)`` (float32).  Computed
+    with ``scipy.special.expit``, which never overflows (``exp(m)`` does for m > 88 in
+    float32, as margins of an ImageNet-sized synthetic store reach)."""
+    from scipy.special import expit
+
+    return (np.sqrt(2.0) * expit(-np.asarray(margin, dtype=np.float64))).astype(np.float32)
 
 
 def build_synthetic_store(path: str | os.PathLike, *, runs: int = 10, epochs: int = 200,
@@ -73,12 +83,12 @@ def build_synthetic_store(path: str | os.PathLike, *, runs: int = 10, epochs: in
         features.add(S.FEATURE_GRAND)
     if label_noise > 0:
         features.add(S.FEATURE_LABEL_NOISE)
-    cfg = {"dataset": "synthetic", "epochs": int(epochs), "record_epochs": list(range(e_total)),
-           "grand_epochs": [0] if grand else [], "label_noise": float(label_noise)}
+    cfg = ScoreConfig(dataset="synthetic", epochs=int(epochs), record_epochs=tuple(range(e_total)),
+                      grand_epochs=(0,) if grand else (), label_noise=float(label_noise))
     seeds = tuple(range(runs))
     create_store(path, n_epochs=int(epochs), labels=labels, true_labels=true_labels,
                  original_index=np.arange(n, dtype=np.int64), seeds=seeds, features=frozenset(features),
-                 attrs={S.ATTR_CONFIG: json.dumps(cfg), S.ATTR_DATASET: "synthetic",
+                 attrs={S.ATTR_CONFIG: cfg.to_json(), S.ATTR_DATASET: "synthetic",
                         S.ATTR_FINGERPRINT: f"synthetic-{seed}-{n}-{classes}-{label_noise}",
                         S.ATTR_CLASS_NAMES: [f"class{i}" for i in range(classes)]})
     root = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
@@ -102,7 +112,7 @@ def build_synthetic_store(path: str | os.PathLike, *, runs: int = 10, epochs: in
             if e0 == 0:
                 train_correct[0] = False  # no presentation before the first epoch
             loss = np.logaddexp(0.0, -margin).astype(np.float32)
-            el2n = (np.sqrt(2.0) / (1.0 + np.exp(margin))).astype(np.float32)
+            el2n = binary_el2n(margin)
             correct = margin > 0
             root[S.MARGIN][r, e0:e1, :] = margin
             root[S.EL2N][r, e0:e1, :] = el2n
@@ -357,10 +367,13 @@ def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tu
         spearman_specs = tuple(specs)
 
     def spec_bytes(spec: str) -> int:
+        """Bytes of the per-example variables the registry says ``spec`` reads: one epoch
+        of each for a score at one epoch, epochs 1..E (or all) for the others."""
         s = parse_score(spec)
-        if s.name == "forgetting":
-            return r * (s.epoch if s.epoch is not None else last) * n
-        return r * n * 4
+        epochs_read = 1 if s.kind.at_epoch else (s.epoch if s.epoch is not None else last)
+        per_value = sum(np.dtype(S.BY_NAME[v].dtype).itemsize for v in s.kind.variables
+                        if S.EXAMPLE in S.BY_NAME[v].dims)
+        return r * epochs_read * n * per_value
 
     timings = []
     load = tuple(round(x, 2) for x in os.getloadavg())

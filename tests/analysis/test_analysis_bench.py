@@ -26,6 +26,31 @@ def test_synthetic_store_follows_the_schema(synthetic):
     assert (data_separation(synthetic).values > 0).all()  # every run separates part-way
 
 
+def test_synthetic_store_configuration_is_a_score_config(synthetic):
+    from scorebank.core.config import ScoreConfig
+
+    cfg = ScoreConfig.from_json(xr.open_zarr(synthetic).attrs[S.ATTR_CONFIG])
+    assert cfg == ScoreConfig(dataset="synthetic", epochs=40, record_epochs=tuple(range(41)), grand_epochs=(0,),
+                              label_noise=0.1)
+    assert cfg.features == {S.FEATURE_GRAND, S.FEATURE_LABEL_NOISE}
+
+
+def test_binary_el2n_never_overflows():
+    import math
+    import warnings
+
+    from scorebank.analysis.bench import binary_el2n
+
+    margins = np.array([-1000.0, -20.0, -1.5, 0.0, 0.25, 3.0, 87.0, 89.0, 100.0, 1000.0], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # np.exp(margin) overflowed past 88 in float32
+        got = binary_el2n(margins)
+    assert got.dtype == np.float32
+    # sqrt(2) * (1 - sigmoid(m)), by the standard library in float64 (exp(-m) form where exp(m) overflows)
+    want = [math.sqrt(2) / (1 + math.exp(m)) if m < 700 else math.sqrt(2) * math.exp(-m) for m in margins.tolist()]
+    np.testing.assert_allclose(got, np.asarray(want, dtype=np.float32), rtol=1e-6, atol=0)
+
+
 def test_benchmark_with_a_distributed_client(synthetic):
     distributed = pytest.importorskip("distributed")
     tc = xr.open_zarr(synthetic)[S.TRAIN_CORRECT].values[:, 1:]
