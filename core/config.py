@@ -68,20 +68,42 @@ class Schedule:
         return base_lr * self.factor ** k
 
 
+#: Largest seed accepted (retraining adds an offset of 10**6 to it; every seed fits int64).
+MAX_SEED = 2**31 - 1
+#: Most runs one seed list may name.
+MAX_SEEDS = 100_000
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"0-9"``, ``"0,3,5"`` or ``"0-3,7"`` -> sorted unique seeds (non-negative ints)."""
-    seeds: list[int] = []
+    """``"0-9"``, ``"0,3,5"`` or ``"0-3,7"`` -> sorted unique seeds (integers 0..MAX_SEED).
+
+    Each range is bounded before it is expanded: at most :data:`MAX_SEEDS` seeds in all."""
+    seeds: set[int] = set()
     for part in (text or "").split(","):
         m = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
+        if m and max(len(g) for g in m.groups("")) > len(str(MAX_SEED)):  # int() of 5000 digits fails
+            raise InvalidArgumentError(f"seed list {text!r} names a seed above {MAX_SEED}; seeds go up to {MAX_SEED}")
         if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
             raise InvalidArgumentError(
                 f"bad seed list {text!r}; use non-negative integers and ranges like 0-9 or 0,3,5-7")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
-        seeds.extend(range(lo, hi + 1))
-    if len(seeds) > 100_000:
-        raise InvalidArgumentError(f"seed list {text!r} names {len(seeds)} runs; at most 100000")
-    return tuple(sorted(set(seeds)))
+        if hi > MAX_SEED:
+            raise InvalidArgumentError(f"seed list {text!r} names seed {hi!r}; seeds go up to {MAX_SEED}")
+        if hi - lo + 1 + len(seeds) > MAX_SEEDS:
+            raise InvalidArgumentError(
+                f"seed list {text!r} names more than {MAX_SEEDS} runs; give at most {MAX_SEEDS} seeds")
+        seeds.update(range(lo, hi + 1))
+    return tuple(sorted(seeds))
+
+
+#: Upper bounds of the integer options, so an absurd value is refused before anything is
+#: allocated (each message states its bound).
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1_000_000
+MAX_WIDTH = 16_384
+MAX_LIMIT = 100_000_000
+MAX_CLIP_COUNT = MAX_BATCH_SIZE // 2
 
 
 def parse_epoch_list(text: str, option: str) -> tuple[int, ...]:
@@ -154,6 +176,12 @@ class ScoreConfig:
         a, b = self.identity(), other.identity()
         return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
+    def describe_differences(self, other: "ScoreConfig", mine: str = "store has", theirs: str = "asked") -> str:
+        """``"epochs: store has 20, asked 50; record_epochs: store has 0..20 (21), asked 0..50 (51)"``:
+        the differing identity fields, long lists shortened by :func:`short_value`."""
+        return "; ".join(f"{k}: {mine} {short_value(a)}, {theirs} {short_value(b)}"
+                         for k, (a, b) in self.differences(other).items())
+
     @property
     def features(self) -> frozenset[str]:
         out = set()
@@ -162,6 +190,20 @@ class ScoreConfig:
         if self.label_noise > 0:
             out.add(FEATURE_LABEL_NOISE)
         return frozenset(out)
+
+
+def short_value(value) -> str:
+    """A configuration value for a message: ``repr`` for scalars and short lists; a list or
+    tuple of more than 6 integers as ``0..20 (21)`` when consecutive, else
+    ``0,1,2,...,50 (21)``."""
+    if isinstance(value, (list, tuple)) and len(value) > 6:
+        items = list(value)
+        if all(_int(v) for v in items):
+            if items == list(range(items[0], items[0] + len(items))):
+                return f"{items[0]}..{items[-1]} ({len(items)})"
+            return f"{','.join(map(str, items[:3]))},...,{items[-1]} ({len(items)})"
+        return f"{len(items)} values starting {items[:3]!r}"
+    return repr(value)
 
 
 def check_sgd_settings(lr: float, momentum: float, nesterov: bool, weight_decay: float) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from scorebank.core.config import (DEFAULTS, NON_IDENTITY_FIELDS, Schedule, ScoreConfig,  # noqa: F401
-                                   _check, _int, check_sgd_settings, parse_epoch_list, parse_seeds)
+from scorebank.core.config import (DEFAULTS, MAX_BATCH_SIZE, MAX_CLIP_COUNT, MAX_EPOCHS,  # noqa: F401
+                                   MAX_LIMIT, MAX_SEED, MAX_WIDTH, NON_IDENTITY_FIELDS, Schedule, ScoreConfig,
+                                   _check, _int, _real, check_sgd_settings, parse_epoch_list, parse_seeds)
 from scorebank.core.errors import InvalidArgumentError
 from scorebank.pipeline.datasets import DATASETS
 from scorebank.pipeline.models import MODELS
@@ -23,29 +24,34 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
     ``record_every=K`` records the clean pass at epochs 0, K, 2K, ... and the last epoch;
     ``record_epochs`` lists them explicitly; neither means every epoch."""
     cfg = ScoreConfig(**fields)
-    _check(cfg.dataset in DATASETS[:-1] or (cfg.dataset.startswith("imagefolder:") and len(cfg.dataset) > 12),
-           f"unknown data set {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
-    _check(cfg.model in MODELS, f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
-    _check(cfg.optimizer in OPTIMIZERS,
+    _check(isinstance(cfg.dataset, str) and cfg.dataset in DATASETS,
+           f"unknown data set {cfg.dataset!r}; --dataset takes {DATASETS.choices()}")
+    _check(isinstance(cfg.model, str) and cfg.model in MODELS, f"unknown model {cfg.model!r}; --model takes {MODELS.choices()}")
+    _check(isinstance(cfg.optimizer, str) and cfg.optimizer in OPTIMIZERS,
            f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    _check(_int(cfg.epochs) and 0 <= cfg.epochs <= 100_000, f"--epochs must be an integer >= 0, got {cfg.epochs!r}")
-    _check(_int(cfg.batch_size) and cfg.batch_size >= 1, f"--batch-size must be an integer >= 1, got {cfg.batch_size!r}")
-    _check(_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1,
-           f"--eval-batch-size must be an integer >= 1, got {cfg.eval_batch_size!r}")
+    _check(_int(cfg.epochs) and 0 <= cfg.epochs <= MAX_EPOCHS,
+           f"--epochs must be an integer >= 0, got {cfg.epochs!r}; the maximum is {MAX_EPOCHS}")
+    _check(_int(cfg.batch_size) and 1 <= cfg.batch_size <= MAX_BATCH_SIZE,
+           f"--batch-size must be an integer >= 1, got {cfg.batch_size!r}; the maximum is {MAX_BATCH_SIZE}")
+    _check(_int(cfg.eval_batch_size) and 1 <= cfg.eval_batch_size <= MAX_BATCH_SIZE,
+           f"--eval-batch-size must be an integer >= 1, got {cfg.eval_batch_size!r}; the maximum is {MAX_BATCH_SIZE}")
     check_sgd_settings(cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
-    _check(math.isfinite(cfg.label_noise) and 0 <= cfg.label_noise <= 1,
+    _check(_real(cfg.label_noise) and math.isfinite(cfg.label_noise) and 0 <= cfg.label_noise <= 1,
            f"--label-noise must be a fraction in [0, 1], got {cfg.label_noise!r}")
-    _check(cfg.limit is None or (_int(cfg.limit) and cfg.limit >= 1), f"--limit must be an integer >= 1, got {cfg.limit!r}")
-    _check(cfg.init_std is None or (math.isfinite(cfg.init_std) and cfg.init_std > 0),
+    _check(cfg.limit is None or (_int(cfg.limit) and 1 <= cfg.limit <= MAX_LIMIT),
+           f"--limit must be an integer >= 1, got {cfg.limit!r}; the maximum is {MAX_LIMIT}")
+    _check(cfg.init_std is None or (_real(cfg.init_std) and math.isfinite(cfg.init_std) and cfg.init_std > 0),
            f"--init-std must be a positive number, got {cfg.init_std!r}")
-    _check(cfg.width is None or (_int(cfg.width) and cfg.width >= 1), f"--width must be an integer >= 1, got {cfg.width!r}")
-    _check(_int(cfg.clip_count) and cfg.clip_count >= 0, f"--clip-count must be an integer >= 0, got {cfg.clip_count!r}")
+    _check(cfg.width is None or (_int(cfg.width) and 1 <= cfg.width <= MAX_WIDTH),
+           f"--width must be an integer >= 1, got {cfg.width!r}; the maximum is {MAX_WIDTH}")
+    _check(_int(cfg.clip_count) and 0 <= cfg.clip_count <= MAX_CLIP_COUNT,
+           f"--clip-count must be an integer >= 0, got {cfg.clip_count!r}; the maximum is {MAX_CLIP_COUNT}")
     _check(cfg.optimizer != "m3" or cfg.batch_size % 3 == 0,
            f"--optimizer m3 splits each minibatch into 3 micro-batches: --batch-size must be divisible by 3, got {cfg.batch_size!r}")
     _check(cfg.optimizer == "winsorized" or cfg.clip_count == 0,
            f"--clip-count {cfg.clip_count!r} applies only to --optimizer winsorized, not {cfg.optimizer!r}")
-    _check(_int(cfg.label_noise_seed) and cfg.label_noise_seed >= 0,
-           f"--label-noise-seed must be an integer >= 0, got {cfg.label_noise_seed!r}")
+    _check(_int(cfg.label_noise_seed) and 0 <= cfg.label_noise_seed <= MAX_SEED,
+           f"--label-noise-seed must be an integer >= 0, got {cfg.label_noise_seed!r}; the maximum is {MAX_SEED}")
     _check(cfg.optimizer != "winsorized" or 2 * (cfg.clip_count + 1) <= cfg.batch_size,
            f"--clip-count {cfg.clip_count!r} clips 2*(s+1) values per coordinate; it needs --batch-size >= {2 * (cfg.clip_count + 1)}")
     schedule = Schedule.parse(cfg.schedule)
@@ -53,7 +59,8 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
     if record_every is not None and record_epochs is not None:
         raise InvalidArgumentError("give either --record-every or --record-epochs, not both")
     if record_every is not None:
-        _check(_int(record_every) and record_every >= 1, f"--record-every must be an integer >= 1, got {record_every!r}")
+        _check(_int(record_every) and 1 <= record_every <= MAX_EPOCHS,
+               f"--record-every must be an integer >= 1, got {record_every!r}; the maximum is {MAX_EPOCHS}")
         rec = tuple(sorted(set(range(0, cfg.epochs + 1, record_every)) | {cfg.epochs}))
     elif record_epochs is not None:
         rec = parse_epoch_list(record_epochs, "--record-epochs") if isinstance(record_epochs, str) else tuple(sorted(set(record_epochs)))

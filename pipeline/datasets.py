@@ -27,16 +27,20 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from scorebank.stores.errors import DataNotFoundError, InvalidArgumentError
+from scorebank.core.registry import Registry
+from scorebank.stores.errors import DataNotFoundError, InvalidArgumentError, ScorebankError
 
-TORCHVISION_SETS = ("cifar10", "cifar100", "mnist", "fashion-mnist")
-DATASETS = ("digits",) + TORCHVISION_SETS + ("imagefolder:PATH",)
+#: Data set kinds by ``--dataset`` name.  An entry is a loader ``(argument, data_dir, download)
+#: -> ImageData`` (``argument``: the PATH of ``imagefolder:PATH``, else None); adding a data
+#: set is one entry (and a test).
+DATASETS: Registry = Registry("data set", "--dataset")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
 
@@ -79,16 +83,13 @@ class ImageData:
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, download: bool = True,
                  limit: int | None = None) -> ImageData:
     """Load a data set by name (see the module docstring), optionally a ``limit`` subset."""
-    if name == "digits":
-        data = _load_digits()
-    elif name in TORCHVISION_SETS:
-        data = _load_torchvision(name, _data_root(data_dir), download)
-    elif name.startswith("imagefolder:") and len(name) > len("imagefolder:"):
-        data = load_imagefolder(name[len("imagefolder:"):], cache_dir=data_dir)
-    else:
-        raise InvalidArgumentError(
-            f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    entry, argument = DATASETS.lookup(name)
+    data = entry.value(argument, data_dir, download)
     return data if limit is None else take_limit(data, limit)
+
+
+class DataDownloadError(ScorebankError):
+    """Downloading a data set failed (no network, server down); exit status 1."""
 
 
 def _data_root(data_dir) -> Path:
@@ -97,7 +98,8 @@ def _data_root(data_dir) -> Path:
     return Path(os.environ.get("SCOREBANK_DATA", Path.home() / ".cache" / "scorebank" / "data"))
 
 
-def _load_digits() -> ImageData:
+@DATASETS.register("digits", help="scikit-learn's 8x8 digits, embedded (1,437 train / 360 test)")
+def _load_digits(argument=None, data_dir=None, download=True) -> ImageData:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -112,22 +114,45 @@ def _load_digits() -> ImageData:
                      original_index=train_idx.astype(np.int64))
 
 
-def _load_torchvision(name: str, root: Path, download: bool) -> ImageData:
-    import torchvision.datasets as tvd
+def _torchvision_set(name: str, class_name: str, help: str) -> None:
+    """Register torchvision's ``class_name`` (e.g. ``CIFAR10``) as data set ``name``."""
+    def load(argument, data_dir, download) -> ImageData:
+        import torchvision.datasets as tvd
 
-    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST,
-           "fashion-mnist": tvd.FashionMNIST}[name]
+        return _load_torchvision(name, getattr(tvd, class_name), _data_root(data_dir), download)
+
+    DATASETS.add(name, load, help=help)
+
+
+_torchvision_set("cifar10", "CIFAR10", "CIFAR-10 via torchvision (--data-dir, downloaded unless --no-download)")
+_torchvision_set("cifar100", "CIFAR100", "CIFAR-100 via torchvision")
+_torchvision_set("mnist", "MNIST", "MNIST via torchvision")
+_torchvision_set("fashion-mnist", "FashionMNIST", "Fashion-MNIST via torchvision")
+
+
+@DATASETS.register("imagefolder", prefix=True, metavar="PATH",
+                   help="a directory or zip with train/CLASS/ and test/CLASS/ image folders")
+def _load_imagefolder_entry(argument, data_dir, download) -> ImageData:
+    return load_imagefolder(argument, cache_dir=data_dir)
+
+
+def _load_torchvision(name: str, cls, root: Path, download: bool) -> ImageData:
     if not download and not root.is_dir():
         raise DataNotFoundError(
             f"data directory {str(root)!r} does not exist; pass --download or a --data-dir holding {name}")
+    before = set(os.listdir(root)) if root.is_dir() else None
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
-        raise DataNotFoundError(
-            f"{name} not found under {str(root)!r} ({exc}); pass --download or the right --data-dir") from None
-    except OSError as exc:
-        raise DataNotFoundError(f"could not download {name} into {str(root)!r}: {exc}") from None
+    except (RuntimeError, OSError) as exc:  # torchvision: "Dataset not found or corrupted." / URLError
+        reason = " ".join(str(exc).split())
+        if not download:
+            raise DataNotFoundError(
+                f"{name} not found under {str(root)!r} ({reason}); pass --download or the right --data-dir") from None
+        _remove_created(root, before)
+        raise DataDownloadError(
+            f"could not download {name} into {str(root)!r} ({reason}; no network?); download it on a machine "
+            f"with network access and pass the folder holding it as --data-dir, or try again later") from None
 
     def arrays(ds):
         x = np.asarray(ds.data)
@@ -136,6 +161,24 @@ def _load_torchvision(name: str, root: Path, download: bool) -> ImageData:
 
     (xtr, ytr), (xte, yte) = arrays(train), arrays(test)
     return ImageData(name, xtr, ytr, xte, yte, tuple(train.classes))
+
+
+def _remove_created(root: Path, before: set[str] | None) -> None:
+    """Remove what a failed download created under ``root``: the entries that were not there
+    ``before`` (None: ``root`` itself did not exist, and is removed if left empty)."""
+    if not root.is_dir():
+        return
+    for entry in set(os.listdir(root)) - (before or set()):
+        target = root / entry
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+    if before is None:
+        try:
+            root.rmdir()
+        except OSError:
+            pass
 
 
 def take_limit(data: ImageData, limit: int) -> ImageData:

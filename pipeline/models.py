@@ -12,9 +12,12 @@ import math
 import torch
 from torch import nn
 
+from scorebank.core.registry import Registry
 from scorebank.stores.errors import InvalidArgumentError
 
-MODELS = ("mlp", "cnn5", "resnet18")
+#: Model families by ``--model`` name.  An entry is a builder ``(input_shape, num_classes, *,
+#: batchnorm, init_std, width) -> nn.Module``; adding a model is one entry (and a test).
+MODELS: Registry = Registry("model", "--model")
 
 
 class MLP(nn.Module):
@@ -113,29 +116,66 @@ class ResNet18(nn.Module):
         return self.fc(self.pool(x).flatten(1))  # (batch, 8w) -> (batch, classes)
 
 
+@MODELS.register("mlp", help="flatten, two hidden ReLU layers (256, 128; --width W gives W, W), linear classifier")
+def _mlp(input_shape, num_classes, *, batchnorm=True, init_std=None, width=None) -> nn.Module:
+    c, h, w = input_shape
+    return MLP(c * h * w, num_classes, (256, 128) if width is None else (width, width))
+
+
+@MODELS.register("cnn5", help="the margins paper's 5-layer CNN: four 3x3 stride-2 convs (16/32/64/128 channels, "
+                              "--width sets the first), optional BatchNorm, no biases, linear classifier")
+def _cnn5(input_shape, num_classes, *, batchnorm=True, init_std=None, width=None) -> nn.Module:
+    c, h, w = input_shape
+    base = 16 if width is None else width
+    return CNN5(c, num_classes, (h, w), batchnorm=batchnorm, init_std=init_std,
+                widths=(base, 2 * base, 4 * base, 8 * base))
+
+
+@MODELS.register("resnet18", help="ResNet-18 for low-resolution images (Data Diet's CIFAR variant, 3x3 stem, "
+                                  "64 first-stage channels or --width)")
+def _resnet18(input_shape, num_classes, *, batchnorm=True, init_std=None, width=None) -> nn.Module:
+    return ResNet18(input_shape[0], num_classes, width=64 if width is None else width)
+
+
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, *,
                 batchnorm: bool = True, init_std: float | None = None,
                 width: int | None = None) -> nn.Module:
-    """Build a fresh model.  Call under ``torch.manual_seed`` for a seeded init.
+    """Build a fresh model of the registered family ``name`` (:data:`MODELS`).  Call under
+    ``torch.manual_seed`` for a seeded init.
 
     ``input_shape`` is ``(channels, height, width)``; ``width`` scales the model (hidden
     units of ``mlp``, first-stage channels of ``resnet18``, channel multiplier base of
     ``cnn5`` = width of its first conv)."""
-    if name not in MODELS:
-        raise InvalidArgumentError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    builder = MODELS.get(name)
     if init_std is not None and not (math.isfinite(init_std) and init_std > 0):
         raise InvalidArgumentError(f"--init-std must be a positive number, got {init_std!r}")
     if width is not None and width < 1:
         raise InvalidArgumentError(f"--width must be a positive integer, got {width!r}")
-    c, h, w = input_shape
-    if name == "mlp":
-        hidden = (256, 128) if width is None else (width, width)
-        return MLP(c * h * w, num_classes, hidden)
-    if name == "cnn5":
-        base = 16 if width is None else width
-        return CNN5(c, num_classes, (h, w), batchnorm=batchnorm, init_std=init_std,
-                    widths=(base, 2 * base, 4 * base, 8 * base))
-    return ResNet18(c, num_classes, width=64 if width is None else width)
+    return builder(tuple(input_shape), num_classes, batchnorm=batchnorm, init_std=init_std, width=width)
+
+
+#: Most parameters a model may have (2**33 float32 parameters = 32 GiB).
+MAX_PARAMETERS = 2**33
+
+
+def parameter_count(name: str, input_shape: tuple[int, int, int], num_classes: int, *,
+                    batchnorm: bool = True, init_std: float | None = None, width: int | None = None) -> int:
+    """Number of parameters of the model :func:`build_model` would build, counted on
+    PyTorch's ``meta`` device (nothing is allocated)."""
+    with torch.device("meta"):
+        model = build_model(name, input_shape, num_classes, batchnorm=batchnorm, init_std=init_std, width=width)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_model_size(name: str, input_shape: tuple[int, int, int], num_classes: int, **options) -> int:
+    """Refuse (:class:`InvalidArgumentError`) a model of more than :data:`MAX_PARAMETERS`
+    parameters before it is allocated; returns the parameter count."""
+    n = parameter_count(name, input_shape, num_classes, **options)
+    if n > MAX_PARAMETERS:
+        raise InvalidArgumentError(
+            f"--model {name} with --width {options.get('width')!r} has {n:,} parameters "
+            f"({4 * n / 2**30:,.0f} GiB); at most {MAX_PARAMETERS:,}: use a smaller --width")
+    return n
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

@@ -65,7 +65,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,13 +74,13 @@ import torch
 
 from scorebank.pipeline.config import ScoreConfig, resolve_config
 from scorebank.pipeline.datasets import ImageData, load_dataset
+from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
 from scorebank.pipeline.scoring import read_store_config
-from scorebank.pipeline.training import (DeviceData, Trainer, evaluate, load_checkpoint, resolve_device,
-                                         to_device_data)
+from scorebank.pipeline.training import DeviceData, EpochResult, Trainer, resolve_device, to_device_data
 from scorebank.stores import schema as S
+from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, RunFailedError
-from scorebank.stores.zarrstore import (StoreWriter, atomic_file, consolidate, now_iso, require_store_directory,
-                                        scorebank_version)
+from scorebank.stores.zarrstore import StoreWriter, consolidate, now_iso, require_store_directory, scorebank_version
 
 BUDGETS = ("steps", "epochs")
 BASELINES = ("random",)
@@ -274,28 +274,10 @@ def random_subset(labels: np.ndarray, size: int, seed: int, *, class_counts: Seq
 
 
 # ----------------------------------------------------------------------------- events / results
-@dataclass(frozen=True)
-class RetrainEvent:
-    """Sent to the ``progress`` callback: ``kind`` is ``"run"`` (a run starts, resumes or is
-    skipped; ``epoch`` is the number of its epochs 0..total_epochs already recorded, so
-    ``total_epochs + 1`` for a finished run) or ``"epoch"`` (epoch ``epoch`` was written;
-    ``metrics`` holds test accuracy and loss)."""
-
-    kind: str
-    group: str
-    seed: int
-    epoch: int
-    total_epochs: int
-    metrics: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RetrainOutcome:
-    seed: int
-    status: str  # schema.RUN_COMPLETE / RUN_FAILED
-    skipped: bool
-    final_test_accuracy: float
-    failed_epoch: int | None = None
+#: A retrain's progress events and run outcomes are the shared lifecycle's
+#: (:mod:`scorebank.pipeline.lifecycle`); ``event.group`` names the retrain group.
+RetrainEvent = ProgressEvent
+RetrainOutcome = RunOutcome
 
 
 @dataclass(frozen=True)
@@ -548,26 +530,22 @@ def _create_group(parent, job: RetrainJob, seeds: tuple[int, ...]):
     name, spec, kept, manifest = job.name, job.spec, job.indices, job.manifest
     n_epochs = spec.training.epochs + 1
     group = parent.create_group(name)
-    run = group.create_array(S.RUN, shape=(len(seeds),), dtype="int64", chunks=(max(1, len(seeds)),),
-                             dimension_names=(S.RUN,), fill_value=0)
-    run[:] = np.asarray(seeds, dtype=np.int64)
-    ep = group.create_array(S.EPOCH, shape=(n_epochs,), dtype="int64", chunks=(n_epochs,),
-                            dimension_names=(S.EPOCH,), fill_value=0)
-    ep[:] = np.arange(n_epochs, dtype=np.int64)
+    create_array(group, S.RUN, dims=(S.RUN,), data=np.asarray(seeds, dtype=np.int64),
+                 chunks=(max(1, len(seeds)),), fill_value=0)
+    create_array(group, S.EPOCH, dims=(S.EPOCH,), data=np.arange(n_epochs, dtype=np.int64), chunks=(n_epochs,),
+                 fill_value=0)
     for var in (S.TEST_ACCURACY, S.TEST_LOSS, S.COMPLETED):
         v = S.BY_NAME[var]
-        group.create_array(var, shape=(len(seeds), n_epochs), dtype=v.dtype, chunks=(1, n_epochs),
-                           dimension_names=(S.RUN, S.EPOCH), fill_value=v.fill_value, attributes=v.attrs)
-    group.create_array(FINAL_TEST_ACCURACY, shape=(len(seeds),), dtype="float32", chunks=(max(1, len(seeds)),),
-                       dimension_names=(S.RUN,), fill_value=np.nan,
-                       attributes={"description": "test accuracy after the last epoch (NaN until complete)",
-                                   "units": "fraction"})
-    idx = group.create_array(INDICES, shape=kept.shape, dtype="int64",
-                             chunks=(max(1, min(len(kept), S.PER_EXAMPLE_CHUNK)),), dimension_names=(KEPT,),
-                             fill_value=0,
-                             attributes={"description": "sorted positions along the store's `example` "
-                                                        "dimension of the examples trained on"})
-    idx[:] = kept
+        create_array(group, var, dims=(S.RUN, S.EPOCH), shape=(len(seeds), n_epochs), dtype=v.dtype,
+                     chunks=(1, n_epochs), fill_value=v.fill_value, attributes=v.attrs)
+    create_array(group, FINAL_TEST_ACCURACY, dims=(S.RUN,), shape=(len(seeds),), dtype="float32",
+                 chunks=(max(1, len(seeds)),), fill_value=np.nan,
+                 attributes={"description": "test accuracy after the last epoch (NaN until complete)",
+                             "units": "fraction"})
+    create_array(group, INDICES, dims=(KEPT,), data=np.asarray(kept, dtype=np.int64),
+                 chunks=(max(1, min(len(kept), S.PER_EXAMPLE_CHUNK)),), fill_value=0,
+                 attributes={"description": "sorted positions along the store's `example` "
+                                            "dimension of the examples trained on"})
     group.attrs.update({
         ATTR_RETRAIN: spec.to_json(),
         ATTR_MANIFEST: manifest,
@@ -598,66 +576,44 @@ def _add_runs(group, seeds: tuple[int, ...]) -> None:
     group.attrs[S.ATTR_RUNS] = runs
 
 
-def _set_status(writer: StoreWriter, group, seed: int, status: str, **info) -> None:
-    runs = dict(group.attrs.get(S.ATTR_RUNS, {}))
-    runs[str(seed)] = {"status": status, **info}
-    group.attrs[S.ATTR_RUNS] = runs
-    consolidate(writer.path)
+class _GroupSlot:
+    """A retrain run: its test accuracy and loss in the group ``retrain/<name>``, its status
+    in the group's ``runs`` attribute, its checkpoint under ``checkpoints/retrain/<name>/``."""
+
+    def __init__(self, writer: StoreWriter, group, name: str, seed: int):
+        self.writer, self.group, self.seed = writer, group, seed
+        self.checkpoint = checkpoint_dir(writer.path, name) / f"run-{seed}.pt"
+        self.r = [int(s) for s in group[S.RUN][:]].index(seed)
+
+    def status(self) -> dict:
+        return dict(self.group.attrs.get(S.ATTR_RUNS, {})).get(str(self.seed), {})
+
+    def set_status(self, status: str, **info) -> None:
+        runs = dict(self.group.attrs.get(S.ATTR_RUNS, {}))
+        runs[str(self.seed)] = {"status": status, **info}
+        self.group.attrs[S.ATTR_RUNS] = runs
+        consolidate(self.writer.path)
+
+    def write(self, result: EpochResult) -> None:
+        for var in (S.TEST_ACCURACY, S.TEST_LOSS):
+            self.group[var][self.r, result.epoch] = result.per_epoch[var]
+        self.group[S.COMPLETED][self.r, result.epoch] = True
+
+    def finish(self) -> None:
+        n_epochs = self.group[S.TEST_ACCURACY].shape[1]
+        self.group[FINAL_TEST_ACCURACY][self.r] = float(self.group[S.TEST_ACCURACY][self.r, n_epochs - 1])
+
+    def final_test_accuracy(self) -> float:
+        return float(self.group[FINAL_TEST_ACCURACY][self.r])
 
 
 def _retrain_run(writer: StoreWriter, group, job: RetrainJob, sd: StoreData, pool: torch.Tensor, seed: int,
-                 progress) -> RetrainOutcome:
-    name, spec, plan = job.name, job.spec, job.plan
-    cfg = spec.training
-    r = [int(s) for s in group[S.RUN][:]].index(seed)
-    status = dict(group.attrs.get(S.ATTR_RUNS, {})).get(str(seed), {})
-    if status.get("status") in (S.RUN_COMPLETE, S.RUN_FAILED):
-        if progress:
-            progress(RetrainEvent("run", name, seed, cfg.epochs + 1, cfg.epochs))
-        return RetrainOutcome(seed, status["status"], skipped=True,
-                              final_test_accuracy=float(group[FINAL_TEST_ACCURACY][r]),
-                              failed_epoch=status.get("failed_epoch"))
-    trainer = Trainer(cfg, sd.device_data, spec.seed_offset + seed, sd.device, indices=pool,
-                      steps_per_epoch=plan.trainer_steps_per_epoch)
-    ckpt = checkpoint_dir(writer.path, name) / f"run-{seed}.pt"
-    resumed = ckpt.is_file()
-    if resumed:
-        trainer.load_state_dict(load_checkpoint(ckpt))
-    _set_status(writer, group, seed, S.RUN_RUNNING, device=str(sd.device), torch=torch.__version__)
-    if progress:
-        progress(RetrainEvent("run", name, seed, trainer.epoch + 1 if resumed else 0, cfg.epochs))
-    data = sd.device_data
-
-    def measure_and_save() -> bool:
-        acc, loss = evaluate(trainer.model, data.test_x, data.test_y, cfg.eval_batch_size)
-        acc, loss = float(acc), float(loss)
-        if not math.isfinite(loss):
-            return False
-        e = trainer.epoch
-        group[S.TEST_ACCURACY][r, e] = acc
-        group[S.TEST_LOSS][r, e] = loss
-        group[S.COMPLETED][r, e] = True
-        with atomic_file(ckpt) as tmp:
-            torch.save(trainer.state_dict(), tmp)
-        if progress:
-            progress(RetrainEvent("epoch", name, seed, e, cfg.epochs,
-                                  {S.TEST_ACCURACY: acc, S.TEST_LOSS: loss}))
-        return True
-
-    def fail(epoch: int) -> RetrainOutcome:
-        _set_status(writer, group, seed, S.RUN_FAILED, failed_epoch=epoch)
-        return RetrainOutcome(seed, S.RUN_FAILED, skipped=False, final_test_accuracy=math.nan, failed_epoch=epoch)
-
-    if not ckpt.is_file() and not measure_and_save():
-        return fail(0)
-    while trainer.epoch < cfg.epochs:
-        _, diverged = trainer.train_epoch()
-        if diverged or not measure_and_save():
-            return fail(trainer.epoch)
-    final = float(group[S.TEST_ACCURACY][r, cfg.epochs])
-    group[FINAL_TEST_ACCURACY][r] = final
-    _set_status(writer, group, seed, S.RUN_COMPLETE, device=str(sd.device), torch=torch.__version__)
-    return RetrainOutcome(seed, S.RUN_COMPLETE, skipped=False, final_test_accuracy=final)
+                 progress) -> RunOutcome:
+    cfg = job.spec.training
+    return drive_run(_GroupSlot(writer, group, job.name, seed),
+                     lambda: Trainer(cfg, sd.device_data, job.spec.seed_offset + seed, sd.device, indices=pool,
+                                     steps_per_epoch=job.plan.trainer_steps_per_epoch),
+                     total_epochs=cfg.epochs, device=sd.device, progress=progress, group=job.name)
 
 
 # ----------------------------------------------------------------------------- reading / summary

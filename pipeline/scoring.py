@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,38 +23,25 @@ import torch
 
 from scorebank.pipeline.config import ScoreConfig
 from scorebank.pipeline.datasets import ImageData, apply_label_noise, load_dataset
-from scorebank.pipeline.training import Trainer, load_checkpoint, resolve_device, to_device_data
+from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
+from scorebank.pipeline.models import check_model_size
+from scorebank.pipeline.training import DeviceData, EpochResult, Trainer, new_model, resolve_device, to_device_data
 from scorebank.stores import schema as S
-from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, RunFailedError,
+from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, RunFailedError, ScorebankError,
                                      StoreExistsError)
 from scorebank.stores.merge import ATTR_SOURCES
-from scorebank.stores.zarrstore import (StoreWriter, atomic_file, create_store, is_scorebank_store,
-                                        remove_store)
+from scorebank.stores.zarrstore import StoreWriter, create_store, is_scorebank_store, remove_store
 
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """Sent to the ``progress`` callback: ``kind`` is ``"run"`` (a run starts; ``epoch`` is
-    the first epoch it will train) or ``"epoch"`` (an epoch was written; ``metrics`` holds
-    its per-epoch values)."""
-
-    kind: str
-    seed: int
-    epoch: int
-    total_epochs: int
-    metrics: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    seed: int
-    status: str  # schema.RUN_COMPLETE / RUN_FAILED
-    skipped: bool
-    failed_epoch: int | None = None
+__all__ = ["ProgressEvent", "RunOutcome", "MergedStoreError", "ModelBuildError", "read_store_config",
+           "prepare_labels", "score"]
 
 
 class MergedStoreError(InvalidArgumentError):
     """``scorebank score`` was pointed at a merged store, which cannot take new runs."""
+
+
+class ModelBuildError(ScorebankError):
+    """The model could not be built on this machine (out of memory): exit status 1."""
 
 
 def _store_attrs(path: Path) -> dict:
@@ -73,6 +59,42 @@ def prepare_labels(config: ScoreConfig, data: ImageData) -> np.ndarray:
     return data.train_labels.copy()
 
 
+def check_store_accepts(path: Path, attrs: dict, config: ScoreConfig, fingerprint: str | None = None) -> None:
+    """Refuse to write ``config``'s runs into the store whose root attributes are ``attrs``:
+    a merged store (:class:`MergedStoreError`), another configuration or (when given)
+    another data set fingerprint (:class:`ConfigMismatchError`).  Called before loading
+    the data and again under the store's lock."""
+    if ATTR_SOURCES in attrs:
+        raise MergedStoreError(
+            f"store {str(path)!r} was made by `scorebank merge` and is for analysis only; score into "
+            "a separate --store and merge again, or pass --overwrite to replace it")
+    old = ScoreConfig.from_json(attrs[S.ATTR_CONFIG])
+    if old.differences(config):
+        raise ConfigMismatchError(
+            f"store {str(path)!r} was made with a different configuration ({old.describe_differences(config)}); "
+            "use the same settings, another --store, or --overwrite")
+    recorded = attrs.get(S.ATTR_FINGERPRINT)
+    if fingerprint is not None and recorded != fingerprint:
+        raise ConfigMismatchError(
+            f"store {str(path)!r} describes data set fingerprint {recorded!r} but {config.dataset!r} "
+            f"now gives {fingerprint!r}; the data changed, use another --store")
+
+
+def probe_model(config: ScoreConfig, data: DeviceData, seed: int, device: torch.device) -> None:
+    """Check the model's size (:func:`~scorebank.pipeline.models.check_model_size`) and build
+    the first run's model once, before anything is written, so a model that does not fit
+    (``--width 16384`` with ``resnet18``) is refused without leaving a store behind."""
+    check_model_size(config.model, tuple(data.train_x.shape[1:]), data.num_classes, batchnorm=config.batchnorm,
+                     init_std=config.init_std, width=config.width)
+    try:
+        new_model(config, data, seed, device)
+    except (MemoryError, RuntimeError) as exc:  # torch: "DefaultCPUAllocator: can't allocate memory", CUDA OOM
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelBuildError(
+            f"could not build --model {config.model!r} with --width {config.width!r} on {str(device)!r}: {reason}; "
+            "use a smaller --width") from None
+
+
 def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike, *,
           device: str = "auto", overwrite: bool = False,
           progress: Callable[[ProgressEvent], None] | None = None,
@@ -81,9 +103,14 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
 
     Refuses (:class:`ConfigMismatchError`) an existing store made with a different
     configuration unless ``overwrite``; new seeds with the same configuration extend the
-    ``run`` dimension.  Raises :class:`RunFailedError` after all runs finished if any run
-    diverged (it is marked ``failed`` with its epoch in the store's ``runs`` attribute).
-    ``data`` may be passed to skip loading (tests); it must be what ``config`` names."""
+    ``run`` dimension.  Every refusal happens before the first progress event: the checks
+    run before the data is loaded and again under the store's lock (a concurrent
+    ``--overwrite`` may have replaced the store in between).  The store is created only
+    after the data is loaded and the first run's model built.  Runs follow
+    :func:`scorebank.pipeline.lifecycle.drive_run`; raises :class:`RunFailedError` after
+    all runs finished if any run diverged (it is marked ``failed`` with its epoch in the
+    store's ``runs`` attribute).  ``data`` may be passed to skip loading (tests); it must be
+    what ``config`` names."""
     if not seeds:
         raise InvalidArgumentError("no seeds given; pass e.g. --seeds 0-2")
     dev = resolve_device(device)
@@ -92,41 +119,29 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
     if exists and not is_scorebank_store(path):
         raise StoreExistsError(f"{str(path)!r} exists and is not a scorebank store; choose another --store path")
     if exists and not overwrite:
-        if ATTR_SOURCES in _store_attrs(path):
-            raise MergedStoreError(
-                f"store {str(path)!r} was made by `scorebank merge` and is for analysis only; score into "
-                "a separate --store and merge again, or pass --overwrite to replace it")
-        old = read_store_config(path)
-        diff = old.differences(config)
-        if diff:
-            listing = "; ".join(f"{k}: store has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
-            raise ConfigMismatchError(
-                f"store {str(path)!r} was made with a different configuration ({listing}); "
-                "use the same settings, another --store, or --overwrite")
+        check_store_accepts(path, _store_attrs(path), config)
     if data is None:
         data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download, limit=config.limit)
     labels = prepare_labels(config, data)
+    device_data = to_device_data(data, labels, dev)
+    probe_model(config, device_data, seeds[0], dev)
     if exists and overwrite:
         remove_store(path)
-        exists = False
-    if exists:
-        recorded = _store_attrs(path).get(S.ATTR_FINGERPRINT)
-        if recorded != data.fingerprint:
-            raise ConfigMismatchError(
-                f"store {str(path)!r} describes data set fingerprint {recorded!r} but {config.dataset!r} "
-                f"now gives {data.fingerprint!r}; the data changed, use another --store")
-    else:
+    if not path.exists():
         create_store(path, n_epochs=config.epochs, labels=labels, true_labels=data.train_labels,
                      original_index=data.original_index, seeds=seeds, features=config.features,
                      attrs={S.ATTR_CONFIG: config.to_json(), S.ATTR_DATASET: data.name,
                             S.ATTR_FINGERPRINT: data.fingerprint,
                             S.ATTR_CLASS_NAMES: list(data.class_names)})
-    device_data = to_device_data(data, labels, dev)
     outcomes = []
     with StoreWriter(path) as writer:
+        check_store_accepts(path, dict(writer.root.attrs), config, data.fingerprint)  # under the lock
         writer.add_runs(seeds)
         for seed in seeds:
-            outcomes.append(_score_run(config, device_data, seed, dev, writer, progress))
+            slot = _RootSlot(writer, seed)
+            outcomes.append(drive_run(slot, lambda seed=seed: Trainer(config, device_data, seed, dev,
+                                                                      grand_fn=_grand_fn(config)),
+                                      total_epochs=config.epochs, device=dev, progress=progress))
     failed = [o for o in outcomes if o.status == S.RUN_FAILED]
     if failed:
         what = ", ".join(f"seed {o.seed} at epoch {o.failed_epoch}" for o in failed)
@@ -135,42 +150,33 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
     return outcomes
 
 
-def _score_run(config: ScoreConfig, data, seed: int, device: torch.device, writer: StoreWriter,
-               progress) -> RunOutcome:
-    status = writer.runs.get(str(seed), {})
-    if status.get("status") == S.RUN_COMPLETE:
-        return RunOutcome(seed, S.RUN_COMPLETE, skipped=True)
-    if status.get("status") == S.RUN_FAILED:
-        return RunOutcome(seed, S.RUN_FAILED, skipped=True, failed_epoch=status.get("failed_epoch"))
-    grand_fn = None
-    if config.grand_epochs:
-        from scorebank.pipeline.grand import grand_scores as grand_fn
-    trainer = Trainer(config, data, seed, device, grand_fn=grand_fn)
-    ckpt = writer.checkpoint_path(seed)
-    if ckpt.is_file():
-        trainer.load_state_dict(load_checkpoint(ckpt))
-    writer.set_run_status(seed, S.RUN_RUNNING, device=str(device), torch=torch.__version__)
-    if progress:
-        progress(ProgressEvent("run", seed, trainer.epoch, config.epochs))
+def _grand_fn(config: ScoreConfig):
+    if not config.grand_epochs:
+        return None
+    from scorebank.pipeline.grand import grand_scores
 
-    def save(result) -> None:
-        writer.write_epoch(seed, result.epoch, result.per_example, result.per_epoch)
-        with atomic_file(ckpt) as tmp:
-            torch.save(trainer.state_dict(), tmp)
-        if progress:
-            progress(ProgressEvent("epoch", seed, result.epoch, config.epochs, result.per_epoch))
+    return grand_scores
 
-    if not ckpt.is_file():
-        result = trainer.measure_epoch()
-        if result.diverged:
-            writer.set_run_status(seed, S.RUN_FAILED, failed_epoch=0)
-            return RunOutcome(seed, S.RUN_FAILED, skipped=False, failed_epoch=0)
-        save(result)
-    while trainer.epoch < config.epochs:
-        result = trainer.run_epoch()
-        if result.diverged:
-            writer.set_run_status(seed, S.RUN_FAILED, failed_epoch=result.epoch)
-            return RunOutcome(seed, S.RUN_FAILED, skipped=False, failed_epoch=result.epoch)
-        save(result)
-    writer.set_run_status(seed, S.RUN_COMPLETE, device=str(device), torch=torch.__version__)
-    return RunOutcome(seed, S.RUN_COMPLETE, skipped=False)
+
+class _RootSlot:
+    """A scoring run: its values in the store's root arrays, its status in the ``runs``
+    attribute, its checkpoint at ``checkpoints/run-<seed>.pt``."""
+
+    def __init__(self, writer: StoreWriter, seed: int):
+        self.writer, self.seed = writer, seed
+        self.checkpoint = writer.checkpoint_path(seed)
+
+    def status(self) -> dict:
+        return self.writer.runs.get(str(self.seed), {})
+
+    def set_status(self, status: str, **info) -> None:
+        self.writer.set_run_status(self.seed, status, **info)
+
+    def write(self, result: EpochResult) -> None:
+        self.writer.write_epoch(self.seed, result.epoch, result.per_example, result.per_epoch)
+
+    def finish(self) -> None:
+        pass
+
+    def final_test_accuracy(self) -> float:
+        return float("nan")

@@ -22,7 +22,13 @@ import zarr
 
 from scorebank.stores import schema as S
 from scorebank.stores.create import consolidate, create_store, now_iso, scorebank_version  # noqa: F401
-from scorebank.stores.errors import InvalidArgumentError, StoreExistsError, StoreLockedError, StoreNotFoundError
+from scorebank.stores.errors import (InvalidArgumentError, ScorebankError, StoreExistsError, StoreLockedError,
+                                     StoreNotFoundError)
+
+
+class StoreWriteError(ScorebankError, OSError):
+    """Writing a file of the store failed (disk full, read-only, ...): exit status 1.  What
+    was written before stays valid, so the same command resumes once the cause is fixed."""
 
 
 def require_store_directory(location: str | os.PathLike, what: str) -> Path:
@@ -90,7 +96,8 @@ class StoreWriter:
 
     # -------------------------------------------------------------- locking
     def __enter__(self) -> "StoreWriter":
-        f = open(self.path / S.LOCK_FILE, "a+")
+        lock_path = self.path / S.LOCK_FILE
+        f = open(lock_path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -98,7 +105,19 @@ class StoreWriter:
             raise StoreLockedError(
                 f"store {str(self.path)!r} is being written by another scorebank process; "
                 "wait for it to finish") from None
+        # The store may have been replaced (`--overwrite`) between opening and locking: then the
+        # lock taken is the old store's and protects nothing here.
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if not same or not is_scorebank_store(self.path):
+            f.close()
+            raise StoreLockedError(
+                f"store {str(self.path)!r} was replaced by another scorebank process while this one "
+                "waited for it; run the command again")
         self._lock_file = f
+        self._open()  # what is there now, under the lock
         return self
 
     def __exit__(self, *exc) -> None:
@@ -166,12 +185,23 @@ class StoreWriter:
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    A failure to write (an ``OSError``, or the ``RuntimeError`` torch.save raises on a full
+    disk) leaves ``path`` as it was and becomes :class:`StoreWriteError` naming the path."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, ScorebankError):
+            raise
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise StoreWriteError(f"could not write {str(path)!r}: {reason}; free space or fix permissions, "
+                              "then run the same command again (it resumes)") from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass

@@ -1,0 +1,195 @@
+"""The run lifecycle every training command shares (``score``, ``retrain``, ``prune-curve``,
+``easy-hard``; ``compress`` reports through the same :class:`ProgressEvent`).
+
+One run = one network trained epoch by epoch from a seed.  :func:`drive_run` takes a run
+through its whole life, whatever the command:
+
+* **skip** a run whose status is ``complete`` or ``failed``;
+* **resume** from the run's checkpoint (model, optimiser, gradient-estimator and RNG
+  state), so the result equals an uninterrupted run bit for bit on CPU;
+* **status** ``running`` while it trains, then ``complete``; ``failed`` with the epoch
+  where the training or test loss stopped being finite (divergence); ``interrupted`` with
+  the last epoch written on Ctrl-C or a write failure (then the exception propagates);
+* **progress**: a :class:`ProgressEvent` when the run starts, resumes or is skipped, after
+  every written epoch, and when it fails or is interrupted.
+
+Per epoch e the order is crash-safe: (1) the epoch's values are written (each chunk
+atomically), (2) ``completed[run, e]`` is set, (3) the checkpoint is replaced atomically
+(:func:`~scorebank.stores.zarrstore.atomic_file`; a full disk raises
+:class:`~scorebank.stores.zarrstore.StoreWriteError` and leaves the previous checkpoint),
+(4) the ``epoch`` event is sent.  A ``kill -9`` between any two steps leaves a readable
+store; resuming restarts from the checkpoint and re-writes the (identical) values of any
+epoch after it.
+
+Where a run's values and status live differs per command (the store's root arrays, a
+``retrain/<name>`` group): that is a :class:`RunSlot`.  Training and measuring are
+:class:`~scorebank.pipeline.training.Trainer`'s (one training step for every command).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from scorebank.pipeline.training import EpochResult, Trainer, load_checkpoint
+from scorebank.stores import schema as S
+from scorebank.stores.errors import ScorebankError
+from scorebank.stores.zarrstore import atomic_file
+
+#: What a :class:`ProgressEvent` reports, by ``kind``.
+EVENT_KINDS = {
+    "start": "a run starts from initialisation (epoch 0)",
+    "resume": "a run resumes from its checkpoint at `epoch` (the last epoch written)",
+    "skip": "a run is already complete or failed and is skipped",
+    "epoch": "epoch `epoch` was written; `metrics` holds its per-epoch values",
+    "failed": "the run diverged (non-finite loss) at `epoch` and is marked failed",
+    "interrupted": "the run stopped (Ctrl-C, write failure) after writing `epoch`; re-running resumes it",
+    "stage": "compress: a stage finished (`metrics` has stage, examples_left, test_error, ...)",
+}
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Sent to a command's ``progress`` callback (see :data:`EVENT_KINDS`).
+
+    ``done`` and ``total`` count the run's units of work (epochs 0..``total_epochs`` for a
+    run, so ``total = total_epochs + 1``; stages for ``compress``): a progress bar over all
+    runs is ``sum(done) / sum(total)`` with the latest event of each ``(group, seed)``.
+    ``group`` names the retrain / compress group ("" for ``score``)."""
+
+    kind: str
+    seed: int
+    epoch: int
+    total_epochs: int
+    metrics: dict = field(default_factory=dict)
+    group: str = ""
+    done: int = 0
+    total: int = 0
+
+    def describe(self) -> str:
+        """One line for the terminal, e.g. ``"resuming seed 3 from epoch 5"``."""
+        who = f"{self.group} seed {self.seed}" if self.group else f"seed {self.seed}"
+        if self.kind == "resume":
+            return f"resuming {who} from epoch {self.epoch}"
+        if self.kind == "skip":
+            return f"{who} already {self.metrics.get('status', 'finished')}, skipped"
+        if self.kind == "failed":
+            return f"{who} diverged (non-finite loss) at epoch {self.epoch}"
+        if self.kind == "interrupted":
+            if self.done == 0:
+                return f"interrupted {who} before its first epoch was written"
+            return f"interrupted {who} after epoch {self.epoch}; run the same command again to resume"
+        if self.kind == "start":
+            return f"starting {who}"
+        if self.kind == "stage":
+            return (f"{who}: stage {self.metrics.get('stage')} done, "
+                    f"{self.metrics.get('examples_left')} examples left")
+        return f"{who} epoch {self.epoch}/{self.total_epochs}"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: ``status`` is ``complete`` or ``failed`` (``failed_epoch`` set);
+    ``skipped`` if it had ended before this call.  ``final_test_accuracy`` is filled by
+    commands that record it (retrain), else NaN."""
+
+    seed: int
+    status: str
+    skipped: bool
+    failed_epoch: int | None = None
+    final_test_accuracy: float = math.nan
+
+
+class RunSlot(Protocol):
+    """Where one run's values, status and checkpoint live."""
+
+    seed: int
+    checkpoint: Path
+
+    def status(self) -> dict:
+        """The run's status record (``{"status": ..., ...}``; ``{}`` if none)."""
+
+    def set_status(self, status: str, **info) -> None:
+        ...
+
+    def write(self, result: EpochResult) -> None:
+        """Write one epoch's values, ``completed`` last."""
+
+    def finish(self) -> None:
+        """After the last epoch, before ``complete`` is set: write what summarises the run."""
+
+    def final_test_accuracy(self) -> float:
+        """The run's recorded final test accuracy (NaN where the command records none)."""
+
+
+def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epochs: int, device: torch.device,
+              progress: Callable[[ProgressEvent], None] | None = None, group: str = "") -> RunOutcome:
+    """Take one run through its lifecycle (module docstring): skip, resume or start, train
+    and write epochs up to ``total_epochs``, and set its status.  ``make_trainer`` builds the
+    run's fresh :class:`Trainer` (called only if the run has work left)."""
+    seed, total = slot.seed, total_epochs + 1
+
+    def emit(kind: str, epoch: int, done: int, metrics: dict | None = None) -> None:
+        if progress:
+            progress(ProgressEvent(kind, seed, epoch, total_epochs, dict(metrics or {}), group, done, total))
+
+    status = slot.status()
+    if status.get("status") in (S.RUN_COMPLETE, S.RUN_FAILED):
+        failed_epoch = status.get("failed_epoch")
+        emit("skip", total_epochs if failed_epoch is None else failed_epoch, total, {"status": status["status"]})
+        return RunOutcome(seed, status["status"], skipped=True, failed_epoch=failed_epoch,
+                          final_test_accuracy=slot.final_test_accuracy())
+    trainer = make_trainer()
+    resumed = slot.checkpoint.is_file()
+    if resumed:
+        trainer.load_state_dict(load_checkpoint(slot.checkpoint))
+    last = trainer.epoch if resumed else None  # the last epoch written
+    running = {"device": str(device), "torch": torch.__version__}
+    slot.set_status(S.RUN_RUNNING, **running)
+    if resumed:
+        emit("resume", trainer.epoch, trainer.epoch + 1)
+    else:
+        emit("start", 0, 0)
+
+    def fail(epoch: int) -> RunOutcome:
+        slot.set_status(S.RUN_FAILED, failed_epoch=epoch)
+        emit("failed", epoch, total)
+        return RunOutcome(seed, S.RUN_FAILED, skipped=False, failed_epoch=epoch)
+
+    try:
+        result = None if resumed else trainer.measure_epoch()
+        while True:
+            if result is not None:
+                if result.diverged:
+                    return fail(result.epoch)
+                slot.write(result)
+                with atomic_file(slot.checkpoint) as tmp:
+                    torch.save(trainer.state_dict(), tmp)
+                last = result.epoch
+                emit("epoch", result.epoch, result.epoch + 1, result.per_epoch)
+            if trainer.epoch >= total_epochs:
+                break
+            result = trainer.run_epoch()
+    except (KeyboardInterrupt, ScorebankError, OSError):
+        _mark_interrupted(slot, last)
+        try:
+            emit("interrupted", -1 if last is None else last, 0 if last is None else last + 1)
+        except Exception:  # noqa: BLE001 - the interruption is what propagates
+            pass
+        raise
+    slot.finish()
+    slot.set_status(S.RUN_COMPLETE, **running)
+    return RunOutcome(seed, S.RUN_COMPLETE, skipped=False, final_test_accuracy=slot.final_test_accuracy())
+
+
+def _mark_interrupted(slot: RunSlot, last: int | None) -> None:
+    """Best effort (the disk may be full): status ``interrupted`` with the last epoch written."""
+    try:
+        slot.set_status(S.RUN_INTERRUPTED, epoch=last)
+    except Exception:  # noqa: BLE001 - the original exception is what the user must see
+        pass
