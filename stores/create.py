@@ -84,7 +84,7 @@ def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, 
             elif var.name == S.CORRUPTED:
                 arr[:] = np.asarray(labels) != np.asarray(true_labels)
         root.attrs.update({
-            S.ATTR_FORMAT: S.FORMAT_VERSION,
+            **S.format_attrs(),
             S.ATTR_VERSION: scorebank_version(),
             S.ATTR_CREATED: now_iso(),
             S.ATTR_RUNS: {str(s): {"status": S.RUN_PENDING} for s in seeds},

@@ -92,10 +92,48 @@ class CorruptStoreError(ScorebankError, ValueError):
     """A chunk of the store passed the checks but could not be decoded (corrupt data)."""
 
 
-def schema_arrays(features: frozenset[str] | set[str] = frozenset()) -> tuple[str, ...]:
-    """Names of the root arrays a complete store with the given features holds: the
-    coordinates and every schema variable (:func:`scorebank.stores.schema.variables`)."""
-    return tuple(S.coordinates()) + tuple(v.name for v in S.variables(features))
+class NewerFormatError(UnsafeStoreError):
+    """The store was written in a format newer than this version reads (upgrade scorebank)."""
+
+
+class MissingVariableError(ScorebankError, LookupError):
+    """An analysis needs a variable the store does not have: its format predates the
+    variable, or it was made without the feature that records it."""
+
+
+def schema_arrays(features: frozenset[str] | set[str] = frozenset(),
+                  format_version: int | None = None) -> tuple[str, ...]:
+    """Names of the root arrays a complete store of ``format_version`` (default: the
+    current one) with the given features holds: the coordinates and every schema variable
+    (:func:`scorebank.stores.schema.variables`)."""
+    return tuple(S.coordinates()) + tuple(v.name for v in S.variables(features, format_version))
+
+
+def readable_format(attrs: dict) -> int:
+    """The store's format (:func:`scorebank.stores.schema.store_format`) as far as this
+    version knows it: a store written in a newer format that this version may read (its
+    ``scorebank_format`` allows it) has at least the variables of the current format."""
+    return min(S.store_format(attrs), S.FORMAT_VERSION)
+
+
+def require_variables(ds: xr.Dataset, names: Iterable[str], what: str) -> None:
+    """Raise :class:`MissingVariableError` in one line when ``ds`` lacks one of ``names``
+    (``what`` names the analysis that needs them), saying why: the store's format predates
+    the variable, or the store was made without the feature that records it."""
+    for name in names:
+        if name in ds.variables:
+            continue
+        var = S.BY_NAME.get(name)
+        fmt = S.store_format(ds.attrs)
+        if var is not None and _is_int(fmt) and fmt < var.since:
+            why = (f"store format {fmt} has no {name!r} (added in format {var.since}): "
+                   "re-score with a newer scorebank")
+        elif var is not None and var.feature is not None:
+            why = (f"the store has no {name!r}: it is recorded only in stores made with the "
+                   f"{var.feature!r} feature; re-score with it enabled")
+        else:
+            why = f"the store has no variable {name!r}"
+        raise MissingVariableError(f"{what} needs {name!r}, but {why}")
 
 
 def _expected_arrays() -> dict[str, tuple[tuple[str, ...], str]]:
@@ -231,7 +269,7 @@ def check_store_metadata(doc: dict, shown: str, *, complete: bool = False) -> "C
     rules = {name: _check_array_metadata(name, meta, shown)
              for name, meta in entries.items() if meta["node_type"] == "array"}
     _check_root_arrays(entries, shown)
-    required = schema_arrays(features) if complete else REQUIRED_ARRAYS
+    required = schema_arrays(features, readable_format(attrs)) if complete else REQUIRED_ARRAYS
     missing = [name for name in required
                if not isinstance(entries.get(name), dict) or entries[name].get("node_type") != "array"]
     if missing:
@@ -250,8 +288,15 @@ def check_attributes(attrs: dict, shown: str) -> frozenset[str]:
         raise UnsafeStoreError(f"{shown!r}: attribute {name!r} is {text}; expected {expected}")
 
     version = attrs.get(S.ATTR_FORMAT)
-    if not _is_int(version) or not 1 <= version <= S.FORMAT_VERSION:
-        refuse(S.ATTR_FORMAT, version, f"an integer 1..{S.FORMAT_VERSION} (a newer scorebank may read it)")
+    if not _is_int(version) or version < S.MIN_FORMAT:
+        refuse(S.ATTR_FORMAT, version, f"an integer {S.MIN_FORMAT}..{S.FORMAT_VERSION}")
+    written = attrs.get(S.ATTR_WRITER_FORMAT, version)
+    if version > S.FORMAT_VERSION:
+        shown_format = written if _is_int(written) and written > version else version
+        raise NewerFormatError(f"{shown!r} was written by scorebank format {shown_format}; this version "
+                               f"reads formats {S.MIN_FORMAT}..{S.FORMAT_VERSION}; upgrade scorebank")
+    if not _is_int(written) or written < version:
+        refuse(S.ATTR_WRITER_FORMAT, written, f"an integer >= its {S.ATTR_FORMAT!r} ({version!r})")
     for name in (S.ATTR_VERSION, S.ATTR_DATASET, S.ATTR_FINGERPRINT, S.ATTR_CREATED):
         if attrs.get(name) is not None and not isinstance(attrs[name], str):
             refuse(name, attrs[name], "a string")
@@ -641,17 +686,31 @@ def open_group(location: str | os.PathLike, *, storage_options: dict | None = No
     (:class:`StoreNotFoundError` naming the missing ones)."""
     import zarr
 
+    where, store = _checked_store(location, storage_options, complete)
+    with _opening(where.shown, "a Zarr store"):
+        group = zarr.open_group(store, mode="r", zarr_format=3, use_consolidated=True)
+    return group, where
+
+
+def _checked_store(location, storage_options: dict | None, complete: bool) -> tuple[Resolved, Any]:
+    """``(Resolved, store)``: ``location`` resolved, its metadata checked
+    (:func:`check_store_metadata`), and the store zarr reads it through (chunks guarded)."""
     where = resolve(location, storage_options=storage_options)
     guard = check_store_metadata(read_root_metadata(where), where.shown, complete=complete)
+    return where, _zarr_store(where, guard)
+
+
+@contextlib.contextmanager
+def _opening(shown: str, what: str) -> Iterator[None]:
+    """Turn zarr's/xarray's failure to open store ``shown`` as ``what`` into a scorebank error."""
     try:
-        group = zarr.open_group(_zarr_store(where, guard), mode="r", zarr_format=3, use_consolidated=True)
+        yield
     except ScorebankError:
         raise
     except (ValueError, KeyError, TypeError) as exc:
-        raise StoreNotFoundError(f"{where.shown!r} could not be opened as a Zarr store: {exc}") from None
+        raise StoreNotFoundError(f"{shown!r} could not be opened as {what}: {exc}") from None
     except OSError as exc:
-        raise translate_remote_errors(where.shown, exc) from None
-    return group, where
+        raise translate_remote_errors(shown, exc) from None
 
 
 def open_scores(location: str | os.PathLike, *, chunks: dict | str | None = "auto_store",
@@ -671,21 +730,15 @@ def open_scores(location: str | os.PathLike, *, chunks: dict | str | None = "aut
     :class:`~scorebank.stores.archive.ArchiveError` for a bad archive (reading a member
     whose checksum fails raises it too, naming the member).  Reading a chunk that its
     array's metadata cannot account for raises :class:`UnsafeStoreError`, naming it."""
-    where = resolve(location, storage_options=storage_options)
-    guard = check_store_metadata(read_root_metadata(where), where.shown, complete=complete)
+    where, store = _checked_store(location, storage_options, complete)
     kwargs = {} if chunks == "auto_store" else {"chunks": chunks}
-    try:
-        ds = xr.open_zarr(_zarr_store(where, guard), consolidated=True, zarr_format=3, **kwargs)
-    except ScorebankError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreNotFoundError(f"{where.shown!r} could not be opened as a score store: {exc}") from None
-    except OSError as exc:
-        raise translate_remote_errors(where.shown, exc) from None
+    with _opening(where.shown, "a score store"):
+        ds = xr.open_zarr(store, consolidated=True, zarr_format=3, **kwargs)
     if S.ATTR_FORMAT not in ds.attrs:
         raise StoreNotFoundError(
             f"{where.shown!r} is a Zarr store but not a scorebank store (attribute {S.ATTR_FORMAT!r} missing)")
     features = frozenset(ds.attrs.get(S.ATTR_FEATURES) or [])
-    check_dataset(ds, where.shown, schema_arrays(features) if complete else REQUIRED_ARRAYS)
+    required = schema_arrays(features, readable_format(ds.attrs)) if complete else REQUIRED_ARRAYS
+    check_dataset(ds, where.shown, required)
     ds.encoding.setdefault("source", where.shown)  # names the store in later errors (summarize)
     return ds

@@ -6,8 +6,10 @@ sources, see :mod:`scorebank.stores.location`).
 
 Refused, with nothing written (:class:`MergeError`), when the sources differ in data set
 fingerprint, number of examples, ``original_index``, ``label``, ``true_label``,
-``corrupted``, class names or store format.  Different configurations (architecture,
-optimizer, epochs, recorded epochs, GraNd) are fine: that is the point.
+``corrupted`` or class names.  Different configurations (architecture, optimizer, epochs,
+recorded epochs, GraNd) are fine: that is the point.  Sources of different store formats
+merge into a store of the oldest of them (:func:`scorebank.stores.schema.store_format`):
+variables a source's format predates are left out, never filled in.
 
 Epochs
     The merged ``epoch`` coordinate is the union of the sources' epochs.  Where a source
@@ -176,15 +178,14 @@ def _check_compatible(first: _Source, other: _Source) -> None:
                          f"({a!r} vs {b!r}); {hint}")
 
     same_data = "only stores of the same examples (same data set, --limit and label noise) can be merged"
-    for attr in (S.ATTR_FORMAT, S.ATTR_FINGERPRINT):
-        a, b = first.attrs.get(attr), other.attrs.get(attr)
-        if a is None or b is None:
-            missing = first if a is None else other
-            raise MergeError(f"cannot merge: {missing.shown!r} has no {attr!r} attribute; "
-                             "only scorebank stores that record it can be merged")
-        if a != b:
-            refuse(f"{attr!r} attributes", a, b, same_data if attr == S.ATTR_FINGERPRINT else
-                   "re-export both with the same scorebank version")
+    attr = S.ATTR_FINGERPRINT
+    a, b = first.attrs.get(attr), other.attrs.get(attr)
+    if a is None or b is None:
+        missing = first if a is None else other
+        raise MergeError(f"cannot merge: {missing.shown!r} has no {attr!r} attribute; "
+                         "only scorebank stores that record it can be merged")
+    if a != b:
+        refuse(f"{attr!r} attributes", a, b, same_data)
     na, nb = first.group[S.EXAMPLE].shape[0], other.group[S.EXAMPLE].shape[0]
     if na != nb:
         refuse("example counts", na, nb, same_data)
@@ -233,7 +234,10 @@ def merge_stores(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *
             prev = seen[key]
             raise DuplicateRunsError(
                 f"seed {r.seed} with configuration {r.config_hash!r} is in both {prev.source.shown!r} and "
-                f"{r.source.shown!r} (the same runs merged twice?); pass --allow-duplicates to keep both")
+                f"{r.source.shown!r}: the same seed and configuration train the same run, so these are "
+                f"copies (both stores scored with the default --seeds 0-2?); score one store with other "
+                f"seeds (e.g. 'scorebank score ... --seeds 3-5') before merging, or pass "
+                f"--allow-duplicates to keep both copies")
         seen.setdefault(key, r)
     next_id = max(r.seed for r in runs) + 1 if runs else 0
     used: set[int] = set()
@@ -249,6 +253,7 @@ def merge_stores(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *
 
     epochs = np.unique(np.concatenate([s.epochs for s in loaded])).astype(np.int64)
     features = sorted({f for s in loaded for f in (s.attrs.get(S.ATTR_FEATURES) or [])})
+    fmt = min([S.FORMAT_VERSION] + [S.store_format(s.attrs) for s in loaded])  # the oldest source's
     n = int(first.group[S.EXAMPLE].shape[0])
     entries: list[dict] = []
     for r in runs:
@@ -257,10 +262,11 @@ def merge_stores(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *
 
     tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        _write(tmp, loaded, runs, ids, epochs, features, n, progress)
+        _write(tmp, loaded, runs, ids, epochs, features, n, progress, fmt)
         root = zarr.open_group(tmp, mode="r+", zarr_format=3, use_consolidated=False)
         root.attrs.update({
-            S.ATTR_FORMAT: first.attrs.get(S.ATTR_FORMAT, S.FORMAT_VERSION),
+            **S.format_attrs(),
+            S.ATTR_WRITER_FORMAT: fmt,
             S.ATTR_VERSION: scorebank_version(),
             S.ATTR_CREATED: now_iso(),
             S.ATTR_RUNS: {str(rid): {**r.status, SEED: r.seed, SOURCE: r.provenance["name"]}
@@ -284,7 +290,7 @@ def merge_stores(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *
 
 
 def _write(path: Path, loaded: list[_Source], runs: list[_Run], ids: list[int], epochs: np.ndarray,
-           features: list[str], n: int, progress: Progress | None) -> None:
+           features: list[str], n: int, progress: Progress | None, fmt: int) -> None:
     first = loaded[0]
     root = zarr.open_group(path, mode="w", zarr_format=3)
     n_runs, n_epochs = len(runs), len(epochs)
@@ -315,7 +321,7 @@ def _write(path: Path, loaded: list[_Source], runs: list[_Run], ids: list[int], 
     epoch_pos = {id(s): np.searchsorted(epochs, s.epochs) for s in loaded}
 
     arrays = {}
-    for var in S.variables(frozenset(features)):
+    for var in S.variables(frozenset(features), fmt):
         attributes = dict(var.attrs)
         linked = [S.ORIGINAL_INDEX] if S.EXAMPLE in var.dims else []
         if S.RUN in var.dims:
@@ -327,12 +333,12 @@ def _write(path: Path, loaded: list[_Source], runs: list[_Run], ids: list[int], 
             chunks=S.chunks_for(var, n_epochs, n), fill_value=var.fill_value, attributes=attributes)
 
     # per-example arrays of the data set: from the first source (checked equal)
-    for var in S.variables(frozenset(features)):
+    for var in S.variables(frozenset(features), fmt):
         if var.dims == (S.EXAMPLE,) and var.name in first.group:
             arrays[var.name][:] = first.read(var.name)
 
     # per-(run, epoch) arrays: assembled in memory (runs x epochs values)
-    for var in S.variables(frozenset(features)):
+    for var in S.variables(frozenset(features), fmt):
         if var.dims != (S.RUN, S.EPOCH):
             continue
         full = np.full((n_runs, n_epochs), var.fill_value, dtype=var.dtype)
@@ -347,7 +353,7 @@ def _write(path: Path, loaded: list[_Source], runs: list[_Run], ids: list[int], 
     # per-example scores: block by block, each destination chunk written once
     width = max(1, min(n, S.PER_EXAMPLE_CHUNK))
     jobs = []
-    for var in S.variables(frozenset(features)):
+    for var in S.variables(frozenset(features), fmt):
         if var.dims != (S.RUN, S.EPOCH, S.EXAMPLE):
             continue
         itemsize = np.dtype(var.dtype).itemsize

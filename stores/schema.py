@@ -64,9 +64,34 @@ RUN_COORDS = (SEED, SOURCE, SOURCE_CREATOR, CONFIG_HASH)
 #: their Zarr v3 data types
 RUN_COORD_DTYPES = {SEED: "int64", SOURCE: "string", SOURCE_CREATOR: "string", CONFIG_HASH: "string"}
 
+# ---------------------------------------------------------------- format versions
+# Two integers describe a store's format, so that old readers keep opening new stores:
+#
+# ``scorebank_writer_format`` (ATTR_WRITER_FORMAT)
+#     the format the writer wrote, FORMAT_VERSION at the time: which variables the store
+#     has (every Variable with ``since`` <= it, and its features').  Absent in format-1 stores
+#     (read as their ``scorebank_format``).
+# ``scorebank_format`` (ATTR_FORMAT)
+#     the OLDEST reader format that reads the store correctly, READER_FORMAT at the time.
+#     Every release since the first refuses a store whose ``scorebank_format`` is newer than
+#     the formats it reads ("upgrade scorebank"), and opens the rest.
+#
+# The rule for changing the format:
+# * adding a variable (with ``since=FORMAT_VERSION + 1``), group or attribute that older
+#   readers can ignore: bump FORMAT_VERSION only.  Older readers open the new stores and see
+#   the variables they know (tests/stores/test_previous_release.py checks this against the
+#   first release's reader); newer readers open older stores and treat the newer variables as
+#   absent (:func:`scorebank.stores.location.require_variables`).
+# * anything an older reader would misread or refuse (a changed dtype or dimension of an
+#   existing variable, a removed variable, a new feature name - readers check ``features``
+#   against the names they know): bump FORMAT_VERSION and set READER_FORMAT to it.
+ATTR_FORMAT = "scorebank_format"  # the oldest reader format that reads the store
+ATTR_WRITER_FORMAT = "scorebank_writer_format"  # the format the store was written in
+FORMAT_VERSION = 1  # the format this version writes; it reads every store whose ATTR_FORMAT <= this
+READER_FORMAT = 1  # written as ATTR_FORMAT: the oldest reader format that reads what we write
+MIN_FORMAT = 1  # the oldest format this version reads (every format ever written)
+
 # ---------------------------------------------------------------- attributes
-ATTR_FORMAT = "scorebank_format"
-FORMAT_VERSION = 1
 ATTR_VERSION = "scorebank_version"
 ATTR_CONFIG = "config"
 ATTR_DATASET = "dataset"
@@ -144,7 +169,8 @@ class Variable:
     dtype: str
     description: str
     units: str = ""
-    feature: str | None = None
+    feature: str | None = None  # the optional feature that gates it (None: every store)
+    since: int = 1  # the format version that introduced it; stores of older formats lack it
 
     @property
     def fill_value(self):
@@ -213,9 +239,24 @@ BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
 PER_EXAMPLE_SCORES = (MARGIN, EL2N, LOSS, CORRECT)  # written by the clean pass
 
 
-def variables(features: frozenset[str] | set[str] = frozenset()) -> tuple[Variable, ...]:
-    """The variables a store with the given optional features holds, in schema order."""
-    return tuple(v for v in VARIABLES if v.feature is None or v.feature in features)
+def variables(features: frozenset[str] | set[str] = frozenset(),
+              format_version: int | None = None) -> tuple[Variable, ...]:
+    """The variables a store of ``format_version`` (default: the current FORMAT_VERSION) with
+    the given optional features holds, in schema order."""
+    version = FORMAT_VERSION if format_version is None else format_version
+    return tuple(v for v in VARIABLES
+                 if (v.feature is None or v.feature in features) and v.since <= version)
+
+
+def store_format(attrs) -> int:
+    """The format a store (its root attributes) was written in: which variables it has.
+    Format-1 stores carry only ``scorebank_format``."""
+    return attrs.get(ATTR_WRITER_FORMAT, attrs.get(ATTR_FORMAT, MIN_FORMAT))
+
+
+def format_attrs() -> dict:
+    """The format attributes a writer of this version records in a new store."""
+    return {ATTR_FORMAT: READER_FORMAT, ATTR_WRITER_FORMAT: FORMAT_VERSION}
 
 
 def coordinates() -> dict[str, tuple[tuple[str, ...], str]]:

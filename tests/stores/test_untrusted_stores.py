@@ -19,7 +19,7 @@ import pytest
 from scorebank.stores import schema as S
 from scorebank.stores.archive import MANIFEST, ArchiveError, export_archive, import_archive
 from scorebank.stores.errors import ScorebankError, StoreNotFoundError
-from scorebank.stores.location import (ALLOWED_CODECS, CorruptStoreError, UnsafeStoreError, open_group,
+from scorebank.stores.location import (ALLOWED_CODECS, CorruptStoreError, NewerFormatError, UnsafeStoreError, open_group,
                                        open_scores, zstd_content_size)
 from scorebank.stores.merge import merge_stores
 from scorebank.stores.summary import summarize
@@ -321,7 +321,13 @@ REFUSED = {
     "unknown feature": (_set_attr(S.ATTR_FEATURES, ["pickle"]), UnsafeStoreError, "attribute 'features' is ['pickle']"),
     "fingerprint not a string": (_set_attr(S.ATTR_FINGERPRINT, 7), UnsafeStoreError,
                                  "attribute 'dataset_fingerprint' is 7"),
-    "newer format": (_set_attr(S.ATTR_FORMAT, 99), UnsafeStoreError, "attribute 'scorebank_format' is 99"),
+    "newer format": (_set_attr(S.ATTR_FORMAT, 99), NewerFormatError,
+                     f"written by scorebank format 99; this version reads formats 1..{S.FORMAT_VERSION}; "
+                     "upgrade scorebank"),
+    "writer format older than reader format": (_set_attr(S.ATTR_WRITER_FORMAT, 0), UnsafeStoreError,
+                                               "attribute 'scorebank_writer_format' is 0"),
+    "format not an integer": (_set_attr(S.ATTR_FORMAT, "1"), UnsafeStoreError,
+                              "attribute 'scorebank_format' is '1'"),
     "dtype": (_set_meta(S.LABEL, data_type="float64", fill_value=0.0), UnsafeStoreError,
               "array 'label' has dimensions ('example',) and data type 'float64'"),
     "dims": (_set_meta(S.COMPLETED, dimension_names=["epoch", "run"]), UnsafeStoreError,
