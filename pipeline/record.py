@@ -207,9 +207,9 @@ def _as_tensor(x, what: str) -> torch.Tensor:
 
 def default_forward(model: nn.Module, x) -> torch.Tensor:
     """``model(x)`` (``model(**x)`` for a dict of tensors); a returned object with
-    ``.logits`` (Hugging Face outputs) gives those."""
+    ``.logits`` or a ``"logits"`` key (Hugging Face outputs) gives those."""
     out = model(**x) if isinstance(x, Mapping) else model(x)
-    out = getattr(out, "logits", out)
+    out = out.get("logits", out) if isinstance(out, Mapping) else getattr(out, "logits", out)
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         out = out[0]
     if not isinstance(out, torch.Tensor):
