@@ -80,6 +80,13 @@ def memorization_estimate(in_subset, correct) -> Estimate:
     return Estimate(p_in - p_out, se, p_in, p_out, n_in, n_out)
 
 
+def check_top_k(k) -> int:
+    """``k`` influences per test example: a positive integer (InvalidArgumentError otherwise)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidArgumentError(f"--top-k must be a positive integer, got {k!r}")
+    return int(k)
+
+
 def influence_topk(in_subset, test_correct, k: int, *, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most positive influences on each test example: ``(indices, values)``, both
     (test, k); ``values[j, r]`` = infl(indices[j, r], j), sorted by decreasing value, equal
@@ -87,10 +94,8 @@ def influence_topk(in_subset, test_correct, k: int, *, block: int = 256) -> tupl
     never chosen; when fewer than ``k`` remain the rest read index -1 and NaN.  Computed in
     blocks of ``block`` test examples (memory O(N * block))."""
     a, t = _masks(in_subset, test_correct)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InvalidArgumentError(f"--top-k must be a positive integer, got {k!r}")
     m, n = a.shape
-    k = int(min(k, n))
+    k = min(check_top_k(k), n)
     af = a.astype(np.float64)  # (M, N); 0/1 products and sums are exact in float64
     n_in = af.sum(0)  # (N,)
     n_out = m - n_in

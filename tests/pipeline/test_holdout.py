@@ -1,0 +1,149 @@
+"""K-fold out-of-fold probabilities: the fold assignment, the stored probabilities against
+models trained independently, resume per fold, new seeds, and refused inputs."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+from scorebank.pipeline.config import resolve_config
+from scorebank.pipeline.datasets import load_dataset
+from scorebank.pipeline.holdout import HOLDOUT_SEED_OFFSET, MAX_FOLDS, fold_assignment, holdout, trainer_seed
+from scorebank.pipeline.scoring import prepare_labels, score
+from scorebank.pipeline.training import Trainer, to_device_data
+from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError
+
+N, EPOCHS = 200, 2
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("digits", limit=N)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return resolve_config(dataset="digits", limit=N, model="mlp", width=16, epochs=EPOCHS, batch_size=32, lr=0.05,
+                          label_noise=0.2)
+
+
+@pytest.fixture(scope="module")
+def base_store(tmp_path_factory, data, config):
+    path = tmp_path_factory.mktemp("holdout") / "s.zarr"
+    score(config, (0,), path, device="cpu", data=data)
+    return path
+
+
+@pytest.fixture
+def store(base_store, tmp_path):
+    path = tmp_path / "s.zarr"
+    shutil.copytree(base_store, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- folds
+@pytest.mark.parametrize("k", [2, 3, 5, 7])
+def test_every_example_is_held_out_once_and_classes_are_balanced(k):
+    labels = np.random.default_rng(1).integers(0, 4, size=101)
+    for seed in (0, 1):
+        folds = fold_assignment(labels, k, seed)
+        assert folds.shape == (101,) and folds.dtype == np.int64
+        # a partition: every example in exactly one fold, every fold used
+        held = np.stack([folds == f for f in range(k)])  # (k, N)
+        assert (held.sum(0) == 1).all() and held.any(1).all()
+        sizes = held.sum(1)
+        assert sizes.max() - sizes.min() <= 1
+        for c in range(4):
+            per_fold = held[:, labels == c].sum(1)
+            assert per_fold.max() - per_fold.min() <= 1, (c, per_fold)
+
+
+def test_fold_assignment_is_seeded():
+    labels = np.repeat(np.arange(3), 20)
+    a = fold_assignment(labels, 4, 0)
+    assert np.array_equal(a, fold_assignment(labels, 4, 0))
+    assert not np.array_equal(a, fold_assignment(labels, 4, 1))
+
+
+@pytest.mark.parametrize("k", [1, 0, -2, MAX_FOLDS + 1, 2.5, True])
+def test_bad_fold_counts_are_refused(k):
+    with pytest.raises(InvalidArgumentError, match="--folds"):
+        fold_assignment(np.zeros(10_000, dtype=np.int64), k, 0)
+
+
+# ----------------------------------------------------------------------------- probabilities
+def independent_oof(config, data, folds, seed):
+    """Out-of-fold probabilities computed directly: per fold a Trainer on the other folds,
+    then softmax of its eval-mode logits on the held-out fold."""
+    labels = prepare_labels(config, data)
+    dd = to_device_data(data, labels, torch.device("cpu"))
+    assigned = fold_assignment(labels, folds, seed)
+    out = np.full((labels.size, data.num_classes), np.nan, dtype=np.float32)
+    for k in range(folds):
+        pool = torch.from_numpy(np.flatnonzero(assigned != k))
+        trainer = Trainer(config, dd, HOLDOUT_SEED_OFFSET + seed * MAX_FOLDS + k, torch.device("cpu"), indices=pool)
+        for _ in range(config.epochs):
+            trainer.train_epoch()
+        trainer.model.eval()
+        with torch.no_grad():
+            held = np.flatnonzero(assigned == k)
+            out[held] = trainer.model(dd.train_x[held]).softmax(1).numpy()
+    return assigned, out
+
+
+def test_stored_probabilities_equal_independently_trained_folds(store, data, config):
+    outcomes = holdout(store, 3, [4], device="cpu", data=data)
+    assert [(o.seed, o.folds_trained, o.folds_skipped) for o in outcomes] == [(4, 3, 0)]
+    ds = xr.open_zarr(store, group="holdout")
+    assert dict(ds.sizes) == {"seed": 1, "example": N, "class": 10, "fold": 3}
+    assert ds["probability"].dims == ("seed", "example", "class")
+    assigned, expected = independent_oof(config, data, 3, 4)
+    assert np.array_equal(ds["assigned_fold"].values[0], assigned)
+    np.testing.assert_array_equal(ds["probability"].values[0], expected)
+    assert ds["fold_done"].values.all()
+    np.testing.assert_allclose(ds["probability"].values.sum(-1), 1.0, rtol=1e-5)
+    assert trainer_seed(4, 2) == HOLDOUT_SEED_OFFSET + 4 * MAX_FOLDS + 2
+
+
+def test_resume_retrains_only_unfinished_folds_and_adds_seeds(store, data):
+    holdout(store, 3, [0], device="cpu", data=data)
+    before = xr.open_zarr(store, group="holdout")["probability"].values.copy()
+    # a crash after fold 1's probabilities were partly written, before its done flag
+    group = zarr.open_group(store / "holdout", mode="r+")
+    assigned = group["assigned_fold"][0, :]
+    row = group["probability"][0, :, :]
+    row[assigned == 1] = np.nan
+    group["probability"][0, :, :] = row
+    group["fold_done"][0, 1] = False
+    events = []
+    outcomes = holdout(store, 3, [0, 1], device="cpu", data=data, progress=events.append)
+    assert [(o.seed, o.folds_trained, o.folds_skipped) for o in outcomes] == [(0, 1, 2), (1, 3, 0)]
+    assert [(e.kind, e.seed, e.fold) for e in events if e.kind in ("skip", "done")] == [
+        ("skip", 0, 0), ("done", 0, 1), ("skip", 0, 2), ("done", 1, 0), ("done", 1, 1), ("done", 1, 2)]
+    assert [e.epoch for e in events if e.kind == "epoch" and e.seed == 1 and e.fold == 0] == list(range(1, EPOCHS + 1))
+    ds = xr.open_zarr(store, group="holdout")
+    assert ds["seed"].values.tolist() == [0, 1]
+    np.testing.assert_array_equal(ds["probability"].values[0], before[0])
+    assert not np.isnan(ds["probability"].values).any()
+    # a finished group: nothing to do
+    again = holdout(store, 3, [0, 1], device="cpu", data=data)
+    assert [(o.folds_trained, o.folds_skipped) for o in again] == [(0, 3), (0, 3)]
+
+
+def test_other_fold_count_is_refused_unless_overwrite(store, data):
+    holdout(store, 2, [0], device="cpu", data=data)
+    with pytest.raises(ConfigMismatchError, match="folds: group has 2, asked 3"):
+        holdout(store, 3, [0], device="cpu", data=data)
+    holdout(store, 3, [0], device="cpu", data=data, overwrite=True)
+    assert xr.open_zarr(store, group="holdout").sizes["fold"] == 3
+
+
+@pytest.mark.parametrize("folds, seeds, message", [(1, [0], "--folds"), (N + 1, [0], "exceeds"),
+                                                   (3, [], "no seeds"), (3, [0, 0], "repeats")])
+def test_bad_arguments_write_nothing(store, data, folds, seeds, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        holdout(store, folds, seeds, device="cpu", data=data)
+    assert not (store / "holdout").exists()
