@@ -39,18 +39,18 @@ from __future__ import annotations
 import abc
 import numbers
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
+from scorebank.core.registry import Registry
+from scorebank.pipeline.per_example import per_example_gradients
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError
 
-OPTIMIZERS = ("sgd", "m3", "rm3", "ra3", "winsorized")
-
-__all__ = ["OPTIMIZERS", "GradientEstimator", "make_estimator"]
+__all__ = ["OPTIMIZERS", "GradientEstimator", "Optimizer", "make_estimator"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,175 +372,8 @@ class RA3Estimator(_RollingEstimator):
 # --------------------------------------------------------------------------------------------
 # winsorized: per-example gradients
 
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_PER_EXAMPLE_MODULES = (
-    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
-    nn.ConvTranspose2d, nn.ConvTranspose3d, nn.LayerNorm, nn.GroupNorm, nn.Embedding,
-    nn.PReLU) + _BATCHNORMS
-_SUPPORTED_NAMES = ", ".join(sorted({m.__name__ for m in _PER_EXAMPLE_MODULES}))
-
 # models whose per-example decomposition has been checked against the minibatch gradient
 _VERIFIED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-
-
-def _per_example_targets(model: nn.Module) -> list[tuple[str, nn.Module, list[tuple[str, Tensor]]]]:
-    """``(qualified name, module, [(param name, param)])`` for every module owning trainable
-    parameters; refuses modules whose per-example contribution we cannot compute."""
-    targets = []
-    owner: dict[int, str] = {}
-    for qual, mod in model.named_modules():
-        direct = [(n, p) for n, p in mod.named_parameters(recurse=False) if p.requires_grad]
-        if not direct:
-            continue
-        if not isinstance(mod, _PER_EXAMPLE_MODULES) or isinstance(mod, nn.SyncBatchNorm):
-            raise InvalidArgumentError(
-                f"winsorized needs per-example gradients and cannot handle module "
-                f"{qual or '<model>'!r} of type {type(mod).__name__!r} that owns trainable "
-                f"parameters; supported parameter-owning modules: {_SUPPORTED_NAMES}")
-        for n, p in direct:
-            if id(p) in owner:
-                raise InvalidArgumentError(
-                    f"winsorized cannot handle parameter {qual + '.' + n!r} shared with "
-                    f"{owner[id(p)]!r} (tied weights); untie them or use another optimizer")
-            owner[id(p)] = qual + "." + n
-        targets.append((qual, mod, direct))
-    return targets
-
-
-def _module_per_example(mod: nn.Module, direct: list[tuple[str, Tensor]], a: Tensor,
-                        delta: Tensor) -> dict[str, Tensor]:
-    """Per-example contributions ``d/dtheta <f(theta, a_i), delta_i>`` for the module's own
-    parameters ``theta``: ``a`` is its input, ``delta`` the gradient of the summed loss with
-    respect to its output, both ``(B, ...)``.  Returns ``{name: (B, *param.shape)}``."""
-    theta = {n: p.detach() for n, p in direct}
-    if isinstance(mod, _BATCHNORMS) and (mod.training or mod.running_mean is None):
-        # Train-mode BatchNorm: y_i = gamma * xhat_i + beta with xhat_i normalised by the batch
-        # statistics.  Those statistics do not depend on gamma or beta, so holding them fixed
-        # gives the exact contribution of example i to the gamma/beta gradient (their effect on
-        # the layers below is already inside delta, from the minibatch backward pass).
-        dims = [0] + list(range(2, a.dim()))
-        mean = a.mean(dims)
-        var = a.var(dims, unbiased=False)
-
-        def contribution(th: dict[str, Tensor], ai: Tensor, di: Tensor) -> Tensor:
-            y = F.batch_norm(ai[None], mean, var, th.get("weight", mod.weight),
-                             th.get("bias", mod.bias), False, 0.0, mod.eps)
-            return (y * di[None]).sum()
-    else:
-        def contribution(th: dict[str, Tensor], ai: Tensor, di: Tensor) -> Tensor:
-            return (functional_call(mod, th, (ai[None],)) * di[None]).sum()
-
-    return vmap(grad(contribution), in_dims=(None, 0, 0))(theta, a, delta)
-
-
-def _per_example_gradients(
-        model: nn.Module, inputs: Tensor, labels: Tensor, *, verify: bool = False,
-        reduce: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[Tensor, list[nn.Parameter], list[Tensor]]:
-    """One minibatch forward/backward plus per-module ``vmap(grad)``.
-
-    Returns ``(logits, params, per_example)`` with ``per_example[j]`` of shape
-    ``(B, *params[j].shape)`` and ``per_example[j].sum(0)`` equal to the gradient of the
-    *summed* cross-entropy over the minibatch (so ``sum / B`` is the SGD gradient).  With
-    ``reduce``, ``per_example[j]`` is ``reduce(terms)`` instead, applied module by module as the
-    terms are computed, so only one module's ``(B, ...)`` terms are alive at a time (``reduce``
-    may modify its argument in place).
-
-    Definition: example ``i``'s term for a parameter of module ``m`` is the gradient of the
-    summed loss through ``m``'s application to example ``i`` only,
-    ``d/dtheta <m(theta, a_i), delta_i>``, with ``a_i`` the module's input and ``delta_i`` the
-    minibatch backward's gradient at its output (Goodfellow's per-example decomposition,
-    computed with ``torch.func.vmap(grad(...))`` over ``functional_call``).  Without
-    BatchNorm (in train mode) ``delta_i`` depends on example ``i`` alone and the term is exactly
-    ``d loss_i / d theta``.  With train-mode BatchNorm ``delta_i`` also carries the backward
-    through the batch statistics, so the terms are each example's share of the minibatch
-    gradient; they still sum to it exactly.
-
-    Each parameter-owning module must be applied once per forward pass, to one tensor, and not
-    have its input or output modified in place afterwards; otherwise InvalidArgumentError.
-    With ``verify`` the sum of the terms is also compared with the autograd minibatch gradient,
-    which catches parameters used outside their module's ``forward`` (one host sync)."""
-    batch = _check_batch(inputs, labels)
-    params = _trainable(model)
-    targets = _per_example_targets(model)
-    records: dict[int, list] = {id(mod): [] for _, mod, _ in targets}
-
-    def hook(mod: nn.Module, args: tuple, output: Any) -> None:
-        x = args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None
-        records[id(mod)].append((x, output, getattr(x, "_version", None),
-                                 getattr(output, "_version", None)))
-
-    handles = [mod.register_forward_hook(hook) for _, mod, _ in targets]
-    try:
-        with torch.enable_grad():
-            logits = model(inputs)  # (batch, classes)
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-    finally:
-        for h in handles:
-            h.remove()
-
-    used = []
-    for qual, mod, direct in targets:
-        calls = records[id(mod)]
-        if not calls:
-            continue
-        if len(calls) > 1:
-            raise InvalidArgumentError(
-                f"winsorized needs each parameter-owning module applied once per forward pass; "
-                f"module {qual!r} was applied {len(calls)!r} times (weight sharing)")
-        x, out, x_version, out_version = calls[0]
-        if not isinstance(x, Tensor) or not isinstance(out, Tensor):
-            raise InvalidArgumentError(
-                f"winsorized needs module {qual!r} called with one tensor returning one tensor")
-        if x._version != x_version or out._version != out_version:
-            raise InvalidArgumentError(
-                f"the input or output of module {qual!r} is modified in place later in the "
-                f"forward pass (e.g. ReLU(inplace=True)); winsorized needs them intact")
-        if out.shape[0] != batch or x.shape[0] != batch:
-            raise InvalidArgumentError(
-                f"module {qual!r} does not keep the batch as dimension 0 "
-                f"(input {tuple(x.shape)!r}, output {tuple(out.shape)!r})")
-        used.append((mod, direct, x.detach(), out))
-
-    wrt = [out for _, _, _, out in used] + (params if verify else [])
-    grads = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True)
-
-    results: dict[int, Tensor] = {}
-    sums: dict[int, Tensor] = {}
-    for (mod, direct, x, _), delta in zip(used, grads):
-        terms = _module_per_example(mod, direct, x, delta)
-        for n, p in direct:
-            t = terms.pop(n)
-            if verify:
-                sums[id(p)] = t.sum(0)
-            results[id(p)] = t if reduce is None else reduce(t)
-            del t
-    per_example = []
-    for p in params:
-        if id(p) not in results:  # its module did not run: zero per-example gradients
-            zeros = torch.zeros((batch, *p.shape), device=p.device, dtype=p.dtype)
-            sums[id(p)] = zeros.sum(0)
-            results[id(p)] = zeros if reduce is None else reduce(zeros)
-        per_example.append(results.pop(id(p)))
-
-    if verify:
-        batch_grads = grads[len(used):]
-        errs, scales = [], []
-        for p, g in zip(params, batch_grads):
-            s = sums[id(p)]
-            errs.append(torch.linalg.vector_norm(s - g))
-            scales.append(torch.linalg.vector_norm(g) + torch.linalg.vector_norm(s))
-        errs_l, scales_l = torch.stack(errs).tolist(), torch.stack(scales).tolist()
-        total = max(scales_l) if scales_l else 0.0
-        names = {id(p): n for n, p in model.named_parameters()}
-        for p, e, sc in zip(params, errs_l, scales_l):
-            if not e <= 1e-3 * sc + 1e-6 * total:
-                raise InvalidArgumentError(
-                    f"winsorized: the per-example gradients of parameter {names.get(id(p))!r} "
-                    f"do not add up to its minibatch gradient (relative error "
-                    f"{e / max(sc, 1e-30):.3g}); the model uses it outside its module's forward "
-                    "(tied or functional use), which per-example gradients do not support")
-    return logits.detach(), params, per_example
 
 
 class WinsorizedEstimator(GradientEstimator):
@@ -553,8 +386,10 @@ class WinsorizedEstimator(GradientEstimator):
     ``s' = max(0, (B - 2) // 2)`` (e.g. s = 2 and B = 5 -> s' = 1), so every example still
     takes part in its epoch and its in-flight statistics are recorded.
 
-    Per-example gradients come from one ordinary minibatch forward/backward and a per-module
-    ``torch.func.vmap(grad(...))`` with ``functional_call`` (see :func:`_per_example_gradients`).
+    Per-example gradients come from one ordinary minibatch forward/backward through the engine
+    shared with GraNd (:func:`scorebank.pipeline.per_example.per_example_gradients`: per-layer
+    handlers by module type, ``vmap(grad(...))`` where there is no closed form), clamped module by
+    module as they are formed.
 
     BatchNorm (decision): models with train-mode BatchNorm are accepted.  The forward pass is
     the ordinary minibatch forward (batch statistics, running statistics updated once, exactly
@@ -564,9 +399,12 @@ class WinsorizedEstimator(GradientEstimator):
     minibatch gradient exactly, so ``s = 0`` equals ``sgd`` for BatchNorm nets too; for nets
     without BatchNorm they are exactly the per-example loss gradients.  (Treating the batch
     statistics as constants instead would break that identity: it drops the centring and scale
-    projection BatchNorm puts on the gradient of the layer below.)  Modules that own parameters
-    must be of a supported type and applied once per forward; others are refused with
-    InvalidArgumentError.  Extra memory: ``B`` times the parameters of the largest module.
+    projection BatchNorm puts on the gradient of the layer below.)  A module applied several
+    times and weights tied between modules get the sum of their calls' shares.  A parameter no
+    layer handler covers (raw parameters, use outside its module) takes the engine's whole-model
+    fallback, which evaluates each example alone: exact without train-mode BatchNorm, refused
+    with InvalidArgumentError with it.  Extra memory: ``B`` times the parameters of the largest
+    module.
     """
 
     name = "winsorized"
@@ -589,8 +427,8 @@ class WinsorizedEstimator(GradientEstimator):
             return terms.sum(0).div_(batch)
 
         verify = model not in _VERIFIED
-        logits, params, estimates = _per_example_gradients(
-            model, inputs, labels, verify=verify, reduce=winsorized_mean)
+        logits, params, estimates = per_example_gradients(
+            model, inputs, labels, verify=verify, reduce=winsorized_mean, who="winsorized")
         if verify:
             _VERIFIED.add(model)
         for p, est in zip(params, estimates):
@@ -602,7 +440,7 @@ class WinsorizedEstimator(GradientEstimator):
 
 
 # --------------------------------------------------------------------------------------------
-# factory
+# registry and factory
 
 
 def _check_clip_count(clip_count: Any) -> None:
@@ -611,37 +449,73 @@ def _check_clip_count(clip_count: Any) -> None:
             f"--clip-count must be a non-negative integer, got {clip_count!r}")
 
 
-def make_estimator(name: str, *, batch_size: int, clip_count: int = 0) -> GradientEstimator:
-    """The estimator for ``--optimizer name`` with minibatches of ``batch_size`` examples.
+def _sgd(batch_size: int, clip_count: int) -> GradientEstimator:
+    return SGDEstimator()
 
-    ``m3`` needs ``batch_size`` divisible by 3; ``winsorized`` needs
-    ``2 * (clip_count + 1) <= batch_size``; ``clip_count`` is only meaningful for
-    ``winsorized`` and must be 0 otherwise."""
-    if not isinstance(name, str) or name not in OPTIMIZERS:
+
+def _m3(batch_size: int, clip_count: int) -> GradientEstimator:
+    if batch_size % 3 != 0:
         raise InvalidArgumentError(
-            f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if not _is_int(batch_size) or batch_size < 1:
-        raise InvalidArgumentError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    _check_clip_count(clip_count)
-    if name != "winsorized" and clip_count != 0:
-        raise InvalidArgumentError(
-            f"--clip-count {clip_count!r} only applies to --optimizer winsorized, not {name!r}; "
-            f"leave it at 0")
-    if name == "sgd":
-        return SGDEstimator()
-    if name == "m3":
-        if batch_size % 3 != 0:
-            raise InvalidArgumentError(
-                f"--optimizer m3 splits each minibatch into 3 equal micro-batches and needs a "
-                f"--batch-size divisible by 3, got {batch_size!r} "
-                f"(e.g. {3 * max(1, round(batch_size / 3))!r})")
-        return M3Estimator()
-    if name == "rm3":
-        return RM3Estimator()
-    if name == "ra3":
-        return RA3Estimator()
+            f"--optimizer m3 splits each minibatch into 3 equal micro-batches and needs a "
+            f"--batch-size divisible by 3, got {batch_size!r} "
+            f"(e.g. {3 * max(1, round(batch_size / 3))!r})")
+    return M3Estimator()
+
+
+def _rm3(batch_size: int, clip_count: int) -> GradientEstimator:
+    return RM3Estimator()
+
+
+def _ra3(batch_size: int, clip_count: int) -> GradientEstimator:
+    return RA3Estimator()
+
+
+def _winsorized(batch_size: int, clip_count: int) -> GradientEstimator:
     if 2 * (clip_count + 1) > batch_size:
         raise InvalidArgumentError(
             f"--optimizer winsorized with --clip-count {clip_count!r} needs --batch-size of at "
             f"least 2*(clip_count+1) = {2 * (clip_count + 1)}, got {batch_size!r}")
     return WinsorizedEstimator(clip_count)
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An ``--optimizer`` entry: ``build(batch_size, clip_count)`` checks the batch size it needs
+    and returns the estimator; ``clip_count`` says whether ``--clip-count`` applies."""
+
+    build: Callable[[int, int], GradientEstimator]
+    clip_count: bool = False
+
+
+#: Gradient estimators by ``--optimizer`` name (Coherent Gradients, Sec. 3.1-3.2).
+OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", "--optimizer")
+OPTIMIZERS.add("sgd", Optimizer(_sgd), help="plain SGD, the mean gradient g(B) of the minibatch")
+OPTIMIZERS.add("m3", Optimizer(_m3), help="median of 3: the coordinate-wise median of the mean "
+               "gradients of 3 equal micro-batches, one update per 3 micro-batches (--batch-size "
+               "divisible by 3)")
+OPTIMIZERS.add("rm3", Optimizer(_rm3), help="rolling median of 3: the coordinate-wise median of the "
+               "gradients of this minibatch and the previous two")
+OPTIMIZERS.add("ra3", Optimizer(_ra3), help="rolling average of 3: the mean of the gradients of this "
+               "minibatch and the previous two (the control for rm3)")
+OPTIMIZERS.add("winsorized", Optimizer(_winsorized, clip_count=True), help="winsorized SGD: per "
+               "coordinate, the per-example gradients clamped to their (s+1)-th smallest and largest "
+               "values, s = --clip-count, then averaged")
+
+
+def make_estimator(name: str, *, batch_size: int, clip_count: int = 0) -> GradientEstimator:
+    """The estimator for ``--optimizer name`` (:data:`OPTIMIZERS`) with minibatches of
+    ``batch_size`` examples.
+
+    ``m3`` needs ``batch_size`` divisible by 3; ``winsorized`` needs
+    ``2 * (clip_count + 1) <= batch_size``; ``clip_count`` is only meaningful for
+    ``winsorized`` and must be 0 otherwise."""
+    entry = OPTIMIZERS.get(name)
+    if not _is_int(batch_size) or batch_size < 1:
+        raise InvalidArgumentError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    _check_clip_count(clip_count)
+    if not entry.clip_count and clip_count != 0:
+        takers = " or ".join(e.name for e in OPTIMIZERS.entries() if e.value.clip_count)
+        raise InvalidArgumentError(
+            f"--clip-count {clip_count!r} only applies to --optimizer {takers}, not {name!r}; "
+            f"leave it at 0")
+    return entry.build(batch_size, clip_count)

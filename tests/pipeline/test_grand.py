@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import scorebank.pipeline.grand as grand
+import scorebank.pipeline.per_example as pe
 from scorebank.pipeline.grand import grand_scores
 from scorebank.pipeline.models import build_model
 from scorebank.stores.errors import InvalidArgumentError
@@ -45,6 +45,16 @@ def data(shape: tuple[int, ...], n: int, classes: int = 10, seed: int = 1):
     return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
 
 
+def built(name: str, shape: tuple[int, ...], n: int, warm: bool = True, **kwargs):
+    """``(model, x, y)``: a seeded 10-class model of family ``name`` (BatchNorm running stats
+    warmed unless ``warm`` is False) and ``n`` examples."""
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10, **kwargs)
+    if warm:
+        warm_bn(model, shape)
+    return (model, *data(shape, n))
+
+
 def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert bool((want > 0).all())
@@ -59,17 +69,12 @@ def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
     ("resnet18", {"width": 4}, (3, 16, 16)),
 ])
 def test_matches_per_example_loop(name, kwargs, shape):
-    torch.manual_seed(0)
-    model = build_model(name, shape, 10, **kwargs)
-    warm_bn(model, shape)
-    x, y = data(shape, 6)
+    model, x, y = built(name, shape, 6, **kwargs)
     assert_close(grand_scores(model, x, y, batch_size=4), naive_grand(model, x, y))
 
 
 def test_nontrivial_running_stats_are_used():
-    torch.manual_seed(0)
-    model = build_model("cnn5", (3, 8, 8), 10, width=4)
-    x, y = data((3, 8, 8), 5)
+    model, x, y = built("cnn5", (3, 8, 8), 5, warm=False, width=4)
     fresh = grand_scores(model, x, y)
     warm_bn(model, (3, 8, 8))
     bn = model.features[1]
@@ -80,12 +85,9 @@ def test_nontrivial_running_stats_are_used():
 
 
 def test_state_is_left_untouched():
-    torch.manual_seed(0)
-    model = build_model("resnet18", (3, 8, 8), 10, width=4)
-    warm_bn(model, (3, 8, 8))
+    model, x, y = built("resnet18", (3, 8, 8), 5, width=4)
     model.train()
     model.layers[0].bn1.eval()  # mixed modes must come back per submodule
-    x, y = data((3, 8, 8), 5)
     F.cross_entropy(model(x), y).backward()  # populate .grad (and move running stats)
     model.fc.bias.grad = None  # one grad left unset
     modes = {n: m.training for n, m in model.named_modules()}
@@ -109,19 +111,13 @@ def test_state_is_left_untouched():
 
 @pytest.mark.parametrize("batch_size", [1, 3, 4, 7, 100])
 def test_batch_size_not_dividing_n(batch_size):
-    torch.manual_seed(0)
-    model = build_model("cnn5", (3, 8, 8), 10, width=4)
-    warm_bn(model, (3, 8, 8))
-    x, y = data((3, 8, 8), 7)
+    model, x, y = built("cnn5", (3, 8, 8), 7, width=4)
     assert_close(grand_scores(model, x, y, batch_size=batch_size), naive_grand(model, x, y))
 
 
 def test_chunked_layer_temporaries(monkeypatch):
-    torch.manual_seed(0)
-    model = build_model("resnet18", (3, 8, 8), 10, width=4)
-    warm_bn(model, (3, 8, 8))
-    x, y = data((3, 8, 8), 6)
-    monkeypatch.setattr(grand, "_CHUNK_ELEMENTS", 500)  # forces per-chunk loops in every layer
+    model, x, y = built("resnet18", (3, 8, 8), 6, width=4)
+    monkeypatch.setattr(pe, "_CHUNK_ELEMENTS", 500)  # forces per-chunk loops in every layer
     assert_close(grand_scores(model, x, y, batch_size=6), naive_grand(model, x, y))
 
 
@@ -160,7 +156,7 @@ def test_every_conv_route(monkeypatch, route):
         taken.append(r)
         return r
 
-    monkeypatch.setattr(grand, "_conv_route", forced)
+    monkeypatch.setattr(pe, "_conv_route", forced)
     assert_close(grand_scores(model, x, y, batch_size=3), naive_grand(model, x, y))
     assert route in taken
 
@@ -168,10 +164,10 @@ def test_every_conv_route(monkeypatch, route):
 def test_default_conv_routes():
     # Deep low-resolution layers: Gram; 3-channel stem: unfold; wide 32x32 layers on CPU:
     # grouped convolution; accelerators never take the grouped route.
-    assert grand._conv_route(torch.device("cpu"), 512, 512, 4608, 16, 1) == "gram"
-    assert grand._conv_route(torch.device("cpu"), 3, 16, 27, 1024, 1) == "unfold"
-    assert grand._conv_route(torch.device("cpu"), 16, 16, 144, 1024, 1) == "grouped"
-    assert grand._conv_route(torch.device("cuda"), 16, 16, 144, 1024, 1) == "unfold"
+    assert pe._conv_route(torch.device("cpu"), 512, 512, 4608, 16, 1) == "gram"
+    assert pe._conv_route(torch.device("cpu"), 3, 16, 27, 1024, 1) == "unfold"
+    assert pe._conv_route(torch.device("cpu"), 16, 16, 144, 1024, 1) == "grouped"
+    assert pe._conv_route(torch.device("cuda"), 16, 16, 144, 1024, 1) == "unfold"
 
 
 class SeqNet(nn.Module):
@@ -195,39 +191,8 @@ def test_linear_on_sequences(monkeypatch, gram):
     torch.manual_seed(0)
     model = SeqNet()
     x, y = data((1, 5, 4), 6, classes=3)
-    monkeypatch.setattr(grand, "_use_gram", lambda length, d_in, d_out: gram)
+    monkeypatch.setattr(pe, "_use_gram", lambda length, d_in, d_out: gram)
     assert_close(grand_scores(model, x, y, batch_size=4), naive_grand(model, x, y))
-
-
-class Scaled(nn.Module):
-    """Raw nn.Parameters used directly in forward: only the vmap fallback covers them."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 4).reshape(1, 4, 1, 1))
-        self.fc = nn.Linear(4 * 6 * 6, 7)
-        self.offset = nn.Parameter(torch.randn(7) * 0.1)
-
-    def forward(self, x):
-        h = torch.relu(self.conv(x) * self.scale)
-        return self.fc(h.flatten(1)) + self.offset
-
-
-def test_vmap_fallback_for_raw_parameters(monkeypatch):
-    torch.manual_seed(0)
-    model = Scaled()
-    x, y = data((3, 6, 6), 5, classes=7)
-    used = []
-    real = grand._vmap_sqnorms
-
-    def spy(model_, names, *args):
-        used.append(sorted(names))
-        return real(model_, names, *args)
-
-    monkeypatch.setattr(grand, "_vmap_sqnorms", spy)
-    assert_close(grand_scores(model, x, y, batch_size=2), naive_grand(model, x, y))
-    assert used and all(names == ["offset", "scale"] for names in used)
 
 
 class Reused(nn.Module):
@@ -276,14 +241,12 @@ def test_inplace_on_first_layer_output_stays_on_fast_path(monkeypatch):
     def no_fallback(*args):
         raise AssertionError("fallback used")
 
-    monkeypatch.setattr(grand, "_vmap_sqnorms", no_fallback)
+    monkeypatch.setattr(pe, "_vmap_sqnorms", no_fallback)
     assert_close(grand_scores(model, x, y, batch_size=2), naive_grand(model, x, y))
 
 
 def test_works_under_no_grad_and_inference_mode():
-    torch.manual_seed(0)
-    model = build_model("mlp", (1, 4, 4), 10, width=8)
-    x, y = data((1, 4, 4), 4)
+    model, x, y = built("mlp", (1, 4, 4), 4, warm=False, width=8)
     want = naive_grand(model, x, y)
     with torch.no_grad():
         assert_close(grand_scores(model, x, y), want)
@@ -294,11 +257,8 @@ def test_works_under_no_grad_and_inference_mode():
 
 
 def test_float64_model_returns_float32():
-    torch.manual_seed(0)
-    model = build_model("cnn5", (3, 8, 8), 10, width=4)
-    warm_bn(model, (3, 8, 8))
+    model, x, y = built("cnn5", (3, 8, 8), 3, width=4)
     model.double()
-    x, y = data((3, 8, 8), 3)
     got = grand_scores(model, x.double(), y)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), naive_grand(model, x.double(), y), rtol=1e-6, atol=0.0)
@@ -353,10 +313,7 @@ def test_model_output_must_be_logits():
 def test_cuda_matches_cpu_without_per_batch_syncs(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    torch.manual_seed(0)
-    model = build_model("resnet18", (3, 16, 16), 10, width=4)
-    warm_bn(model, (3, 16, 16))
-    x, y = data((3, 16, 16), 12)
+    model, x, y = built("resnet18", (3, 16, 16), 12, width=4)
     want = naive_grand(model, x, y)
     model, xc, yc = model.cuda(), x.cuda(), y.cuda()
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scorebank.pipeline.models import build_model
-from scorebank.pipeline.robust import (OPTIMIZERS, GradientEstimator, _median3,
-                                       _per_example_gradients, make_estimator)
+from scorebank.pipeline.per_example import per_example_gradients
+from scorebank.pipeline.robust import OPTIMIZERS, GradientEstimator, _median3, make_estimator
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError
 
 D, K = 5, 3  # features, classes of the linear model
@@ -84,6 +84,15 @@ def image_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_make_estimator_rejects(kwargs, fragment):
     with pytest.raises(InvalidArgumentError, match=fragment):
         make_estimator(**kwargs)
+
+
+def test_optimizer_registry_lists_every_estimator_with_help():
+    assert list(OPTIMIZERS) == ["sgd", "m3", "rm3", "ra3", "winsorized"]
+    assert "rm3" in OPTIMIZERS and "adam" not in OPTIMIZERS
+    assert all(e.help for e in OPTIMIZERS.entries())
+    with pytest.raises(InvalidArgumentError,
+                       match=r"unknown optimizer 'adam'; --optimizer takes sgd, m3, rm3, ra3 or winsorized"):
+        make_estimator("adam", batch_size=12)
 
 
 def test_make_estimator_names():
@@ -320,13 +329,13 @@ def test_winsorized_s0_equals_sgd_with_batchnorm():
                    for p, q in zip(m_sgd.parameters(), m_clip.parameters()))
 
 
-def test_per_example_terms_without_batchnorm_are_per_example_gradients():
+def test_per_example_terms_without_batchnorm_areper_example_gradients():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3),
                           nn.LayerNorm(3)).double()
     x = torch.randn(5, 3, 6, 6, dtype=torch.float64)
     y = torch.tensor([0, 2, 1, 1, 0])
-    _, params, terms = _per_example_gradients(model, x, y, verify=True)
+    _, params, terms = per_example_gradients(model, x, y, verify=True)
     for i in range(5):
         loss = F.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
         expected = torch.autograd.grad(loss, params)
@@ -342,7 +351,7 @@ def test_per_example_terms_with_batchnorm_are_exact_shares():
     n = 6
     x = torch.randn(n, 3, dtype=torch.float64)
     y = torch.tensor([0, 1, 1, 0, 1, 0])
-    _, params, terms = _per_example_gradients(model, x, y)
+    _, params, terms = per_example_gradients(model, x, y)
 
     w1, b1, gamma, beta, w2, b2 = (p.detach() for p in params)
     eps = [torch.zeros(n, *p.shape, dtype=torch.float64, requires_grad=True) for p in params]
@@ -365,42 +374,64 @@ def test_per_example_terms_with_batchnorm_are_exact_shares():
 
 
 class _Twice(nn.Module):
+    """A Linear applied twice: its per-example gradient is the sum over both calls."""
+
     def __init__(self):
         super().__init__()
         self.lin = nn.Linear(4, 4)
 
     def forward(self, x):
-        return self.lin(self.lin(x.flatten(1)))
+        return self.lin(torch.tanh(self.lin(x.flatten(1))))
 
 
 class _Tied(nn.Module):
+    """A Linear whose weight is also used outside the module (the engine's vmap fallback)."""
+
     def __init__(self):
         super().__init__()
         self.lin = nn.Linear(4, 4)
 
     def forward(self, x):
-        return F.linear(self.lin(x.flatten(1)), self.lin.weight)
+        return F.linear(torch.tanh(self.lin(x.flatten(1))), self.lin.weight)
 
 
 class _Scaled(nn.Module):
+    """A raw parameter used in ``forward`` (the engine's vmap fallback)."""
+
     def __init__(self):
         super().__init__()
         self.lin = nn.Linear(4, 4)
-        self.scale = nn.Parameter(torch.ones(()))
+        self.scale = nn.Parameter(torch.tensor(1.5))
 
     def forward(self, x):
         return self.scale * self.lin(x.flatten(1))
 
 
-@pytest.mark.parametrize("model, fragment", [
-    (_Twice(), "applied 2 times"),
-    (_Tied(), "do not add up"),
-    (_Scaled(), "'_Scaled'"),
-    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 4)), "in place"),
-])
-def test_winsorized_refuses_unsupported_models(model, fragment):
+def _inplace() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize("make", [_Twice, _Tied, _Scaled, _inplace])
+def test_winsorized_is_exact_on_shared_raw_and_inplace_models(make):
+    """Once refused, now the clamped mean of the true per-example gradients (a plain loop)."""
+    torch.manual_seed(0)
+    model = make().double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 4, (8,))
+    params = list(model.parameters())
+    rows = [torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), params)
+            for i in range(8)]
+    make_estimator("winsorized", batch_size=8, clip_count=1).compute(model, x, y)
+    expected = []
+    for per in (torch.stack(col) for col in zip(*rows)):
+        srt = per.sort(0).values
+        expected.append(torch.clamp(per, srt[1], srt[-2]).sum(0) / 8)
+    assert close(grads(model), expected)
+
+
+def test_winsorized_refuses_the_fallback_under_train_mode_batchnorm():
+    model = nn.Sequential(_Scaled(), nn.BatchNorm1d(4))
     x, y = torch.randn(8, 4), torch.randint(0, 4, (8,))
-    with pytest.raises(InvalidArgumentError, match=fragment):
+    with pytest.raises(InvalidArgumentError, match=r"winsorized cannot take parameter '0\.scale'.*batch statistics"):
         make_estimator("winsorized", batch_size=8, clip_count=1).compute(model, x, y)
 
 
