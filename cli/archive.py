@@ -12,6 +12,8 @@ from typing import Optional
 import typer
 
 from scorebank.cli.common import console, err_console, handle_errors, print_json
+from scorebank.cli.options import JsonOutput, Quiet
+from scorebank.cli.text import plain
 
 
 class _StageProgress:
@@ -62,10 +64,12 @@ def export_command(
     include_checkpoints: bool = typer.Option(False, "--include-checkpoints",
                                              help="Also pack checkpoints/run-<seed>.pt (local store directories only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing scorebank archive at OUT."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
-    """Write a store as one self-contained, read-optimised .zip archive (opens in place with
-    xr.open_zarr(zarr.storage.ZipStore(OUT, mode="r")) and every scorebank command)."""
+    """Write a store as one self-contained, read-optimised .zip archive to share.
+
+    The archive opens in place with xr.open_zarr(zarr.storage.ZipStore(OUT, mode="r")) and
+    with every scorebank command that reads a store."""
     from scorebank.stores.archive import export_archive
 
     with handle_errors():
@@ -73,18 +77,19 @@ def export_command(
             result = export_archive(store, out, creator=creator, license=license,
                                     include_checkpoints=include_checkpoints, overwrite=overwrite,
                                     progress=bar)
-        console.print(f"wrote {str(result.path)!r}: {len(result.manifest['runs'])} runs, "
-                      f"{result.manifest['n_examples']} examples, {result.members} members, {_size(result.bytes)}",
-                      highlight=False, soft_wrap=True)
+        console.print(f"wrote {plain(repr(str(result.path)))}: {len(result.manifest['runs'])} runs, "
+                      f"{plain(result.manifest['n_examples'])} examples, {result.members} members, "
+                      f"{_size(result.bytes)}", highlight=False, soft_wrap=True)
         console.print(f"sha256 {result.sha256}", highlight=False, soft_wrap=True)
-        console.print(f"open without scorebank: xr.open_zarr(zarr.storage.ZipStore({str(result.path)!r}, mode=\"r\"))",
+        console.print("open without scorebank: "
+                      f"xr.open_zarr(zarr.storage.ZipStore({plain(repr(str(result.path)))}, mode=\"r\"))",
                       highlight=False, soft_wrap=True)
 
 
 def import_command(
     archive: str = typer.Argument(..., help="Archive to unpack: a .zip file or its URL."),
     dest: Path = typer.Argument(..., help="New store directory (must not exist, or be empty)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
     """Verify every member's checksum, then unpack an archive into a writable store."""
     from scorebank.stores.archive import import_archive
@@ -92,14 +97,14 @@ def import_command(
     with handle_errors():
         with _StageProgress(not quiet) as bar:
             path = import_archive(archive, dest, progress=bar)
-        console.print(f"imported {archive!r} into {str(path)!r} (all checksums verified)", highlight=False,
-                      soft_wrap=True)
+        console.print(f"imported {plain(repr(archive))} into {plain(repr(str(path)))} (all checksums verified)",
+                      highlight=False, soft_wrap=True)
 
 
 def inspect_command(
     archive: str = typer.Argument(..., help="Archive (.zip file or URL) to describe."),
     verify: bool = typer.Option(False, "--verify", help="Also read every member and check its sha256."),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    json_output: JsonOutput = False,
 ) -> None:
     """Print an archive's metadata and per-run summary without loading score arrays."""
     from scorebank.stores.archive import open_archive
@@ -131,7 +136,7 @@ def inspect_command(
                 ("checksums", f"verified ({n_members} members, {_size(n_bytes)})" if verify
                  else "checked per member on read (--verify checks all now)")]
         for key, value in rows:
-            console.print(f"[bold]{key:>11}[/]  {value}", highlight=False, soft_wrap=True)
+            console.print(f"[bold]{key:>11}[/]  {plain(value)}", highlight=False, soft_wrap=True)
         from scorebank.cli.info import print_summary
 
         print_summary(archive, summary)
@@ -142,19 +147,22 @@ def merge_command(
     out: Path = typer.Option(..., "--out", help="New store directory to write."),
     allow_duplicates: bool = typer.Option(False, "--allow-duplicates",
                                           help="Keep runs that appear twice (same seed and configuration)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: Quiet = False,
 ) -> None:
-    """Concatenate the runs of several stores of the same examples along `run`, recording
-    each run's source, creator and configuration hash."""
+    """Concatenate the runs of several stores of the same examples into one new store.
+
+    Runs are concatenated along `run`, recording each run's source, creator and
+    configuration hash."""
     from scorebank.stores.merge import merge_stores
 
     with handle_errors():
         with _StageProgress(not quiet) as bar:
             result = merge_stores(stores, out, allow_duplicates=allow_duplicates, progress=bar)
         renumbered = [r for r in result.runs if r["run"] != r["seed"]]
-        console.print(f"merged {len(result.runs)} runs from {len(result.sources)} sources into {str(result.path)!r}"
+        console.print(f"merged {len(result.runs)} runs from {len(result.sources)} sources into "
+                      f"{plain(repr(str(result.path)))}"
                       + ("; renumbered (run <- seed): "
-                         + ", ".join(f"{r['run']} <- {r['seed']} ({r['source']})" for r in renumbered)
+                         + ", ".join(f"{r['run']} <- {r['seed']} ({plain(r['source'])})" for r in renumbered)
                          if renumbered else ""), highlight=False, soft_wrap=True)
         from scorebank.cli.info import print_summary
 

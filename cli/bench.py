@@ -5,23 +5,26 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from scorebank.cli.common import console, err_console, handle_errors, print_json
-from scorebank.stores.errors import InvalidArgumentError
+from scorebank.cli.options import CONFIG_OPTIONS, Device, JsonOutput, registry_help
+from scorebank.cli.tables import compact_table
+from scorebank.core.errors import InvalidArgumentError
 
 
 def bench_command(
-    model: str = typer.Option("cnn5", help="mlp, cnn5 or resnet18."),
+    model: str = typer.Option("cnn5", help="Model: " + registry_help("models")),
     n: int = typer.Option(10_000, help="Number of synthetic examples."),
     shape: str = typer.Option("3x32x32", help="Example shape CxHxW (default: CIFAR-10)."),
     classes: int = typer.Option(10, help="Number of classes."),
     batch_size: int = typer.Option(128, help="Batch size of every pass."),
-    width: Optional[int] = typer.Option(None, help="Model width (see score --width)."),
-    optimizers: str = typer.Option("", help="Also time these optimisers' epochs against SGD, e.g. rm3,m3 (m3 needs a batch size divisible by 3)."),
+    width: Optional[int] = typer.Option(None, help=CONFIG_OPTIONS["width"].help),
+    optimizers: str = typer.Option("", help="Also time these optimisers' epochs against SGD, e.g. rm3,m3 (m3 needs a "
+                                            "batch size divisible by 3); comma-separated names of: "
+                                            + registry_help("optimizers")),
     repeats: int = typer.Option(3, help="Timed repetitions per quantity (median kept), after one warm-up."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    device: Device = "auto",
+    json_output: JsonOutput = False,
 ) -> None:
     """Measure training, in-flight recording, clean pass, GraNd and store-write costs as ratios."""
     from scorebank.pipeline.bench import TARGETS, BenchSpec, run_bench
@@ -41,7 +44,7 @@ def bench_command(
     if json_output:
         print_json(result)
         return
-    table = Table("quantity", "value", "goal")
+    table = compact_table("quantity", "value", "goal", fold=())
     for key, value in result.items():
         goal = f"<= {TARGETS[key]:g}" if key in TARGETS else ""
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)

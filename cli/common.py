@@ -15,7 +15,10 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from scorebank.stores.errors import InvalidArgumentError, ScorebankError
+from rich.text import Text
+
+from scorebank.cli.text import visible
+from scorebank.core.errors import InvalidArgumentError, ScorebankError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -26,8 +29,10 @@ SCHEDULER_HELP = ("Dask scheduler: a distributed scheduler address (tcp://host:8
 
 
 def fail(message: str, code: int) -> None:
-    """Print a one-line error and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print a one-line error and exit with ``code``.  The message is printed literally (no
+    Rich markup, control characters escaped): it quotes user and file values."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", visible(" ".join(message.splitlines()))),
+                      highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -6,31 +6,33 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from scorebank.cli.common import console, err_console, handle_errors, print_json
+from scorebank.cli.options import Device, JsonOutput, Seeds, given, override_group, with_groups
+from scorebank.cli.tables import compact_table
 
 
+@with_groups
 def easy_hard_command(
     store: str = typer.Argument(..., help="Score store directory whose run defines easy/hard."),
     threshold: float = typer.Option(0.5, help="Training accuracy at which easy/hard is decided."),
     run: Optional[int] = typer.Option(None, help="Scoring run (seed) defining easy/hard; default: first completed run."),
     test_fraction: float = typer.Option(0.17, help="Held-out fraction of each of the easy and hard groups."),
     split_seed: int = typer.Option(0, help="Seed of the train/held-out split."),
-    seeds: str = typer.Option("0", help="Seeds of the fresh networks, e.g. 0-2."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs over each subset (default: the store's)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the store's)."),
-    optimizer: Optional[str] = typer.Option(None, help="Optimiser (default: the store's)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    seeds: Seeds = "0",
+    training: dict = override_group("epochs", "lr", "optimizer"),
+    device: Device = "auto",
+    json_output: JsonOutput = False,
 ) -> None:
-    """Train on easy-train and on hard-train; report the 2x2 table (trained on x evaluated on)
-    and each generalisation gap; stored under easy_hard/<name> in the store."""
+    """Train fresh networks on easy and on hard examples and evaluate each on both (Coherent Gradients Sec. 4.3).
+
+    Reports the 2x2 table (trained on x evaluated on) and each generalisation gap; the
+    result is stored under easy_hard/NAME in the store."""
     from scorebank.pipeline.config import parse_seeds
     from scorebank.pipeline.easyhard import easy_hard
 
     with handle_errors():
-        overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("optimizer", optimizer)) if v is not None}
+        overrides = given(training)
         seed_list = parse_seeds(seeds)
         with err_console.status("easy/hard") as status:
             result = easy_hard(store, seeds=seed_list, threshold=threshold, run=run, test_fraction=test_fraction,
@@ -49,7 +51,8 @@ def easy_hard_command(
     console.print(f"easy/hard at train accuracy {threshold:g} (run {result.attrs['run']}, epoch "
                   f"{result.attrs['threshold_epoch']}); mean over seeds {', '.join(map(str, result.seed.values))}",
                   highlight=False)
-    table = Table("trained on", *(f"{p} ({sizes[p]})" for p in mean.evaluated_on.values), "generalisation gap")
+    table = compact_table("trained on", *(f"{p}\n({sizes[p]})" for p in mean.evaluated_on.values),
+                          "generalisation\ngap", fold=())
     for t in mean.trained_on.values:
         table.add_row(f"{t}-train", *(f"{100 * float(v):.1f}%" for v in mean.sel(trained_on=t).values),
                       f"{100 * float(gap.sel(trained_on=t)):.1f} pts")
@@ -65,7 +68,7 @@ def difficulty_accuracy_command(
     epoch: Optional[int] = typer.Option(None, help="Epoch of RUN (default: its last recorded epoch)."),
     threshold: float = typer.Option(0.5, help="Training accuracy at which easy/hard is decided in each difficulty run."),
     plot: Optional[Path] = typer.Option(None, help="Write a bar chart (PNG) of accuracy per difficulty level."),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    json_output: JsonOutput = False,
 ) -> None:
     """Training accuracy of a run per difficulty level (Coherent Gradients Fig. 5a)."""
     from scorebank.analysis.difficulty_levels import accuracy_by_difficulty
@@ -81,7 +84,7 @@ def difficulty_accuracy_command(
     if json_output:
         print_json({"run": res.attrs["run"], "epoch": res.attrs["epoch"], "levels": rows})
         return
-    table = Table("difficulty", "examples", f"accuracy of run {run} at epoch {res.attrs['epoch']}")
+    table = compact_table("difficulty", "examples", f"accuracy of run {run}\nat epoch {res.attrs['epoch']}", fold=())
     for r in rows:
         table.add_row(str(r["difficulty"]), str(r["count"]), "-" if r["count"] == 0 else f"{100 * r['accuracy']:.1f}%")
     console.print(table)

@@ -1,19 +1,117 @@
 """The ``scorebank`` command: a thin typer layer that parses, calls the library, prints.
 
-Each command lives in its own module and is registered below."""
+Each command lives in its own module and is registered below; :class:`App` lists them in
+the order a user meets them and tidies every command's help (see its docstring)."""
 
 from __future__ import annotations
 
+import inspect
+from importlib import metadata
+
 import typer
+from typer.core import TyperGroup
+
+from scorebank.cli.options import resolve_late_help
+
+#: ``scorebank --help`` lists the commands in this order (a user's first hour: score, look,
+#: analyse, select and retrain, share); commands missing here follow in registration order.
+COMMAND_ORDER = ("score", "info", "analyze", "select", "retrain", "prune-curve", "compress", "easy-hard",
+                 "difficulty-accuracy", "export", "inspect", "import", "merge", "bench", "analyze-bench")
+
+
+class App(TyperGroup):
+    """The root command group.  Beyond typer's: commands are listed in :data:`COMMAND_ORDER`;
+    a command's help is finished when it is looked up (not while the root lists commands,
+    so ``scorebank --help`` imports no registry): flags get no ``<bool>`` value placeholder,
+    lines inside a paragraph are joined (the listing shows whole sentences) and registry
+    lists (models, data sets, optimisers) are filled in."""
+
+    _listing = False
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
+    def get_command(self, ctx: typer.Context, cmd_name: str):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _finish_help(command, ctx, late=not self._listing)
+        return command
+
+    def get_params(self, ctx: typer.Context):
+        params = super().get_params(ctx)
+        _plain_flags(params)
+        return params
+
+    def format_help(self, ctx: typer.Context, formatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+def _plain_flags(params) -> None:
+    """Flags take no value: show no ``<bool>`` placeholder for them."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+
+
+def _unwrap(text: str | None) -> str | None:
+    """Join the lines of each paragraph (``\\b`` paragraphs, click's verbatim marker, stay)."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
+def _finish_help(command, ctx: typer.Context, *, late: bool) -> None:
+    command.help = _unwrap(command.help)
+    _plain_flags([*command.params, command.get_help_option(ctx)] if command.get_help_option(ctx) else command.params)
+    if late:
+        for p in command.params:
+            if getattr(p, "help", None):
+                p.help = resolve_late_help(p.help)
+    for sub in getattr(command, "commands", {}).values():
+        _finish_help(sub, ctx, late=late)
+
+
+def version() -> str:
+    try:
+        return metadata.version("scorebank")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"scorebank {version()}")
+        raise typer.Exit(0)
+
 
 app = typer.Typer(
     name="scorebank",
-    help="Record per-example training scores (margin, EL2N, loss, forgetting, GraNd) in Zarr "
-         "stores, analyse them with Dask/xarray, select subsets and retrain on them.",
-    no_args_is_help=True,
+    cls=App,
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(ctx: typer.Context,
+          show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                            help="Print scorebank's version and exit.")) -> None:
+    """Record per-example training scores (margin, EL2N, loss, forgetting, GraNd) in Zarr stores, analyse
+    them with Dask/xarray, select subsets and retrain on them.
+
+    Start with 'scorebank score', then 'scorebank info scores.zarr'."""
+    if ctx.invoked_subcommand is None:  # bare 'scorebank': the help, and success
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
 
 # --- command registration: one line per command module -------------------------------
 from scorebank.cli import analyze as _analyze  # noqa: E402

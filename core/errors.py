@@ -3,7 +3,8 @@
 Two families, which the CLI maps to exit codes:
 
 * :class:`InvalidArgumentError` and its subclasses: the user asked for something that
-  cannot be valid (unknown data set, bad schedule syntax, fraction outside (0, 1], ...).
+  cannot be valid (unknown data set, bad schedule syntax, fraction outside (0, 1], a store
+  path that does not exist or holds no scorebank store, ...).
   The CLI exits with status 2 and nothing is written.
 * :class:`ScorebankError` (everything else here): a well-formed request that failed
   (configuration differs from the store's, a run diverged, a checksum mismatch, ...).
@@ -25,8 +26,10 @@ class InvalidArgumentError(ScorebankError, ValueError):
     """A user-supplied value is not acceptable (CLI exit status 2)."""
 
 
-class StoreNotFoundError(ScorebankError, FileNotFoundError):
-    """The path does not hold a scorebank store."""
+class StoreNotFoundError(InvalidArgumentError, FileNotFoundError):
+    """The location given does not hold a (readable) scorebank store: it does not exist, is
+    not a store, or lacks arrays every store has.  The store is the user's argument, so this
+    is a bad argument (CLI exit status 2); still a :class:`FileNotFoundError`."""
 
 
 class StoreExistsError(ScorebankError, FileExistsError):

@@ -85,7 +85,7 @@ def test_export_argument_errors_exit_2_and_failures_exit_1(stores, tmp_path):
     taken = tmp_path / "taken.zip"
     taken.write_bytes(b"not mine")
     assert "already exists" in one_line_error(run("export", str(stores["a"]), str(taken)), 1)
-    assert "no scorebank store" in one_line_error(run("export", str(tmp_path / "nope.zarr"), str(tmp_path / "x.zip")), 1)
+    assert "no scorebank store" in one_line_error(run("export", str(tmp_path / "nope.zarr"), str(tmp_path / "x.zip")), 2)
     assert listing(tmp_path) == ["taken.zip"] and taken.read_bytes() == b"not mine"
 
 
@@ -175,8 +175,7 @@ def test_merge_writes_a_store_info_can_read(archive, stores, tmp_path):
     assert [r["source"] for r in doc["runs"]] == ["lab-a.scorebank.zip"] * 2 + ["b.zarr"]
     table = run("info", str(out))
     assert table.exit_code == 0, table.output
-    header_rows = [[c.strip() for c in line.split("┃")[1:-1]] for line in table.stdout.splitlines() if "┃" in line]
-    assert ["run", "seed", "source"] in [cells[:3] for cells in header_rows], table.stdout
+    assert ["run", "seed", "source"] in [line.split()[:3] for line in table.stdout.splitlines()], table.stdout
 
 
 def test_merge_refusals_are_one_line_and_write_nothing(archive, stores, tmp_path):

@@ -97,7 +97,7 @@ def test_retrain_bad_input_one_line_and_nothing_written(work, changes, extra, co
 
 def test_missing_store_and_manifest(work):
     r = invoke("retrain", work / "nope.zarr", "--manifest", work / "keep.json")
-    assert r.exit_code == 1 and "no scorebank store at" in r.output
+    assert r.exit_code == 2 and "no scorebank store at" in r.output
     r = invoke("retrain", work / "s.zarr", "--manifest", work / "nope.json")
     assert r.exit_code == 2 and "no manifest file at" in r.output
 
@@ -123,7 +123,7 @@ def test_writing_commands_refuse_an_archive_and_say_how_to_unpack_it(work, comma
 
 def test_prune_curve_writes_table_and_figure_and_resumes(work):
     store, out = work / "s.zarr", work / "curve"
-    args = ["prune-curve", store, "--score", "el2n@2", "--strategies", "keep-highest,random", "--fractions", "0.5,0.75",
+    args = ["prune-curve", store, "--score", "el2n@2", "--strategies", "keep-highest,random", "--prune", "0.5,0.75",
             "--seeds", "0-1", "--epochs", "1", "--out", out, "--quiet"]
     r = invoke(*args)
     assert r.exit_code == 0, r.output
@@ -149,7 +149,7 @@ def test_prune_curve_writes_table_and_figure_and_resumes(work):
 
 def test_sliding_window(work):
     store, out = work / "s.zarr", work / "win"
-    r = invoke("prune-curve", store, "--score", "el2n@2", "--strategy", "window", "--offsets", "0,0.25", "--fraction",
+    r = invoke("prune-curve", store, "--score", "el2n@2", "--strategy", "window", "--offsets", "0,0.25", "--keep",
                "0.5", "--seeds", "0", "--epochs", "1", "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(f"{out}.csv")))
@@ -158,12 +158,16 @@ def test_sliding_window(work):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--strategies", "window", "--fractions", "0.5"], "cannot make a pruning curve"),
-    (["--fractions", "0.5,1.0"], "--fractions value (fraction pruned) 1.0 is outside [0, 1)"),
-    (["--fractions", "a,b"], "bad --fractions 'a,b'"),
-    (["--strategy", "window", "--offsets", "0.6", "--fraction", "0.5"], "runs past the end"),
-    (["--strategy", "window", "--offsets", "0.1"], "needs --fraction F"),
-    (["--score", "nonsense@1", "--fractions", "0.5"], "nonsense"),
+    (["--strategies", "window", "--prune", "0.5"], "cannot make a pruning curve"),
+    (["--prune", "0.5,1.0"], "(fraction pruned) 1.0 is outside [0, 1)"),
+    (["--prune", "a,b"], "bad --prune 'a,b'"),
+    (["--strategy", "window", "--offsets", "0.6", "--keep", "0.5"], "runs past the end"),
+    (["--strategy", "window", "--offsets", "0.1"], "the fraction of the data each window keeps"),
+    (["--score", "nonsense@1", "--prune", "0.5"], "nonsense"),
+    # the old spellings: --fractions meant pruned here and --fraction means kept in select
+    (["--fractions", "0.5"], "prune-curve has no --fraction/--fractions"),
+    (["--fraction", "0.5"], "give --prune 0.2,0.4 for the fractions pruned, or --keep F"),
+    (["--strategy", "window", "--offsets", "0.1", "--fraction", "0.5"], "prune-curve has no --fraction"),
 ])
 def test_prune_curve_bad_input(work, args, message):
     store = work / "s.zarr"

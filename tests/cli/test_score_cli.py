@@ -63,9 +63,16 @@ def test_config_mismatch_exits_1(tmp_path):
     assert "lr: store has 0.05, asked 0.2" in " ".join(r.output.split())
 
 
-def test_info_on_missing_store_exits_1(tmp_path):
-    r = invoke("info", tmp_path / "nothing.zarr")
-    assert r.exit_code == 1 and "no scorebank store" in r.output
+def test_store_path_that_holds_no_store_is_a_bad_argument(tmp_path):
+    """A store path that does not exist, or exists but holds no store, is the user's bad
+    argument: exit 2, one line."""
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "nothing.zarr", tmp_path / "empty"):
+        for command in (["info", path], ["info", path, "--json"], ["export", path, tmp_path / "a.scorebank.zip"]):
+            r = invoke(*command)
+            assert r.exit_code == 2, r.output
+            assert "no scorebank store" in r.output and len(r.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
 def test_info_shows_pristine_and_corrupt_accuracy(tmp_path):
