@@ -71,7 +71,7 @@ def check_commands(tmp_path, a, b):
 
     runner = CliRunner()
     for args in (["analyze", str(a), "forgetting", "--json"],
-                 ["select", str(a), "--score", "forgetting", "--strategy", "keep-highest", "--fraction", "0.5",
+                 ["select", str(a), "--score", "forgetting", "--strategy", "keep-highest", "--keep", "0.5",
                   "--out", str(tmp_path / "keep.json")],
                  ["export", str(a), str(tmp_path / "a.scorebank.zip")],
                  ["merge", str(tmp_path / "a.scorebank.zip"), str(b), "--out", str(tmp_path / "both.zarr")]):

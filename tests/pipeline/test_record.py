@@ -285,7 +285,7 @@ def test_cli_commands_work_on_recorder_store(tmp_path, tiny_config, digits):
     for args in (["info", str(tmp_path / "a.zarr")],
                  ["analyze", str(tmp_path / "a.zarr"), "forgetting"],
                  ["select", str(tmp_path / "a.zarr"), "--score", "el2n@2", "--strategy", "keep-highest",
-                  "--fraction", "0.5", "--out", str(tmp_path / "keep.json")],
+                  "--keep", "0.5", "--out", str(tmp_path / "keep.json")],
                  ["export", str(tmp_path / "a.zarr"), str(tmp_path / "a.scorebank.zip")],
                  ["merge", str(tmp_path / "a.scorebank.zip"), str(tmp_path / "b.zarr"), "--out",
                   str(tmp_path / "both.zarr")],
