@@ -85,8 +85,11 @@ from scorebank.pipeline.datasets import ImageData
 from scorebank.pipeline.models import norm_product
 from scorebank.pipeline.retrain import StoreData, check_group_name, load_store_data
 from scorebank.pipeline.scoring import read_store_config
-from scorebank.pipeline.training import clean_pass, evaluate, load_checkpoint, new_model
+from scorebank.pipeline.lifecycle import ProgressEvent
+from scorebank.pipeline.robust import make_estimator
+from scorebank.pipeline.training import FullBatchGradient, clean_pass, evaluate, load_checkpoint, new_model, train_step
 from scorebank.stores import schema as S
+from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, ScorebankError, StoreExistsError
 from scorebank.stores.summary import separation_epochs
 from scorebank.stores.zarrstore import (StoreWriter, consolidate, now_iso, require_store_directory,
@@ -214,16 +217,20 @@ def _check(ok: bool, message: str) -> None:
 
 # ----------------------------------------------------------------------------- results
 @dataclass(frozen=True)
-class CompressEvent:
-    """Sent to the ``progress`` callback after every epoch (and once per stage with
-    ``epoch_in_stage == 0``, right after the removal)."""
+class CompressEvent(ProgressEvent):
+    """A :class:`~scorebank.pipeline.lifecycle.ProgressEvent` of a compression (``seed`` = the
+    run, ``group`` = the compression's name, ``epoch`` = ``epoch_in_stage``): kind ``"epoch"``
+    after every measurement (with ``epoch_in_stage == 0`` once per stage, right after the
+    removal), ``"stage"`` when a stage ends, ``"failed"`` when training diverges.  ``done`` is
+    the number of stages after stage 0 finished and ``total == n_stages``, so the last
+    ``"stage"`` event has ``done == total``."""
 
-    stage: int
-    n_stages: int  # stages after stage 0
-    examples_left: int
-    epoch_in_stage: int
-    test_error: float
-    train_error: float
+    stage: int = 0
+    n_stages: int = 0  # stages after stage 0
+    examples_left: int = 0
+    epoch_in_stage: int = 0
+    test_error: float = math.nan
+    train_error: float = math.nan
 
 
 @dataclass
@@ -329,7 +336,7 @@ def compress(store: str | os.PathLike, config: CompressConfig, *, name: str | No
     model.load_state_dict(state["model"])
     sizes = continuous_sizes(n, config.keep) if config.schedule == "continuous" else (config.keep,)
     _check_batchnorm(model, config, sizes, n)
-    traj = _run(model, config, sd, sizes, progress)
+    traj = _run(model, config, sd, sizes, progress, name)
     start["checkpoint_train_accuracy"] = 1.0 - traj.full_train_error[0]
     start["checkpoint_test_accuracy"] = 1.0 - traj.test_error[0]
     with StoreWriter(path) as writer:
@@ -352,7 +359,8 @@ def _epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(base)
 
 
-def _run(model: nn.Module, cfg: CompressConfig, sd: StoreData, sizes: tuple[int, ...], progress) -> Trajectory:
+def _run(model: nn.Module, cfg: CompressConfig, sd: StoreData, sizes: tuple[int, ...], progress,
+         name: str | None = None) -> Trajectory:
     data = sd.device_data
     x, y = data.train_x, data.train_y
     n = x.shape[0]
@@ -374,9 +382,18 @@ def _run(model: nn.Module, cfg: CompressConfig, sd: StoreData, sizes: tuple[int,
         traj.test_loss.append(float(test_loss))
         traj.train_error.append(train_err)
         traj.full_train_error.append(1.0 - float(full_acc))
-        if progress:
-            progress(CompressEvent(stage, len(sizes), int(pool.shape[0]), epoch, traj.test_error[-1], train_err))
+        emit("epoch", stage, epoch, train_err)
         return train_err
+
+    stage_budget = cfg.epochs if cfg.schedule == "immediate" else cfg.max_epochs_per_stage
+
+    def emit(kind: str, stage: int, epoch: int, train_err: float) -> None:
+        if progress:
+            done = stage if kind == "stage" else max(0, stage - 1)
+            budget = stage_budget if stage else 0
+            progress(CompressEvent(kind, cfg.run, epoch, budget, {}, name, done, len(sizes), stage=stage,
+                                   n_stages=len(sizes), examples_left=int(pool.shape[0]), epoch_in_stage=epoch,
+                                   test_error=traj.test_error[-1], train_error=train_err))
 
     def end_stage(epochs: int, train_err: float, ranking: np.ndarray) -> None:
         mask = np.zeros(n, dtype=bool)
@@ -405,6 +422,7 @@ def _run(model: nn.Module, cfg: CompressConfig, sd: StoreData, sizes: tuple[int,
             budget, stop_when_separated = cfg.max_epochs_per_stage, True
         while epochs < budget:
             if not _train_epoch(model, optimizer, x, y, pool, cfg, _epoch_generator(cfg.run, stage, epochs + 1)):
+                emit("failed", stage, epochs + 1, math.nan)
                 raise ScorebankError(
                     f"training diverged (non-finite loss) at stage {stage} ({int(pool.shape[0])} examples left), "
                     f"epoch {epochs + 1}; lower --lr (now {cfg.lr!r})")
@@ -413,36 +431,27 @@ def _run(model: nn.Module, cfg: CompressConfig, sd: StoreData, sizes: tuple[int,
             if stop_when_separated and epochs >= cfg.min_epochs_per_stage and err == 0.0:
                 break
         end_stage(epochs, err, ranking)
+        emit("stage", stage, epochs, err)
     return traj
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                  pool: torch.Tensor, cfg: CompressConfig, generator: torch.Generator) -> bool:
-    """One epoch over ``pool``: full-batch GD (one step) or minibatch SGD.  False if the
-    loss was not finite."""
+    """One epoch over ``pool`` through :func:`~scorebank.pipeline.training.train_step`:
+    full-batch gradient descent (one step, :class:`~scorebank.pipeline.training.FullBatchGradient`)
+    or minibatch SGD (plain mean cross-entropy gradient).  False if the loss was not finite."""
     model.train()
     n = pool.shape[0]
     if cfg.batch_size is None or cfg.batch_size >= n:
-        optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=x.device)
-        for start in range(0, n, cfg.eval_batch_size):
-            idx = pool[start:start + cfg.eval_batch_size]  # (chunk,)
-            loss = F.cross_entropy(model(x[idx]), y[idx], reduction="sum") / n  # chunk's share of the mean
-            loss.backward()
-            total += loss.detach()
-        if not torch.isfinite(total):
-            return False
-        optimizer.step()
-        return True
+        total = train_step(model, optimizer, FullBatchGradient(cfg.eval_batch_size), x[pool], y[pool])
+        return bool(torch.isfinite(total))
     perm = pool[torch.randperm(n, generator=generator).to(pool.device)]  # (n,)
     total = torch.zeros((), device=x.device)
+    sgd = make_estimator("sgd", batch_size=cfg.batch_size)
     for start in range(0, n, cfg.batch_size):
-        idx = perm[start:start + cfg.batch_size]
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        optimizer.step()
-        total += loss.detach()  # checked once per epoch: no device-host sync per minibatch
+        idx = perm[start:start + cfg.batch_size]  # (batch,)
+        logits = train_step(model, optimizer, sgd, x[idx], y[idx])
+        total += F.cross_entropy(logits.detach(), y[idx])  # checked once per epoch: no device-host sync per step
     return bool(torch.isfinite(total))
 
 
@@ -466,9 +475,8 @@ def write_compression(writer: StoreWriter, name: str, config: CompressConfig, st
     def arr(var: str, dims: tuple[str, ...], values, dtype: str, description: str, chunks=None):
         values = np.asarray(values, dtype=dtype)
         fill = np.nan if np.dtype(dtype).kind == "f" else (False if dtype == "bool" else 0)
-        a = g.create_array(var, shape=values.shape, dtype=dtype, chunks=chunks or tuple(max(1, s) for s in values.shape),
-                           dimension_names=dims, fill_value=fill, attributes={"description": description})
-        a[...] = values
+        create_array(g, var, dims=dims, data=values, chunks=chunks, fill_value=fill,
+                     attributes={"description": description})
 
     arr(STEP, (STEP,), np.arange(n_steps), "int64", "measurement number")
     arr(STAGE, (STAGE,), np.arange(n_stages), "int64", "stage 0 = checkpoint on all examples; stage k = after the k-th removal")

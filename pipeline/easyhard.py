@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from scorebank.pipeline.lifecycle import MemorySlot, ProgressEvent, drive_run
 from scorebank.pipeline.retrain import RETRAIN_SEED_OFFSET, check_group_name, load_store_data, retrain_config
 from scorebank.pipeline.training import Trainer, clean_pass
 from scorebank.stores import schema as S
@@ -76,12 +77,15 @@ def split_easy_hard(hard: np.ndarray, test_fraction: float, seed: int) -> Split:
 def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshold: float = 0.5,
               run: int | None = None, test_fraction: float = 0.17, split_seed: int = 0,
               overrides: Mapping | None = None, device: str = "auto", name: str | None = None,
-              progress: Callable[[str], None] | None = None) -> xr.Dataset:
+              progress: Callable[[ProgressEvent], None] | None = None) -> xr.Dataset:
     """Run the easy/hard experiment and store it; returns the result Dataset with
     ``accuracy`` (seed, trained_on, evaluated_on), its mean over seeds ``mean_accuracy``
     (trained_on, evaluated_on), ``generalization_gap`` (seed, trained_on) and the part
     sizes.  ``run`` picks the scoring run that defines easy/hard (default: the first
-    completed run)."""
+    completed run).  Each network goes through the shared run lifecycle
+    (:func:`scorebank.pipeline.lifecycle.drive_run`, in memory: nothing is checkpointed) and
+    reports :class:`~scorebank.pipeline.lifecycle.ProgressEvent` s with ``group`` =
+    ``"<name>/easy-train"`` or ``"<name>/hard-train"``."""
     from scorebank.analysis import access
     from scorebank.analysis.difficulty import difficulty
 
@@ -102,18 +106,22 @@ def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshol
     config = retrain_config(sd.config, overrides)
     parts = split.parts()
     acc = np.full((len(seeds), 2, 4), np.nan)
-    say = progress or (lambda _m: None)
     for i, seed in enumerate(seeds):
         for j, (group, train_idx) in enumerate((("easy", split.easy_train), ("hard", split.hard_train))):
-            say(f"seed {seed}: training on {group}-train ({len(train_idx)} examples)")
             pool = torch.as_tensor(train_idx, device=sd.device)
-            trainer = Trainer(config, sd.device_data, RETRAIN_SEED_OFFSET + seed, sd.device, indices=pool)
-            for _ in range(config.epochs):
-                if trainer.train_epoch(record=True)[1]:
-                    raise RunFailedError(
-                        f"the network of seed {seed} trained on {group}-train diverged (non-finite loss) in "
-                        f"epoch {trainer.epoch}; lower --lr; nothing was written")
-            correct = clean_pass(trainer.model, sd.device_data.train_x, sd.device_data.train_y,
+            trainers: list[Trainer] = []
+
+            def make_trainer(seed=seed, pool=pool) -> Trainer:
+                trainers.append(Trainer(config, sd.device_data, RETRAIN_SEED_OFFSET + seed, sd.device, indices=pool))
+                return trainers[-1]
+
+            outcome = drive_run(MemorySlot(seed), make_trainer, total_epochs=config.epochs, device=sd.device,
+                                progress=progress, group=f"{name}/{group}-train")
+            if outcome.status == S.RUN_FAILED:
+                raise RunFailedError(
+                    f"the network of seed {seed} trained on {group}-train diverged (non-finite loss) in "
+                    f"epoch {outcome.failed_epoch}; lower --lr; nothing was written")
+            correct = clean_pass(trainers[0].model, sd.device_data.train_x, sd.device_data.train_y,
                                  config.eval_batch_size)[S.CORRECT].cpu().numpy()
             acc[i, j] = [correct[idx].mean() for idx in parts.values()]
     seeds_arr = np.asarray(seeds, dtype=np.int64)

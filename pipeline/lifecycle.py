@@ -60,14 +60,14 @@ class ProgressEvent:
     ``done`` and ``total`` count the run's units of work (epochs 0..``total_epochs`` for a
     run, so ``total = total_epochs + 1``; stages for ``compress``): a progress bar over all
     runs is ``sum(done) / sum(total)`` with the latest event of each ``(group, seed)``.
-    ``group`` names the retrain / compress group ("" for ``score``)."""
+    ``group`` names the retrain / compress group (None for ``score``)."""
 
     kind: str
     seed: int
     epoch: int
     total_epochs: int
     metrics: dict = field(default_factory=dict)
-    group: str = ""
+    group: str | None = None
     done: int = 0
     total: int = 0
 
@@ -91,6 +91,9 @@ class ProgressEvent:
                     f"{self.metrics.get('examples_left')} examples left")
         return f"{who} epoch {self.epoch}/{self.total_epochs}"
 
+    __str__ = describe
+    __rich__ = describe  # terminals (rich) show an event as its one line
+
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -106,10 +109,11 @@ class RunOutcome:
 
 
 class RunSlot(Protocol):
-    """Where one run's values, status and checkpoint live."""
+    """Where one run's values, status and checkpoint live (``checkpoint`` None: the run is
+    not checkpointed, so it cannot resume; easy-hard's networks)."""
 
     seed: int
-    checkpoint: Path
+    checkpoint: Path | None
 
     def status(self) -> dict:
         """The run's status record (``{"status": ..., ...}``; ``{}`` if none)."""
@@ -128,7 +132,7 @@ class RunSlot(Protocol):
 
 
 def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epochs: int, device: torch.device,
-              progress: Callable[[ProgressEvent], None] | None = None, group: str = "") -> RunOutcome:
+              progress: Callable[[ProgressEvent], None] | None = None, group: str | None = None) -> RunOutcome:
     """Take one run through its lifecycle (module docstring): skip, resume or start, train
     and write epochs up to ``total_epochs``, and set its status.  ``make_trainer`` builds the
     run's fresh :class:`Trainer` (called only if the run has work left)."""
@@ -145,7 +149,7 @@ def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epoch
         return RunOutcome(seed, status["status"], skipped=True, failed_epoch=failed_epoch,
                           final_test_accuracy=slot.final_test_accuracy())
     trainer = make_trainer()
-    resumed = slot.checkpoint.is_file()
+    resumed = slot.checkpoint is not None and slot.checkpoint.is_file()
     if resumed:
         trainer.load_state_dict(load_checkpoint(slot.checkpoint))
     last = trainer.epoch if resumed else None  # the last epoch written
@@ -168,8 +172,9 @@ def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epoch
                 if result.diverged:
                     return fail(result.epoch)
                 slot.write(result)
-                with atomic_file(slot.checkpoint) as tmp:
-                    torch.save(trainer.state_dict(), tmp)
+                if slot.checkpoint is not None:
+                    with atomic_file(slot.checkpoint) as tmp:
+                        torch.save(trainer.state_dict(), tmp)
                 last = result.epoch
                 emit("epoch", result.epoch, result.epoch + 1, result.per_epoch)
             if trainer.epoch >= total_epochs:
@@ -185,6 +190,33 @@ def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epoch
     slot.finish()
     slot.set_status(S.RUN_COMPLETE, **running)
     return RunOutcome(seed, S.RUN_COMPLETE, skipped=False, final_test_accuracy=slot.final_test_accuracy())
+
+
+class MemorySlot:
+    """A run kept in memory only: status and per-epoch values (``epochs``: epoch -> per-epoch
+    values), no checkpoint.  For networks whose result is written once at the end."""
+
+    checkpoint = None
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.record: dict = {}
+        self.epochs: dict[int, dict] = {}
+
+    def status(self) -> dict:
+        return self.record
+
+    def set_status(self, status: str, **info) -> None:
+        self.record = {"status": status, **info}
+
+    def write(self, result: EpochResult) -> None:
+        self.epochs[result.epoch] = dict(result.per_epoch)
+
+    def finish(self) -> None:
+        pass
+
+    def final_test_accuracy(self) -> float:
+        return self.epochs[max(self.epochs)].get(S.TEST_ACCURACY, math.nan) if self.epochs else math.nan
 
 
 def _mark_interrupted(slot: RunSlot, last: int | None) -> None:

@@ -173,6 +173,43 @@ def new_optimizer(config: ScoreConfig, model: nn.Module) -> torch.optim.SGD:
                            nesterov=config.nesterov, weight_decay=config.weight_decay)
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, estimator, inputs: torch.Tensor,
+               labels: torch.Tensor) -> torch.Tensor:
+    """One optimiser step, the only one in scorebank (score, retrain, easy-hard, compress):
+    ``estimator.compute`` sets ``p.grad`` of every trainable parameter to its gradient
+    estimate of the mean cross-entropy on the minibatch ``inputs`` ``(B, C, H, W)`` /
+    ``labels`` ``(B,)`` (:mod:`scorebank.pipeline.robust`; compress's full-batch gradient
+    descent passes :class:`FullBatchGradient`), then ``optimizer`` steps.  Returns the
+    logits ``(B, classes)`` of the forward pass, before the update."""
+    logits = estimator.compute(model, inputs, labels)
+    optimizer.step()
+    return logits
+
+
+class FullBatchGradient:
+    """The exact gradient of the mean cross-entropy over a whole (sub)set, accumulated over
+    chunks of ``chunk`` examples (so the set need not fit one forward pass): each chunk adds
+    the gradient of ``sum(loss over the chunk) / n``.  With BatchNorm in train mode the
+    statistics are per chunk.  :meth:`compute` returns the summed loss (a 0-d tensor), not
+    logits; it is what ``train_step`` needs for compress's full-batch gradient descent."""
+
+    def __init__(self, chunk: int):
+        self.chunk = chunk
+
+    def compute(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n = inputs.shape[0]
+        for p in model.parameters():
+            p.grad = None
+        total = torch.zeros((), device=inputs.device)
+        with torch.enable_grad():
+            for start in range(0, n, self.chunk):
+                xb, yb = inputs[start:start + self.chunk], labels[start:start + self.chunk]  # (chunk, ...)
+                loss = F.cross_entropy(model(xb), yb, reduction="sum") / n  # the chunk's share of the mean
+                loss.backward()
+                total += loss.detach()
+        return total
+
+
 @dataclass
 class EpochResult:
     """What one epoch produced, on the host, ready to be written."""
@@ -259,8 +296,7 @@ class Trainer:
             xb, yb = data.train_x[idx], data.train_y[idx]
             if cfg.augment:
                 xb = augment_batch(xb, g_aug)
-            logits = self.estimator.compute(self.model, xb, yb)  # sets p.grad; logits before the update
-            self.optimizer.step()
+            logits = train_step(self.model, self.optimizer, self.estimator, xb, yb)
             if record:
                 self._inflight[idx] = correct_from_logits(logits, yb)
                 loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
