@@ -10,9 +10,10 @@ the loss gradient (nats per unit parameter), with the loss of one example un-ave
 
 Instead of one backward pass per example, :func:`grand_scores` runs ONE eval-mode
 forward + backward of the *summed* loss per batch, through the per-example gradient
-engine :class:`scorebank.pipeline.per_example.PerExample` (shared with winsorized SGD).  In eval mode the examples do not
-interact, so the gradient of the summed loss with respect to layer ``k``'s output,
-restricted to example ``i``, is exactly example ``i``'s own output gradient ``g_i``.
+engine :class:`scorebank.pipeline.per_example.PerExample` (shared with winsorized SGD;
+the layer formulas below are its handlers).  In eval mode the examples do not interact,
+so the gradient of the summed loss with respect to layer ``k``'s output, restricted to
+example ``i``, is exactly example ``i``'s own output gradient ``g_i``.
 Together with the layer's input ``a_i`` it determines the per-example parameter
 gradient of that layer, whose squared norm is computed per layer without materialising
 a ``(batch x all parameters)`` tensor:
@@ -32,9 +33,9 @@ a ``(batch x all parameters)`` tensor:
 * ``nn.BatchNorm1d/2d/3d`` in eval mode: ``d gamma_i = sum_spatial g_i * x_hat_i`` with
   ``x_hat = (a - running_mean) / sqrt(running_var + eps)``, ``d beta_i = sum_spatial g_i``.
 
-Squared norms are summed over layers and the square root taken at the end.  Only the
-input gradient is back-propagated (``autograd.grad`` w.r.t. the input batch), so the
-summed parameter gradients are never formed and ``p.grad`` is never touched.
+Squared norms are summed over layers and the square root taken at the end.  The backward
+stops at the layer outputs (``autograd.grad`` w.r.t. them), so the summed parameter
+gradients are never formed and ``p.grad`` is never touched.
 
 A parameter shared between modules or a module called more than once per forward gets
 the sum of its calls' per-example gradients, formed explicitly, then squared.  Every other

@@ -368,7 +368,7 @@ def register_layer(module_type: type, *, grads: GradsFn, sqnorms: SqnormsFn | No
 def handler_for(module: nn.Module) -> LayerHandler | None:
     """The handler registered for ``type(module)`` exactly, or None."""
     name = type(module).__name__
-    if name not in LAYERS:
+    if name not in LAYERS.names():
         return None
     handler = LAYERS.get(name)
     return handler if handler.module_type is type(module) else None
@@ -550,8 +550,11 @@ class PerExample:
             a = kwargs["input"]
         else:
             a = None
-        if not isinstance(a, Tensor) or not isinstance(output, Tensor) or not output.requires_grad:
+        if not isinstance(a, Tensor) or not isinstance(output, Tensor):
             site.problem = "is not called with one tensor returning one tensor"
+            return
+        if not output.requires_grad:
+            site.problem = "returns an output that does not require grad"
             return
         call = _Call(a, output, a._version, output._version)
         site.calls.append(call)
@@ -606,7 +609,8 @@ class PerExample:
             if uses == 0:
                 continue  # not used by the forward: zero gradient
             owners = self.owners.get(id(p), [])
-            problem = next((f"its module {s.name!r} {s.problem}" for s in owners if s.problem), None)
+            problem = next((f"is used by module {s.name!r}, which {s.problem}" for s in owners if s.problem),
+                           None)
             if not owners:
                 problem = "is not owned by a module with a layer handler"
             elif problem is None and sum(len(s.calls) for s in owners) != uses:
@@ -653,6 +657,12 @@ class PerExample:
                 c.out = None
         return grads
 
+    def _deferred_calls(self, p: nn.Parameter) -> list[tuple[_Site, str, _Call]]:
+        """``(site, attribute name, call)`` of every call whose contribution to ``p`` is formed
+        after the backward."""
+        return [(s, n, c) for s in self.owners[id(p)] for n, q in s.params.items()
+                if q is p and n in s.deferred for c in s.calls]
+
     def _call_grads(self, site: _Site, call: _Call) -> dict[str, Tensor]:
         terms = site.handler.grads(site.module, site.deferred, call.a.detach(), call.g)
         call.a = call.g = None
@@ -670,14 +680,13 @@ class PerExample:
         del loss
         total = self._total
         for _, p in covered:  # parameters whose per-example gradients must be formed
-            calls = [(s, n, c) for s in self.owners[id(p)] for n, q in s.params.items()
-                     if q is p and n in s.deferred for c in s.calls]
+            calls = self._deferred_calls(p)
             step = _chunk(batch, p.numel())
             for lo in range(0, batch if calls else 0, step):
-                summed = None
+                summed = None  # sum over the calls: (chunk, *shape)
                 for s, n, c in calls:
                     t = s.handler.grads(s.module, frozenset({n}), c.a[lo:lo + step].detach(),
-                                        c.g[lo:lo + step])[n]  # (chunk, *shape)
+                                        c.g[lo:lo + step])[n]
                     summed = t if summed is None else summed + t
                 total[lo:lo + step] += summed.flatten(1).to(acc).square().sum(1)  # (chunk, numel) -> (chunk,)
         for s in self.sites:
