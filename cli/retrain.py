@@ -247,8 +247,8 @@ def compress_command(
 
 
 class _CompressProgress:
-    """A bar over the compression's stages, drawn on the first event (after validation) and
-    filled when the compression returns."""
+    """A bar over the compression's stages (CompressEvents: ``done`` of ``total`` stages after
+    the checkpoint finished), drawn on the first event, after the library validated everything."""
 
     def __init__(self, enabled: bool):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -256,23 +256,24 @@ class _CompressProgress:
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=err_console, disable=not enabled)
         self.task = self.progress.add_task("compressing", total=None)
-        self.n_stages: int | None = None
+        self.started = False
 
     def __enter__(self):
         return self
 
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None and self.n_stages is not None:
-            self.progress.update(self.task, completed=self.n_stages)  # the last stage finished
-        self.progress.stop()
+    def __exit__(self, *exc):
+        if self.started:  # rich prints a newline when stopping a bar it never drew
+            self.progress.stop()
 
     def __call__(self, event) -> None:
-        self.progress.start()
-        self.n_stages = event.n_stages
-        # stage k is under way: k - 1 stages after the checkpoint are finished
-        self.progress.update(self.task, total=event.n_stages, completed=max(0, event.stage - 1),
-                             description=f"stage {event.stage}/{event.n_stages}: {event.examples_left} left, "
-                                         f"epoch {event.epoch_in_stage}, test error {event.test_error:.3f}")
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        self.progress.update(self.task, total=event.total, completed=event.done)
+        if event.kind == "epoch":
+            self.progress.update(self.task, description=f"stage {event.stage}/{event.n_stages}: {event.examples_left} "
+                                                        f"left, epoch {event.epoch_in_stage}, test error "
+                                                        f"{event.test_error:.3f}")
 
 
 def register(app: typer.Typer) -> None:

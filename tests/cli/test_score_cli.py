@@ -84,3 +84,39 @@ def test_info_shows_pristine_and_corrupt_accuracy(tmp_path):
     ds = xr.open_zarr(store)
     assert doc["runs"][0]["pristine_accuracy"] == pytest.approx(float(ds.pristine_accuracy.values[0, 2]))
     assert doc["runs"][0]["corrupt_accuracy"] == pytest.approx(float(ds.corrupt_accuracy.values[0, 2]))
+
+
+def test_config_mismatch_draws_no_progress_bar(tmp_path):
+    store = tmp_path / "s.zarr"
+    assert invoke("score", *TINY, "--seeds", "0", "--store", store).exit_code == 0
+    loud = [a for a in TINY if a != "--quiet"]
+    r = invoke("score", *loud, "--seeds", "0", "--store", store, "--lr", "0.2")
+    assert r.exit_code == 1
+    assert r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_ctrl_c_says_where_and_the_rerun_resumes(tmp_path, monkeypatch):
+    from scorebank.cli import progress
+
+    store, reference = tmp_path / "s.zarr", tmp_path / "ref.zarr"
+    assert invoke("score", *TINY, "--seeds", "0-1", "--store", reference).exit_code == 0
+    deliver = progress.RunProgress.__call__
+
+    def ctrl_c_after_epoch_1_of_seed_1(self, event, prefix=""):
+        deliver(self, event, prefix)
+        if event.kind == "epoch" and event.seed == 1 and event.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress.RunProgress, "__call__", ctrl_c_after_epoch_1_of_seed_1)
+    r = invoke("score", *TINY, "--seeds", "0-1", "--store", store)
+    assert r.exit_code == 130, r.output
+    assert r.output.strip().splitlines()[-1] == "interrupted: seed 1 at epoch 1; run the same command to resume"
+    monkeypatch.undo()
+    doc = json.loads(invoke("info", store, "--json").output)
+    assert [run["status"] for run in doc["runs"]] == ["complete", "interrupted"]
+    assert "interrupted" in invoke("info", store).output
+    r = invoke("score", *TINY, "--seeds", "0-1", "--store", store)
+    assert r.exit_code == 0, r.output
+    assert "resuming seed 1 from epoch 1" in r.output and "skipped: seeds 0" in r.output
+    a, b = xr.open_zarr(store), xr.open_zarr(reference)
+    assert (a.margin.values == b.margin.values).all() and (a.loss.values == b.loss.values).all()
