@@ -48,7 +48,7 @@ from scorebank.core.errors import (ConfigMismatchError, InvalidArgumentError, Ru
 from scorebank.pipeline.models import norm_product
 from scorebank.pipeline.training import correct_from_logits, example_scores, load_checkpoint
 from scorebank.stores import schema as S
-from scorebank.stores.create import create_store
+from scorebank.stores.create import consolidate, create_store
 from scorebank.stores.zarrstore import StoreWriter, atomic_file, is_scorebank_store, remove_store
 
 __all__ = ["Recorder", "Run", "IndexedDataset", "RecordingError", "ShapeError", "LabelMismatchError",
@@ -272,7 +272,7 @@ def _check_indices(idx: torch.Tensor, n: int, what: str) -> torch.Tensor:
         raise ShapeError(f"{what}: indices must be a 1-D integer tensor, got shape {tuple(idx.shape)!r} "
                          f"dtype {str(idx.dtype)!r}")
     if idx.numel():
-        lo, hi = int(idx.min()), int(idx.max())
+        lo, hi = (int(v) for v in torch.aminmax(idx))
         if lo < 0 or hi >= n:
             bad = lo if lo < 0 else hi
             raise ExampleIndexError(f"{what}: example index {bad!r} is out of range 0..{n - 1}; "
@@ -529,19 +529,12 @@ class Run:
         indices raise here; a label mismatch, an example observed twice and non-finite
         logits raise here on the CPU and at the epoch's :meth:`record_epoch` on an
         accelerator (no device sync per batch)."""
-        self._require_open()
+        if self._writer is None or epoch != self._epoch or isinstance(epoch, bool):
+            self._start_epoch(epoch)  # the epoch's checks, once per epoch
         what = f"observe(epoch={epoch!r})"
-        if epoch == 0:
-            raise EpochOrderError(f"{what}: epoch 0 is the state at initialisation; in-flight results "
-                                  "belong to training epochs 1..{}".format(self.recorder.epochs))
-        epoch = self._check_epoch(epoch, what)
-        if self._epoch is not None and self._epoch != epoch:
-            raise EpochOrderError(f"{what}: epoch {self._epoch} was observed but not recorded; "
-                                  f"call run.record_epoch({self._epoch}, ...) first")
         if not isinstance(logits, torch.Tensor):
             raise ShapeError(f"{what}: logits must be a tensor, got {type(logits).__name__!r}")
-        n = self.recorder.n_examples
-        idx = _check_indices(_as_tensor(idx, f"{what} indices"), n, what)
+        idx = _check_indices(_as_tensor(idx, f"{what} indices"), self.recorder.n_examples, what)
         _check_logits(logits, idx.shape[0], self.recorder.num_classes, what)
         dev = logits.device
         st = self._inflight_state(dev)
@@ -555,29 +548,41 @@ class Run:
             if tuple(y.shape) != (idx.shape[0],):
                 raise ShapeError(f"{what}: labels have shape {tuple(y.shape)!r}, expected ({idx.shape[0]},)")
             y = y.to(dev, non_blocking=True).long()
-        if dev.type == "cpu":  # checks cost nothing here: refuse the batch before using it
-            self._check_batch(what, epoch, idx, y, stored, logits, st["counts"])
-        self._epoch = epoch
+        counts = st["counts"]
+        counts.index_add_(0, idx, st["ones"][:idx.shape[0]])
+        seen = counts[idx]  # (batch,): 1 unless an example came twice this epoch
+        mismatch, repeated, nonfinite = (y != stored).any(), (seen != 1).any(), ~torch.isfinite(logits).all()
+        if dev.type == "cpu":  # checks cost no device sync here: refuse the batch before keeping it
+            if bool(mismatch | repeated | nonfinite):
+                counts.index_add_(0, idx, -st["ones"][:idx.shape[0]])  # undo: the batch is refused
+                self._refuse_batch(what, epoch, idx, y, stored, seen, bool(mismatch), bool(repeated))
+        else:  # no device sync per batch: the flags are checked by record_epoch
+            st["flags"] += torch.stack((mismatch, repeated, nonfinite)).long()
         st["correct"][idx] = correct_from_logits(logits, y)
-        st["counts"].index_add_(0, idx, torch.ones_like(idx, dtype=torch.int32))
-        if dev.type != "cpu":  # no device sync per batch: flags are checked by record_epoch
-            flags = st["flags"]  # (3,): label mismatches, repeated observations, non-finite logits
-            flags[0] += (y != stored).sum()
-            flags[1] += (st["counts"][idx] > 1).sum()
-            flags[2] += (~torch.isfinite(logits)).sum()
+        self._epoch = int(epoch)
 
-    def _check_batch(self, what: str, epoch: int, idx, y, stored, logits, counts) -> None:
-        if bool((y != stored).any()):
+    def _start_epoch(self, epoch) -> None:
+        """Checks of the first observation of an epoch."""
+        self._require_open()
+        what = f"observe(epoch={epoch!r})"
+        if epoch == 0 and not isinstance(epoch, bool):
+            raise EpochOrderError(f"{what}: epoch 0 is the state at initialisation; in-flight results "
+                                  f"belong to training epochs 1..{self.recorder.epochs}")
+        epoch = self._check_epoch(epoch, what)
+        if self._epoch is not None and self._epoch != epoch:
+            raise EpochOrderError(f"{what}: epoch {self._epoch} was observed but not recorded; "
+                                  f"call run.record_epoch({self._epoch}, ...) first")
+
+    def _refuse_batch(self, what: str, epoch: int, idx, y, stored, seen, mismatch: bool, repeated: bool) -> None:
+        if mismatch:
             raise _label_mismatch(what, idx, y, stored)
-        again = counts[idx] > 0
-        if bool(again.any()) or idx.unique().numel() != idx.numel():
-            k = int(idx[again][0]) if bool(again.any()) else int(idx[idx.bincount().argmax() == idx][0])
-            raise ExampleIndexError(f"{what}: example {k!r} was observed twice in epoch {epoch}; an example is "
-                                    "presented once per epoch (check the sampler), or record the epoch first")
-        if not bool(torch.isfinite(logits).all()):
-            self._fail(epoch)
-            raise RunFailedError(f"run seed {self.seed} diverged: non-finite logits in epoch {epoch}; "
-                                 "it is marked failed in the store (lower the learning rate)")
+        if repeated:
+            raise ExampleIndexError(f"{what}: example {int(idx[seen != 1][0])!r} was observed twice in epoch {epoch}; "
+                                    "an example is presented once per epoch (check the sampler), or record the "
+                                    "epoch first")
+        self._fail(epoch)
+        raise RunFailedError(f"run seed {self.seed} diverged: non-finite logits in epoch {epoch}; "
+                             "it is marked failed in the store (lower the learning rate)")
 
     def _inflight_state(self, device: torch.device) -> dict[str, torch.Tensor]:
         st = self._state
@@ -589,6 +594,7 @@ class Run:
             st.update(correct=torch.zeros(n, dtype=torch.bool, device=device),
                       counts=torch.zeros(n, dtype=torch.int32, device=device),
                       flags=torch.zeros(3, dtype=torch.int64, device=device),
+                      ones=torch.ones(n, dtype=torch.int32, device=device),
                       labels=torch.from_numpy(self.recorder.labels).to(device))
         return st
 
@@ -679,9 +685,22 @@ class Run:
                                  "it is marked failed in the store (lower the learning rate)")
         w.write_epoch(self.seed, epoch, per_example, per_epoch)  # ``completed`` last
         self._completed.append(epoch)
+        if train is not None:
+            self._note_recorded(w, epoch)
         self._state.clear()
         self._epoch = None
         return per_epoch
+
+    def _note_recorded(self, w: StoreWriter, epoch: int) -> None:
+        """Keep the configuration's ``record_epochs`` (the epochs with a clean pass in any
+        run, as ``score`` records them) current for ``info`` and archive manifests."""
+        config = json.loads(w.root.attrs.get(S.ATTR_CONFIG) or "{}")
+        epochs = config.get("record_epochs") or []
+        if config.get("source") != CONFIG_SOURCE or epoch in epochs:
+            return
+        config["record_epochs"] = sorted({*epochs, epoch})
+        w.root.attrs[S.ATTR_CONFIG] = json.dumps(config, sort_keys=True)
+        consolidate(self.recorder.path)
 
     def _check_identity(self, model: nn.Module, what: str) -> None:
         identity = model_identity(model)

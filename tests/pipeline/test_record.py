@@ -75,6 +75,7 @@ def test_plain_loop_equals_score_bit_for_bit(tmp_path, tiny_config, digits):
     assert b.attrs["runs"]["0"]["status"] == "complete"
     assert b.attrs["runs"]["0"]["model"] == "scorebank.pipeline.models.MLP"
     assert json.loads(b.attrs["config"])["user"] == {"lr": 0.05, "model": "mlp"}
+    assert json.loads(b.attrs["config"])["record_epochs"] == [0, 1, 2, 3]
     assert b.attrs["recorder"]["model"] == "scorebank.pipeline.models.MLP"
 
 
