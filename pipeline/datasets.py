@@ -145,7 +145,7 @@ def _load_torchvision(name: str, cls, root: Path, download: bool) -> ImageData:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
     except (RuntimeError, OSError) as exc:  # torchvision: "Dataset not found or corrupted." / URLError
-        reason = " ".join(str(exc).split())
+        reason = " ".join(str(exc).split())[:300]
         if not download:
             raise DataNotFoundError(
                 f"{name} not found under {str(root)!r} ({reason}); pass --download or the right --data-dir") from None

@@ -155,10 +155,6 @@ def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epoch
     last = trainer.epoch if resumed else None  # the last epoch written
     running = {"device": str(device), "torch": torch.__version__}
     slot.set_status(S.RUN_RUNNING, **running)
-    if resumed:
-        emit("resume", trainer.epoch, trainer.epoch + 1)
-    else:
-        emit("start", 0, 0)
 
     def fail(epoch: int) -> RunOutcome:
         slot.set_status(S.RUN_FAILED, failed_epoch=epoch)
@@ -166,6 +162,10 @@ def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epoch
         return RunOutcome(seed, S.RUN_FAILED, skipped=False, failed_epoch=epoch)
 
     try:
+        if resumed:
+            emit("resume", trainer.epoch, trainer.epoch + 1)
+        else:
+            emit("start", 0, 0)
         result = None if resumed else trainer.measure_epoch()
         while True:
             if result is not None:

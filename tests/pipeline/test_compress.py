@@ -139,6 +139,25 @@ def test_continuous_removes_chunks_and_trains_until_separated(store, data):
     assert ds.stage_size.values.tolist() == [N, 180, 160, 150]
 
 
+def test_progress_events_reach_the_last_stage(store, data):
+    """The bar's total is the number of stages after stage 0, and the last event says all of
+    them are done (the bar used to stop at 16/17)."""
+    from scorebank.pipeline.lifecycle import ProgressEvent
+
+    events = []
+    cfg = resolve_compress_config(read_store_config(store), run=0, schedule="continuous", keep=150,
+                                  max_epochs_per_stage=2, batch_size=25)
+    traj = compress(store, cfg, name="events", device="cpu", data=data, progress=events.append).trajectory
+    n_stages = len(traj.stage_size) - 1
+    assert all(isinstance(e, ProgressEvent) and e.total == n_stages and e.group == "events" for e in events)
+    assert [e.done for e in events if e.kind == "stage"] == list(range(1, n_stages + 1))
+    assert (events[-1].kind, events[-1].done) == ("stage", n_stages)
+    measured = [e for e in events if e.kind == "epoch"]
+    assert len(measured) == len(traj.test_error)
+    assert [(e.stage, e.epoch_in_stage) for e in measured] == list(zip(traj.stage_of_step, traj.epoch_in_stage))
+    assert all(e.done == max(0, e.stage - 1) for e in measured)
+
+
 # ----------------------------------------------------------------------------- refused inputs
 def test_run_without_separation_is_refused(tmp_path, data):
     cfg = resolve_config(dataset="digits", limit=N, model="mlp", width=8, epochs=1, batch_size=50, lr=0.01)

@@ -75,3 +75,53 @@ def test_json_round_trip_and_differences():
     d = resolve_config(epochs=4, grand_epochs="0,4", label_noise=0.2, lr=0.1, data_dir="/elsewhere")
     assert set(c.differences(d)) == {"lr"}  # data_dir does not change values
     assert c.identity_hash() != d.identity_hash()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0-99999999999", "seeds go up to 2147483647"),
+    ("9223372036854775808", "seeds go up to 2147483647"),
+    ("1" * 5000, "seeds go up to 2147483647"),  # int() of it would fail
+    ("2147483648", "names seed 2147483648; seeds go up to 2147483647"),
+    ("0-100000", "names more than 100000 runs"),
+    ("0-50000,60000-110000", "names more than 100000 runs"),
+])
+def test_absurd_seed_lists_are_refused_before_expanding(text, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        parse_seeds(text)
+
+
+def test_largest_seed_list_accepted():
+    from scorebank.core.config import MAX_SEED, MAX_SEEDS
+
+    assert len(parse_seeds(f"0-{MAX_SEEDS - 1}")) == MAX_SEEDS
+    assert parse_seeds(f"{MAX_SEED}") == (MAX_SEED,)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(width=100_000_000), "--width must be an integer >= 1, got 100000000; the maximum is 16384"),
+    (dict(epochs=10**9), "--epochs must be an integer >= 0, got 1000000000; the maximum is 100000"),
+    (dict(batch_size=10**7), "--batch-size must be an integer >= 1, got 10000000; the maximum is 1000000"),
+    (dict(eval_batch_size=10**7), "--eval-batch-size must be an integer >= 1, got 10000000; the maximum is 1000000"),
+    (dict(limit=10**12), "--limit must be an integer >= 1, got 1000000000000; the maximum is 100000000"),
+    (dict(optimizer="winsorized", clip_count=10**9), "--clip-count must be an integer >= 0, got 1000000000; the maximum"),
+    (dict(label_noise=0.1, label_noise_seed=2**63), "--label-noise-seed must be an integer >= 0, got 9223372036854775808"),
+    (dict(width=True), "--width must be an integer >= 1, got True"),
+    (dict(init_std=float("inf")), "--init-std must be a positive number, got inf"),
+    (dict(dataset=None), "unknown data set None; --dataset takes digits, cifar10, cifar100, mnist, fashion-mnist or imagefolder:PATH"),
+])
+def test_every_numeric_option_is_bounded(fields, message):
+    with pytest.raises(InvalidArgumentError, match=message.replace("(", r"\(")):
+        resolve_config(**fields)
+    with pytest.raises(InvalidArgumentError, match="--record-every must be an integer >= 1, got 1000000; the maximum"):
+        resolve_config(record_every=10**6)
+
+
+def test_short_differences():
+    from scorebank.core.config import short_value
+
+    assert short_value(tuple(range(21))) == "0..20 (21)"
+    assert short_value((0, 1, 2, 5, 9, 10, 50)) == "0,1,2,...,50 (7)"
+    assert short_value((0, 5, 10)) == "(0, 5, 10)" and short_value(0.05) == "0.05" and short_value("sgd") == "'sgd'"
+    a, b = resolve_config(epochs=20), resolve_config(epochs=50, lr=0.1)
+    assert a.describe_differences(b) == ("epochs: store has 20, asked 50; lr: store has 0.05, asked 0.1; "
+                                         "record_epochs: store has 0..20 (21), asked 0..50 (51)")

@@ -167,3 +167,60 @@ def test_real_cifar10_jpeg_zip_subset(tmp_path):
     with zipfile.ZipFile(src) as z:
         expected = np.asarray(Image.open(z.open("train/bird/0002.jpg")).convert("RGB")).transpose(2, 0, 1)
     np.testing.assert_array_equal(d.train_images[2 * 4 + 2], expected)
+
+
+def test_dataset_registry_texts():
+    from scorebank.pipeline.datasets import DATASETS
+
+    assert DATASETS.choices() == "digits, cifar10, cifar100, mnist, fashion-mnist or imagefolder:PATH"
+    assert "imagefolder:PATH: " in DATASETS.help_text() and "digits: " in DATASETS.help_text()
+    assert "imagefolder:/data/x.zip" in DATASETS and "imagefolder:" not in DATASETS and "svhn" not in DATASETS
+    with pytest.raises(InvalidArgumentError, match="--dataset takes digits, cifar10, cifar100, mnist, "
+                                                   "fashion-mnist or imagefolder:PATH"):
+        load_dataset("imagefolder:")
+
+
+def test_adding_a_dataset_is_one_entry(monkeypatch):
+    from scorebank.pipeline.config import resolve_config
+    from scorebank.pipeline.datasets import DATASETS
+
+    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))  # restored after the test
+    images = np.arange(4 * 16, dtype=np.uint8).reshape(4, 1, 4, 4)
+
+    @DATASETS.register("toy", help="four 4x4 images")
+    def _toy(argument, data_dir, download):
+        return ImageData("toy", images, np.array([0, 1, 0, 1]), images[:2], np.array([0, 1]), ("a", "b"))
+
+    assert resolve_config(dataset="toy").dataset == "toy"
+    assert load_dataset("toy", limit=2).train_labels.tolist() == [0, 1]
+
+
+def test_failed_download_says_so_and_cleans_up(tmp_path, monkeypatch):
+    """No network: torchvision's download raises URLError for every mirror; the error says the
+    download failed and how to provide the files, and the folders it created are removed."""
+    from urllib.error import URLError
+
+    import torchvision.datasets.mnist as tv_mnist
+
+    from scorebank.pipeline.datasets import DataDownloadError
+
+    def offline(url, download_root, **kwargs):
+        os.makedirs(download_root, exist_ok=True)
+        open(os.path.join(download_root, "train-images-idx3-ubyte.gz.part"), "wb").close()
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline)
+    root = tmp_path / "data"
+    with pytest.raises(DataDownloadError) as info:
+        load_dataset("mnist", data_dir=root)
+    message = str(info.value)
+    assert message.startswith(f"could not download mnist into {str(root)!r} (Error downloading")
+    assert "Temporary failure in name resolution" in message and "no network?" in message
+    assert "--data-dir" in message and "pass --download" not in message and "\n" not in message
+    assert not root.exists()  # MNIST/raw and the data directory it made are gone
+
+    root.mkdir()
+    (root / "mine.txt").write_text("kept")
+    with pytest.raises(DataDownloadError):
+        load_dataset("mnist", data_dir=root)
+    assert [p.name for p in root.iterdir()] == ["mine.txt"]  # what was there before stays

@@ -50,8 +50,13 @@ def test_two_by_two_table_wiring(scored, tmp_path):
 
     path = tmp_path / "s.zarr"
     shutil.copytree(scored[0], path)
+    events = []
     res = easy_hard(path, seeds=(5,), threshold=0.5, run=1, test_fraction=0.2, split_seed=2, device="cpu",
-                    overrides={"epochs": 2})
+                    overrides={"epochs": 2}, progress=events.append)
+    name = "threshold0.5-run1-split2"
+    assert [(e.group, e.kind, e.epoch, e.done, e.total) for e in events] == [
+        (f"{name}/{part}-train", kind, epoch, done, 3) for part in ("easy", "hard")
+        for kind, epoch, done in (("start", 0, 0), ("epoch", 0, 1), ("epoch", 1, 2), ("epoch", 2, 3))]
     hard = difficulty(path, threshold=0.5, runs=[1])["hard"].values[0]
     split = split_easy_hard(hard, 0.2, 2)
     np.testing.assert_array_equal(res["easy_test_indices"].values, split.easy_test)

@@ -293,3 +293,80 @@ def test_grand_only_needs_no_training(tmp_path):
     assert not np.isnan(ds.grand.values).any() and not ds.train_correct.values.any()
     assert json.loads(ds.attrs["config"])["epochs"] == 0
     assert not np.array_equal(ds.grand.values[0], ds.grand.values[1])  # seeds differ at init
+
+
+# ----------------------------------------------------------------------------- refusals under the lock
+def test_configuration_is_checked_again_under_the_lock(tmp_path, tiny_config, monkeypatch):
+    """A concurrent `score --overwrite` with another configuration replaces the store after
+    the first check and before the lock: the writer must refuse, not add its runs."""
+    path = tmp_path / "s.zarr"
+    mine, theirs = tiny_config(epochs=1), tiny_config(epochs=1, lr=0.01)
+    score(mine, (0,), path, device="cpu")
+    real_probe = scoring.probe_model
+
+    def probe_then_replaced(*args):
+        monkeypatch.setattr(scoring, "probe_model", real_probe)
+        score(theirs, (5,), path, device="cpu", overwrite=True)  # the other process
+        real_probe(*args)
+
+    monkeypatch.setattr(scoring, "probe_model", probe_then_replaced)
+    events = []
+    with pytest.raises(ConfigMismatchError, match=r"lr: store has 0\.01, asked 0\.05"):
+        score(mine, (0, 1), path, device="cpu", progress=events.append)
+    assert events == []
+    ds = xr.open_zarr(path)
+    assert ds.run.values.tolist() == [5] and json.loads(ds.attrs["config"])["lr"] == 0.01
+
+
+def test_overwrite_is_checked_again_under_the_lock(tmp_path, tiny_config, monkeypatch):
+    """Between `--overwrite` creating the new store and locking it, another process
+    replaces it: the configuration check under the lock catches that too."""
+    path = tmp_path / "s.zarr"
+    mine, theirs = tiny_config(epochs=1), tiny_config(epochs=1, lr=0.01)
+    score(mine, (0,), path, device="cpu")
+    real_create = scoring.create_store
+
+    def create_then_replaced(p, **kw):
+        real_create(p, **kw)
+        monkeypatch.setattr(scoring, "create_store", real_create)
+        score(theirs, (5,), path, device="cpu", overwrite=True)
+
+    monkeypatch.setattr(scoring, "create_store", create_then_replaced)
+    with pytest.raises(ConfigMismatchError, match="different configuration"):
+        score(mine, (0,), path, device="cpu", overwrite=True)
+    assert xr.open_zarr(path).run.values.tolist() == [5]
+
+
+def test_mismatch_shows_a_short_difference_before_any_event(tmp_path, tiny_config):
+    path = tmp_path / "s.zarr"
+    score(tiny_config(epochs=7), (0,), path, device="cpu")
+    events = []
+    with pytest.raises(ConfigMismatchError) as info:
+        score(tiny_config(epochs=9), (0,), path, device="cpu", progress=events.append)
+    message = str(info.value)
+    assert "epochs: store has 7, asked 9" in message
+    assert "record_epochs: store has 0..7 (8), asked 0..9 (10)" in message
+    assert "(0, 1, 2" not in message and events == []
+
+
+# ----------------------------------------------------------------------------- absurd sizes
+def test_a_model_too_large_is_refused_before_the_store_exists(tmp_path, tiny_config):
+    path = tmp_path / "s.zarr"
+    with pytest.raises(InvalidArgumentError, match="parameters .* at most 8,589,934,592: use a smaller --width"):
+        score(tiny_config(model="resnet18", width=16384), (0,), path, device="cpu")
+    assert not path.exists()
+
+
+def test_a_model_that_cannot_be_allocated_leaves_no_store(tmp_path, tiny_config, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+                           "you tried to allocate 400000000000 bytes.")
+
+    monkeypatch.setattr(scoring, "new_model", no_memory)
+    path = tmp_path / "s.zarr"
+    with pytest.raises(scoring.ModelBuildError, match="could not build --model 'mlp' .*not enough memory"):
+        score(tiny_config(), (0,), path, device="cpu")
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    score(tiny_config(epochs=1), (0,), path, device="cpu")  # the corrected re-run is not refused
+    assert xr.open_zarr(path).completed.values.all()

@@ -8,7 +8,7 @@ import zarr
 from scorebank.stores import schema as S
 from scorebank.stores.errors import StoreExistsError, StoreLockedError, StoreNotFoundError
 from scorebank.stores.location import open_scores
-from scorebank.stores.zarrstore import StoreWriter, create_store, remove_store
+from scorebank.stores.zarrstore import StoreWriteError, StoreWriter, atomic_file, create_store, remove_store
 
 
 def make(path, n=5, epochs=3, seeds=(0, 1), features=frozenset()):
@@ -107,3 +107,53 @@ def test_foreign_paths_are_not_touched(tmp_path):
         open_scores(tmp_path / "plain.zarr")
     with pytest.raises(StoreNotFoundError, match="no scorebank store"):
         open_scores(tmp_path / "absent")
+
+
+def test_lock_taken_on_a_store_replaced_meanwhile_is_refused(tmp_path, monkeypatch):
+    """The lock file is opened, then another process replaces the store (remove + create)
+    before flock: the lock held is the old store's, so the writer must not go on."""
+    import scorebank.stores.zarrstore as zs
+
+    path = tmp_path / "s.zarr"
+    make(path)
+    real_flock = zs.fcntl.flock
+    replaced = []
+
+    def flock(f, op):
+        if not replaced and op & zs.fcntl.LOCK_EX:
+            replaced.append(True)
+            remove_store(path)
+            make(path, seeds=(7,))
+        return real_flock(f, op)
+
+    monkeypatch.setattr(zs.fcntl, "flock", flock)
+    with pytest.raises(StoreLockedError, match="was replaced by another scorebank process"):
+        with StoreWriter(path):
+            pass
+    with StoreWriter(path) as writer:  # the next attempt locks the new store
+        assert writer.seeds == (7,)
+
+
+def test_writer_sees_the_store_as_it_is_under_the_lock(tmp_path):
+    path = tmp_path / "s.zarr"
+    make(path)
+    writer = StoreWriter(path)
+    with StoreWriter(path) as other:
+        other.add_runs((0, 1, 2))
+    with writer:
+        assert writer.seeds == (0, 1, 2)
+
+
+def test_atomic_file_turns_write_failures_into_one_line_errors(tmp_path):
+    target = tmp_path / "ck.pt"
+    target.write_bytes(b"old")
+    with pytest.raises(StoreWriteError) as info:
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0:\nNo space left on device")
+    assert str(info.value).startswith(f"could not write {str(target)!r}: PytorchStreamWriter failed writing file "
+                                      "data/0: No space left on device;")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+    with pytest.raises(StoreWriteError, match="Permission denied"):
+        with atomic_file(target):
+            raise PermissionError(13, "Permission denied")
