@@ -292,6 +292,11 @@ class ArchiveStore(Store):
     def member_names(self) -> list[str]:
         return sorted(self._members)
 
+    def member_size(self, name: str) -> int | None:
+        """Size of member ``name`` (what zarr reads for that key), None if there is none."""
+        m = self._members.get(name)
+        return None if m is None or self._hidden(name) else m.file_size
+
     def _locate(self, m: _Member, prefetch: int = 0) -> tuple[int, bytes]:
         """``(offset of the member's data, up to prefetch bytes of it)``; the first call
         reads and checks the local header, fetching the data in the same read (one request
@@ -454,7 +459,7 @@ class ArchiveStore(Store):
         """The :class:`~scorebank.stores.location.ChunkGuard` every chunk read passes; made
         from the archive's root ``zarr.json`` (checked) unless one was set."""
         if self._guard is None:
-            from scorebank.stores.location import check_store_metadata
+            from scorebank.stores.location import check_store_metadata, check_stored_coordinates
 
             raw = self.read_member("zarr.json", max_bytes=self.limits.max_metadata_bytes)
             try:
@@ -464,7 +469,9 @@ class ArchiveStore(Store):
                                    "zarr.json") from None
             if not isinstance(doc, dict):
                 raise ArchiveError(f"archive {self.shown!r}: 'zarr.json' is not a JSON object", "zarr.json")
-            self._guard = check_store_metadata(doc, self.shown)
+            guard = check_store_metadata(doc, self.shown)
+            check_stored_coordinates(doc, self.shown, self.member_size)
+            self._guard = guard
         return self._guard
 
     async def get(self, key: str, prototype: BufferPrototype,

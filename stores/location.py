@@ -38,7 +38,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,15 @@ MAX_STRING_BYTES = 1 << 12
 #: per-(run, epoch) arrays that ``scorebank info`` reads whole).
 DIMENSION_BOUNDS = {S.RUN: 100_000, S.EPOCH: 100_001, S.EXAMPLE: 1 << 31}
 MAX_RUN_EPOCHS = 1 << 24
+#: Readers load the dimension coordinates (run, epoch, example) whole: xarray indexes them
+#: when it opens a store.  So that metadata alone cannot make a reader allocate (a crafted
+#: archive declaring 2^31 examples and storing none), all their chunks but one must be
+#: stored (their values are distinct, so only one chunk can be all zeros, which zarr does not
+#: store) and they may declare at most
+#: :data:`MAX_COORDINATE_RATIO` times the bytes their stored chunks hold (real ones compress
+#: 5-8x; chunks of zeros ~30000x), beyond :data:`COORDINATE_BYTES_FREE`.
+MAX_COORDINATE_RATIO = 64
+COORDINATE_BYTES_FREE = 64 << 10
 #: The minimum a scorebank store has: what :func:`open_scores` and :func:`open_group`
 #: require with ``complete=False``.  By default they require the schema's full list for the
 #: store's features (:func:`schema_arrays`), so no reader meets a missing array later.
@@ -473,6 +482,62 @@ def check_dataset(ds: xr.Dataset, shown: str, required: tuple[str, ...] = ()) ->
                                    f"{dtype!r} (check its attributes)")
 
 
+def check_stored_coordinates(doc: dict, shown: str, stored_size: Callable[[str], int | None]) -> None:
+    """Refuse dimension coordinates declared out of proportion to what is stored (see
+    :data:`MAX_COORDINATE_RATIO`): two chunks not stored, or more than that ratio of declared
+    to stored bytes.  ``stored_size(key)`` is the size of the stored object ``key`` (None when
+    absent).  Stops at the second missing chunk, so a crafted shape costs two lookups."""
+    entries = doc["consolidated_metadata"]["metadata"]
+    for dim in (S.RUN, S.EPOCH, S.EXAMPLE):
+        meta = entries.get(dim)
+        if not isinstance(meta, dict) or meta.get("node_type") != "array" or meta["data_type"] == "string":
+            continue
+        (n,), (width,) = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+        declared = n * _ITEMSIZE[meta["data_type"]]
+        stored, absent = 0, None
+        for i in range(-(-n // width)):
+            key = f"{dim}/c/{i}"
+            size = stored_size(key)
+            if size is None and absent is not None:
+                raise UnsafeStoreError(
+                    f"{shown!r}: coordinate {dim!r} declares {n} values but neither chunk {absent!r} nor "
+                    f"{key!r} is stored; its values are distinct, so at most one chunk (all zeros, the fill "
+                    "value) may be absent (the store is damaged or crafted)")
+            if size is None:
+                absent = key
+                continue
+            stored += size
+            if stored * MAX_COORDINATE_RATIO >= declared:
+                break
+        if declared > COORDINATE_BYTES_FREE and stored * MAX_COORDINATE_RATIO < declared:
+            raise UnsafeStoreError(
+                f"{shown!r}: coordinate {dim!r} declares {n} values ({declared} bytes) but its chunks hold "
+                f"{stored} bytes; scorebank reads at most {MAX_COORDINATE_RATIO}x what is stored")
+
+
+def _stored_size(where: Resolved) -> Callable[[str], int | None]:
+    """``stored_size(key)`` for :func:`check_stored_coordinates` on a resolved location."""
+    if where.kind == "archive":
+        return where.store.member_size
+    if where.local is not None:
+        def local_size(key: str) -> int | None:
+            try:
+                return os.stat(os.path.join(where.local, *key.split("/"))).st_size
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        return local_size
+    fs, root = filesystem(where.url, where.storage_options)
+
+    def remote_size(key: str) -> int | None:
+        try:
+            return fs.size(root.rstrip("/") + "/" + key)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - network layers raise many types
+            raise translate_remote_errors(where.shown, exc) from None
+    return remote_size
+
+
 @contextlib.contextmanager
 def reading(shown: str, name: str) -> Iterator[None]:
     """Turn a failure to decode array ``name`` of store ``shown`` into a scorebank error."""
@@ -696,7 +761,9 @@ def _checked_store(location, storage_options: dict | None, complete: bool) -> tu
     """``(Resolved, store)``: ``location`` resolved, its metadata checked
     (:func:`check_store_metadata`), and the store zarr reads it through (chunks guarded)."""
     where = resolve(location, storage_options=storage_options)
-    guard = check_store_metadata(read_root_metadata(where), where.shown, complete=complete)
+    doc = read_root_metadata(where)
+    guard = check_store_metadata(doc, where.shown, complete=complete)
+    check_stored_coordinates(doc, where.shown, _stored_size(where))
     return where, _zarr_store(where, guard)
 
 
