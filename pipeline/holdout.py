@@ -62,6 +62,9 @@ HOLDOUT_SEED_OFFSET = 2_000_000
 MAX_FOLDS = 1000
 _FOLD_SALT = 0x401D0
 
+#: fill value of the coordinate arrays: never a valid value, so every chunk of them is stored
+_NO_VALUE = -1
+
 
 @dataclass(frozen=True)
 class HoldoutSpec:
@@ -172,11 +175,11 @@ def _create_group(writer: StoreWriter, spec: HoldoutSpec) -> None:
     n, c, k = spec.n_examples, spec.num_classes, spec.folds
     try:
         group = writer.root.create_group(tmp_name)
-        create_array(group, SEED, dims=(SEED,), shape=(0,), dtype="int64", chunks=(1,), fill_value=0)
-        create_array(group, EXAMPLE, dims=(EXAMPLE,), data=np.arange(n, dtype=np.int64),
+        create_array(group, SEED, dims=(SEED,), shape=(0,), dtype="int64", chunks=(1,), fill_value=_NO_VALUE)
+        create_array(group, EXAMPLE, dims=(EXAMPLE,), data=np.arange(n, dtype=np.int64), fill_value=_NO_VALUE,
                      chunks=(max(1, min(n, S.PER_EXAMPLE_CHUNK)),))
-        create_array(group, CLASS, dims=(CLASS,), data=np.arange(c, dtype=np.int64))
-        create_array(group, FOLD, dims=(FOLD,), data=np.arange(k, dtype=np.int64))
+        create_array(group, CLASS, dims=(CLASS,), data=np.arange(c, dtype=np.int64), fill_value=_NO_VALUE)
+        create_array(group, FOLD, dims=(FOLD,), data=np.arange(k, dtype=np.int64), fill_value=_NO_VALUE)
         create_array(group, ASSIGNED_FOLD, dims=(SEED, EXAMPLE), shape=(0, n), dtype="int64",
                      chunks=(1, max(1, min(n, S.PER_EXAMPLE_CHUNK))), fill_value=-1,
                      attributes={"description": "fold in which the example is held out (class-stratified, "

@@ -68,6 +68,9 @@ MEMORIZATION_SEED_OFFSET = 3_000_000
 MAX_MODELS = 100_000
 _SUBSET_SALT = 0x3E30
 
+#: fill value of the coordinate arrays: never a valid value, so every chunk of them is stored
+_NO_VALUE = -1
+
 
 @dataclass(frozen=True)
 class MemorizationSpec:
@@ -164,9 +167,10 @@ def _create_group(writer: StoreWriter, spec: MemorizationSpec) -> None:
     n, t = spec.n_examples, spec.n_test
     try:
         group = writer.root.create_group(tmp_name)
-        create_array(group, MODEL, dims=(MODEL,), shape=(0,), dtype="int64", chunks=(1024,), fill_value=0)
-        create_array(group, EXAMPLE, dims=(EXAMPLE,), data=np.arange(n, dtype=np.int64), chunks=(_chunk(n),))
-        create_array(group, TEST_EXAMPLE, dims=(TEST_EXAMPLE,), data=np.arange(t, dtype=np.int64),
+        create_array(group, MODEL, dims=(MODEL,), shape=(0,), dtype="int64", chunks=(1024,), fill_value=_NO_VALUE)
+        create_array(group, EXAMPLE, dims=(EXAMPLE,), data=np.arange(n, dtype=np.int64), fill_value=_NO_VALUE,
+                     chunks=(_chunk(n),))
+        create_array(group, TEST_EXAMPLE, dims=(TEST_EXAMPLE,), data=np.arange(t, dtype=np.int64), fill_value=_NO_VALUE,
                      chunks=(_chunk(t),))
         create_array(group, IN_SUBSET, dims=(MODEL, EXAMPLE), shape=(0, n), dtype="bool", chunks=(1, _chunk(n)),
                      attributes={"description": "the example is in the model's random training subset"})
