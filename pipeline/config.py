@@ -14,7 +14,7 @@ from scorebank.core.config import (DEFAULTS, MAX_BATCH_SIZE, MAX_CLIP_COUNT, MAX
 from scorebank.core.errors import InvalidArgumentError
 from scorebank.pipeline.datasets import DATASETS
 from scorebank.pipeline.models import MODELS
-from scorebank.pipeline.robust import OPTIMIZERS
+from scorebank.pipeline.robust import OPTIMIZERS, make_estimator
 
 
 def resolve_config(*, record_every: int | None = None, record_epochs: str | tuple[int, ...] | None = None,
@@ -28,7 +28,7 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
            f"unknown data set {cfg.dataset!r}; --dataset takes {DATASETS.choices()}")
     _check(isinstance(cfg.model, str) and cfg.model in MODELS, f"unknown model {cfg.model!r}; --model takes {MODELS.choices()}")
     _check(isinstance(cfg.optimizer, str) and cfg.optimizer in OPTIMIZERS,
-           f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+           f"unknown optimizer {cfg.optimizer!r}; --optimizer takes {OPTIMIZERS.choices()}")
     _check(_int(cfg.epochs) and 0 <= cfg.epochs <= MAX_EPOCHS,
            f"--epochs must be an integer >= 0, got {cfg.epochs!r}; the maximum is {MAX_EPOCHS}")
     _check(_int(cfg.batch_size) and 1 <= cfg.batch_size <= MAX_BATCH_SIZE,
@@ -48,12 +48,14 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
            f"--clip-count must be an integer >= 0, got {cfg.clip_count!r}; the maximum is {MAX_CLIP_COUNT}")
     _check(cfg.optimizer != "m3" or cfg.batch_size % 3 == 0,
            f"--optimizer m3 splits each minibatch into 3 micro-batches: --batch-size must be divisible by 3, got {cfg.batch_size!r}")
-    _check(cfg.optimizer == "winsorized" or cfg.clip_count == 0,
-           f"--clip-count {cfg.clip_count!r} applies only to --optimizer winsorized, not {cfg.optimizer!r}")
+    takers = " or ".join(e.name for e in OPTIMIZERS.entries() if e.value.clip_count)
+    _check(OPTIMIZERS.get(cfg.optimizer).clip_count or cfg.clip_count == 0,
+           f"--clip-count {cfg.clip_count!r} applies only to --optimizer {takers}, not {cfg.optimizer!r}")
     _check(_int(cfg.label_noise_seed) and 0 <= cfg.label_noise_seed <= MAX_SEED,
            f"--label-noise-seed must be an integer >= 0, got {cfg.label_noise_seed!r}; the maximum is {MAX_SEED}")
     _check(cfg.optimizer != "winsorized" or 2 * (cfg.clip_count + 1) <= cfg.batch_size,
            f"--clip-count {cfg.clip_count!r} clips 2*(s+1) values per coordinate; it needs --batch-size >= {2 * (cfg.clip_count + 1)}")
+    make_estimator(cfg.optimizer, batch_size=cfg.batch_size, clip_count=cfg.clip_count)  # the entry's own checks
     schedule = Schedule.parse(cfg.schedule)
 
     if record_every is not None and record_epochs is not None:

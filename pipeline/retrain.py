@@ -47,10 +47,10 @@ status as in the root group) and ``created``.  ``xarray.open_zarr(store,
 group="retrain/<name>")`` opens it.  Checkpoints live at
 ``<store>/checkpoints/retrain/<name>/run-<seed>.pt``.
 
-Crash safety and resume follow :mod:`scorebank.pipeline.scoring`: per epoch the values
-are written, then ``completed`` is set, then the checkpoint (model, optimizer,
-gradient-estimator and RNG state) is replaced atomically; checkpoints are loaded with
-``weights_only=True``.  Re-running skips finished seeds and resumes unfinished ones from
+Every run goes through the shared lifecycle (:func:`scorebank.pipeline.lifecycle.drive_run`:
+crash-safe order of values, ``completed`` and checkpoint; skip, resume, ``failed`` and
+``interrupted`` status; :class:`~scorebank.pipeline.lifecycle.ProgressEvent` s with ``group``
+= the group's name).  Re-running skips finished seeds and resumes unfinished ones from
 their checkpoint, and the result equals an uninterrupted run bit for bit on CPU.  The
 group is created complete (every array at full shape) before any run starts and marked
 valid last; a group left half-created by a crash is recreated.
@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from scorebank.core.config import short_value
 from scorebank.pipeline.config import ScoreConfig, resolve_config
 from scorebank.pipeline.datasets import ImageData, load_dataset
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
@@ -375,7 +376,7 @@ def _refuse_mismatch(name: str, old_spec: RetrainSpec, old_idx: np.ndarray, job:
     if not np.array_equal(old_idx, job.indices):
         diff["indices"] = (f"{len(old_idx)} examples", f"{len(job.indices)} examples (different)")
     if diff:
-        listing = "; ".join(f"{k}: group has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        listing = "; ".join(f"{k}: group has {short_value(a)}, asked {short_value(b)}" for k, (a, b) in diff.items())
         raise ConfigMismatchError(
             f"retrain group {group_path(name)!r} was made with a different subset or options ({listing}); "
             "use the same settings, another --name, or --overwrite")

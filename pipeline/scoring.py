@@ -2,13 +2,9 @@
 
 :func:`score` is resumable and idempotent: re-running it on an existing store continues
 every unfinished run from its last checkpoint and skips finished ones, and the result
-equals an uninterrupted run bit for bit on CPU.
-
-Crash safety, per epoch e of a run: (1) the epoch's values are written (each chunk
-atomically), (2) ``completed[run, e]`` is set, (3) the checkpoint (model, optimizer,
-gradient-estimator and RNG state) is replaced atomically.  A ``kill -9`` between any two
-steps leaves a readable store; resuming restarts from the checkpoint and re-writes the
-(identical) values of any epoch after it.
+equals an uninterrupted run bit for bit on CPU.  Each run goes through the shared
+lifecycle (:func:`scorebank.pipeline.lifecycle.drive_run`, which documents the crash-safe
+order of writes); the store's root arrays hold its values (:class:`_RootSlot`).
 """
 
 from __future__ import annotations
