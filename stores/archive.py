@@ -85,6 +85,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError
+from scorebank.stores.jsonfile import InvalidJSONError, loads
 from scorebank.stores.location import ChunkGuard, reading, slice_bytes
 from scorebank.stores.remote import FsspecReader, LocalReader, RemoteStoreError, require_local_output
 
@@ -115,6 +116,18 @@ class ArchiveError(ScorebankError, ValueError):
 
 class UnsafeArchiveError(ArchiveError):
     """A member would escape the target, is a link/special file, or is too large (zip bomb)."""
+
+
+class ArchiveJSONError(InvalidJSONError, ArchiveError):
+    """A JSON member of the archive (its manifest, ``zarr.json``) is not UTF-8, not JSON or
+    nested absurdly deep: a bad archive given as an argument (CLI exit status 2)."""
+
+
+def _member_json(raw: bytes, shown: str, member: str):
+    try:
+        return loads(raw, f"archive {shown!r}: member {member!r}")
+    except InvalidJSONError as exc:
+        raise ArchiveJSONError(str(exc), member) from None
 
 
 class ArchiveChecksumError(ArchiveError):
@@ -400,10 +413,7 @@ class ArchiveStore(Store):
             raise ArchiveError(f"{self.shown!r} is a zip file but not a scorebank archive (no {MANIFEST!r}); "
                                "make one with 'scorebank export STORE OUT.scorebank.zip'", MANIFEST)
         raw = self.read_member(MANIFEST, max_bytes=self.limits.max_metadata_bytes, check_manifest=False)
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ArchiveError(f"archive {self.shown!r}: {MANIFEST!r} is not valid JSON ({exc})", MANIFEST) from None
+        doc = _member_json(raw, self.shown, MANIFEST)
         if not isinstance(doc, dict) or doc.get("format") != ARCHIVE_FORMAT:
             raise ArchiveError(f"archive {self.shown!r}: {MANIFEST!r} is not a scorebank manifest "
                                f"(format {doc.get('format') if isinstance(doc, dict) else None!r}, "
@@ -462,11 +472,7 @@ class ArchiveStore(Store):
             from scorebank.stores.location import check_store_metadata, check_stored_coordinates
 
             raw = self.read_member("zarr.json", max_bytes=self.limits.max_metadata_bytes)
-            try:
-                doc = json.loads(raw)
-            except (ValueError, RecursionError) as exc:
-                raise ArchiveError(f"archive {self.shown!r}: 'zarr.json' is not valid JSON ({exc})",
-                                   "zarr.json") from None
+            doc = _member_json(raw, self.shown, "zarr.json")
             if not isinstance(doc, dict):
                 raise ArchiveError(f"archive {self.shown!r}: 'zarr.json' is not a JSON object", "zarr.json")
             guard = check_store_metadata(doc, self.shown)

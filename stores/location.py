@@ -50,6 +50,7 @@ from zarr.storage import WrapperStore
 
 from scorebank.stores import schema as S
 from scorebank.stores.errors import ScorebankError, StoreNotFoundError
+from scorebank.stores.jsonfile import loads
 from scorebank.stores.remote import (filesystem, is_remote, local_path, remote_path_name, remote_store,
                                      translate_remote_errors)
 
@@ -201,38 +202,33 @@ def resolve(location: str | os.PathLike, *, storage_options: dict | None = None)
 
 def read_root_metadata(where: Resolved) -> dict:
     """The parsed root ``zarr.json`` of a resolved location (size-bounded)."""
-    try:
-        if where.kind == "archive":
-            raw = where.store.read_member("zarr.json", max_bytes=MAX_METADATA_BYTES)
-        elif where.local is not None:
-            meta = os.path.join(where.local, "zarr.json")
-            if os.path.getsize(meta) > MAX_METADATA_BYTES:
+    if where.kind == "archive":
+        raw = where.store.read_member("zarr.json", max_bytes=MAX_METADATA_BYTES)
+    elif where.local is not None:
+        meta = os.path.join(where.local, "zarr.json")
+        if os.path.getsize(meta) > MAX_METADATA_BYTES:
+            raise UnsafeStoreError(
+                f"{where.shown!r}: zarr.json is {os.path.getsize(meta)} bytes; at most "
+                f"{MAX_METADATA_BYTES} are accepted")
+        with open(meta, "rb") as f:
+            raw = f.read()
+    else:
+        fs, path = filesystem(where.url, where.storage_options)
+        meta = path.rstrip("/") + "/zarr.json"
+        try:
+            size = fs.size(meta)
+            if size is not None and size > MAX_METADATA_BYTES:
                 raise UnsafeStoreError(
-                    f"{where.shown!r}: zarr.json is {os.path.getsize(meta)} bytes; at most "
-                    f"{MAX_METADATA_BYTES} are accepted")
-            with open(meta, "rb") as f:
-                raw = f.read()
-        else:
-            fs, path = filesystem(where.url, where.storage_options)
-            meta = path.rstrip("/") + "/zarr.json"
-            try:
-                size = fs.size(meta)
-                if size is not None and size > MAX_METADATA_BYTES:
-                    raise UnsafeStoreError(
-                        f"{where.shown!r}: zarr.json is {size} bytes; at most {MAX_METADATA_BYTES} are accepted")
-                raw = fs.cat_file(meta)
-            except FileNotFoundError:
-                raise StoreNotFoundError(
-                    f"no scorebank store at {where.shown!r}: {meta!r} does not exist") from None
-            except ScorebankError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - network layers raise many types
-                raise translate_remote_errors(where.shown, exc) from None
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        if isinstance(exc, ScorebankError):
+                    f"{where.shown!r}: zarr.json is {size} bytes; at most {MAX_METADATA_BYTES} are accepted")
+            raw = fs.cat_file(meta)
+        except FileNotFoundError:
+            raise StoreNotFoundError(
+                f"no scorebank store at {where.shown!r}: {meta!r} does not exist") from None
+        except ScorebankError:
             raise
-        raise StoreNotFoundError(f"{where.shown!r}: zarr.json is not valid JSON ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - network layers raise many types
+            raise translate_remote_errors(where.shown, exc) from None
+    doc = loads(raw, f"{where.shown!r}: zarr.json")
     if not isinstance(doc, dict):
         raise StoreNotFoundError(f"{where.shown!r}: zarr.json is not a JSON object")
     return doc

@@ -43,6 +43,7 @@ from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, StoreExistsError,
                                      StoreNotFoundError)
+from scorebank.stores.jsonfile import loads
 
 MANIFEST_FORMAT = "scorebank-manifest"
 MANIFEST_VERSION = 1
@@ -220,15 +221,12 @@ def read_manifest(path: str | os.PathLike, *, expected_fingerprint: str | None =
     also check it belongs to that data set (:class:`ConfigMismatchError` otherwise)."""
     source = f"manifest {os.fspath(path)!r}"
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise InvalidArgumentError(f"no manifest file at {os.fspath(path)!r}") from None
     except OSError as exc:
         raise InvalidArgumentError(f"cannot read {source}: {exc.strerror}") from None
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise InvalidArgumentError(f"{source} is not valid JSON ({exc})") from None
+    doc = loads(raw, source)
     return Manifest.from_dict(doc, source=source).validate(
         expected_fingerprint=expected_fingerprint, n_examples=n_examples, source=source)
 
