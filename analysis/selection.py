@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,7 +51,9 @@ STRATEGIES = ("keep-highest", "keep-lowest", "window", "random", "smallest-margi
 _USES = {"keep-highest": {"fraction"}, "keep-lowest": {"fraction"}, "window": {"fraction", "offset"},
          "random": {"fraction", "seed"}, "smallest-margin": {"count"},
          "stratified": {"fraction", "bins", "hard_cutoff", "seed"}}
-_OPTION = {"fraction": "--fraction", "offset": "--offset", "count": "--count", "seed": "--seed",
+#: How messages name each parameter (the CLI options); a caller whose command line spells one
+#: differently passes ``options`` (``scorebank select`` says ``--keep`` for ``fraction``).
+OPTIONS = {"fraction": "--fraction", "offset": "--offset", "count": "--count", "seed": "--seed",
            "bins": "--bins", "hard_cutoff": "--hard-cutoff"}
 DEFAULT_BINS = 50
 
@@ -78,6 +80,11 @@ class Rule:
     hard_cutoff: float | None = None
     class_balanced: bool = False
     high_is_hard: bool = True
+    options: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # parameter -> option name
+
+    def option(self, name: str) -> str:
+        """How messages name parameter ``name`` (see :data:`OPTIONS`)."""
+        return dict(self.options).get(name, OPTIONS[name])
 
     @property
     def uses_score(self) -> bool:
@@ -95,8 +102,10 @@ class Rule:
 def make_rule(strategy: str, *, fraction: float | None = None, offset: float | None = None,
               count: int | None = None, seed: int | None = None, bins: int | None = None,
               hard_cutoff: float | None = None, class_balanced: bool = False,
-              high_is_hard: bool = True) -> Rule:
-    """Validate a strategy and its options (InvalidArgumentError naming what is accepted)."""
+              high_is_hard: bool = True, options: Mapping[str, str] | None = None) -> Rule:
+    """Validate a strategy and its options (InvalidArgumentError naming what is accepted,
+    with the option names of :data:`OPTIONS` updated by ``options``)."""
+    opt = {**OPTIONS, **(options or {})}
     if strategy not in STRATEGIES:
         raise InvalidArgumentError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     given = {k: v for k, v in dict(fraction=fraction, offset=offset, count=count, seed=seed, bins=bins,
@@ -104,20 +113,20 @@ def make_rule(strategy: str, *, fraction: float | None = None, offset: float | N
     extra = sorted(set(given) - _USES[strategy])
     if extra:
         raise InvalidArgumentError(
-            f"--strategy {strategy} does not take {', '.join(_OPTION[k] for k in extra)}; it uses "
-            f"{', '.join(_OPTION[k] for k in sorted(_USES[strategy]))}")
+            f"--strategy {strategy} does not take {', '.join(opt[k] for k in extra)}; it uses "
+            f"{', '.join(opt[k] for k in sorted(_USES[strategy]))}")
     if "fraction" in _USES[strategy]:
         if fraction is None:
-            raise InvalidArgumentError(f"--strategy {strategy} needs --fraction F with 0 < F <= 1")
+            raise InvalidArgumentError(f"--strategy {strategy} needs {opt['fraction']} F with 0 < F <= 1")
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-            raise InvalidArgumentError(f"--fraction {fraction!r} is outside (0, 1]; give e.g. 0.5")
+            raise InvalidArgumentError(f"{opt['fraction']} {fraction!r} is outside (0, 1]; give e.g. 0.5")
     if strategy == "window":
         offset = 0.0 if offset is None else offset
         if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset < 1:
             raise InvalidArgumentError(f"--offset {offset!r} is outside [0, 1); give e.g. 0.1")
         if offset + fraction > 1 + 1e-12:
             raise InvalidArgumentError(
-                f"window --offset {offset!r} --fraction {fraction!r} runs past the end of the "
+                f"window --offset {offset!r} {opt['fraction']} {fraction!r} runs past the end of the "
                 f"sorted data (offset + fraction = {offset + fraction:g} > 1); lower one of them")
     if strategy == "smallest-margin":
         if count is None:
@@ -140,7 +149,8 @@ def make_rule(strategy: str, *, fraction: float | None = None, offset: float | N
                 offset=None if offset is None else float(offset), count=None if count is None else int(count),
                 seed=None if seed is None else int(seed), bins=None if bins is None else int(bins),
                 hard_cutoff=None if hard_cutoff is None else float(hard_cutoff),
-                class_balanced=bool(class_balanced), high_is_hard=bool(high_is_hard))
+                class_balanced=bool(class_balanced), high_is_hard=bool(high_is_hard),
+                options=tuple(sorted((options or {}).items())))
 
 
 def stratum_budgets(sizes: np.ndarray, budget: int) -> np.ndarray:
@@ -194,7 +204,7 @@ def _apply(rule: Rule, scores: np.ndarray | None, n: int, n_total: int, rng: np.
     budget = round_half_up(rule.fraction * n)
     if budget > keep.size:
         raise InvalidArgumentError(
-            f"stratified --fraction {rule.fraction!r} keeps {budget} examples{where} but only "
+            f"stratified {rule.option('fraction')} {rule.fraction!r} keeps {budget} examples{where} but only "
             f"{keep.size} remain after --hard-cutoff {rule.hard_cutoff!r}; lower one of them")
     if budget == 0:
         return np.zeros(0, dtype=np.int64)
@@ -236,7 +246,7 @@ def select_indices(rule: Rule, scores: np.ndarray | None, labels: np.ndarray) ->
     if kept.size == 0:
         raise InvalidArgumentError(
             f"--strategy {rule.strategy} with {rule.parameters()!r} keeps no example of {n_total}; "
-            "raise --fraction / --count")
+            f"raise {rule.option('fraction')} / {rule.option('count')}")
     return kept
 
 
@@ -262,17 +272,18 @@ def select(store: access.StoreLike, strategy: str, *, score: str | ScoreSpec | N
            runs: Iterable[int] | None = None, fraction: float | None = None, offset: float | None = None,
            count: int | None = None, seed: int | None = None, bins: int | None = None,
            hard_cutoff: float | None = None, class_balanced: bool = False, reduce: str = "mean",
-           never_learned: str = "count", scheduler=None) -> Selection:
+           never_learned: str = "count", scheduler=None, options: Mapping[str, str] | None = None) -> Selection:
     """Select examples from a store by ``score`` averaged over ``runs`` (default: all
     completed runs) with one of :data:`STRATEGIES` (see the module docstring).
 
     ``random`` takes no score (and records no runs unless ``runs`` is given);
-    ``smallest-margin`` needs a ``margin@E`` or ``nmargin@E`` score.  Nothing is written; see :func:`to_manifest` and
-    :func:`scorebank.stores.manifest.record_manifest`."""
+    ``smallest-margin`` needs a ``margin@E`` or ``nmargin@E`` score.  ``options`` renames
+    parameters in messages (:data:`OPTIONS`).  Nothing is written; see :func:`to_manifest`
+    and :func:`scorebank.stores.manifest.record_manifest`."""
     spec = None if score is None else parse_score(score)
     rule = make_rule(strategy, fraction=fraction, offset=offset, count=count, seed=seed, bins=bins,
                      hard_cutoff=hard_cutoff, class_balanced=class_balanced,
-                     high_is_hard=True if spec is None else spec.high_is_hard)
+                     high_is_hard=True if spec is None else spec.high_is_hard, options=options)
     if rule.uses_score and spec is None:
         raise InvalidArgumentError(f"--strategy {strategy} needs --score, e.g. --score el2n@20")
     if not rule.uses_score and spec is not None:

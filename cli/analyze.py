@@ -1,20 +1,42 @@
 """``scorebank analyze STORE <what>`` and ``scorebank analyze-bench``: thin wrappers over
-:mod:`scorebank.analysis` that print rich tables (or ``--json``) and draw ``--plot`` figures."""
+:mod:`scorebank.analysis`.  Each subcommand computes, builds one JSON document and the
+tables showing it, and hands both to :func:`scorebank.cli.output.emit` (table, ``--json``,
+``--plot``: one output path)."""
 
 from __future__ import annotations
 
-import math
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import typer
-from rich.table import Table
+from typer.core import TyperGroup
 
-from scorebank.cli.common import SCHEDULER_HELP, console, dask_scheduler, handle_errors, print_json
+from scorebank.analysis.registry import score_help
+from scorebank.cli.common import SCHEDULER_HELP, dask_scheduler, handle_errors
+from scorebank.cli.options import OptionGroup, with_groups
+from scorebank.cli.output import MAX_ROWS, Figure, Grid, emit, fmt, thin
+from scorebank.cli.text import plain
 from scorebank.stores.errors import InvalidArgumentError
 
+
+class StoreFirst(TyperGroup):
+    """The ``analyze`` group: ``scorebank analyze STORE SUBCOMMAND``.  A subcommand name where
+    the store goes (``scorebank analyze forgetting scores.zarr``) is a usage error saying the
+    store comes first, not "No such command 'scores.zarr'"."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        first = args[0] if args else None
+        if first in self.commands and not os.path.exists(first) and not {"--help", "-h"} & set(args):
+            store = next((a for a in args[1:] if not a.startswith("-") and os.path.exists(a)), "STORE")
+            ctx.fail(f"the store comes first: scorebank analyze {store} {first} (usage: scorebank analyze STORE "
+                     f"SUBCOMMAND [OPTIONS]); {first!r} is a subcommand, not a store")
+        return super().parse_args(ctx, args)
+
+
 analyze_app = typer.Typer(
+    cls=StoreFirst,
     help="Analyse a score store: forgetting, averaged scores, Spearman correlations, sensitivity, "
          "data separation, smallest-margin overlaps, margin distribution, difficulty, noisy labels, "
          "training curves.  "
@@ -22,15 +44,54 @@ analyze_app = typer.Typer(
     no_args_is_help=True,
 )
 
-RUNS_HELP = "Runs (seeds) to use, e.g. 0-4 or 0,2,5.  Default: every completed run."
-JSON_HELP = "Print machine-readable JSON instead of tables."
+SPECS_HELP = score_help()
 NEVER_HELP = ("Score of examples never classified correctly in a run: 'count' = presentations + 1 "
               "(default), 'inf' = Data Diet's convention.")
-REDUCE_HELP = "Combine runs by 'mean' (default, Data Diet) or 'sum'."
-MAX_ROWS = 15
+
+# options shared by the subcommands, declared once: single options as Annotated aliases, the
+# options of scores averaged over runs and of every output as groups (cli.options.with_groups)
+RUNS_HELP = "Runs (seeds) to use, e.g. 0-4 or 0,2,5.  Default: every completed run."
+Runs = Annotated[Optional[str], typer.Option("--runs", help=RUNS_HELP)]
+NeverLearned = Annotated[str, typer.Option("--never-learned", help=NEVER_HELP)]
+AllEpochs = Annotated[bool, typer.Option("--all-epochs", help=f"Show every epoch (default: at most {MAX_ROWS}).")]
+AVERAGED = OptionGroup({
+    "runs": (Optional[str], typer.Option(None, "--runs", help=RUNS_HELP)),
+    "reduce": (str, typer.Option("mean", "--reduce", help="Combine runs by 'mean' (default, Data Diet) or 'sum'.")),
+    "never_learned": (str, typer.Option("count", "--never-learned", help=NEVER_HELP)),
+})
+JSON_HELP = "Print machine-readable JSON instead of tables."
+JsonOutput = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+OUTPUT = OptionGroup({
+    "json_output": (bool, typer.Option(False, "--json", help=JSON_HELP)),
+    "scheduler": (Optional[str], typer.Option(None, "--scheduler", help=SCHEDULER_HELP)),
+})
+
+
+def _plot_option(what: str):
+    """A ``--plot PATH`` option drawing ``what``."""
+    return Annotated[Optional[Path], typer.Option("--plot", help=f"Also draw {what} (PNG).")]
+
+
+HeatMapPlot = _plot_option("the matrix as a heat map")
+CurvePlot = _plot_option("the curve")
+OverlapPlot = _plot_option("the overlap and retention curves")
+MarginsPlot = _plot_option("sorted margin curves (first run) and AUC over epochs")
+CurvesPlot = _plot_option("train/pristine/corrupt/test accuracy and loss per epoch")
+
+#: commands on several scores averaged over runs: the specs, AVERAGED and OUTPUT
+SCORED = OptionGroup({
+    "specs": (list[str], typer.Argument(..., help="Score specs, e.g. el2n@20 grand@0 nmargin@200 forgetting.  "
+                                                  + SPECS_HELP)),
+    **AVERAGED.options, **OUTPUT.options,
+})
 
 
 # ------------------------------------------------------------------------------ helpers
+def command(name: str):
+    """Register an ``analyze`` subcommand, its option groups expanded (:func:`with_groups`)."""
+    return lambda function: analyze_app.command(name)(with_groups(function))
+
+
 def _store(ctx: typer.Context) -> str:
     return ctx.obj["store"]
 
@@ -52,207 +113,114 @@ def _numbers(text: str, option: str, kind=float) -> list:
     return values
 
 
-def _fmt(v, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    v = float(v)
-    if math.isnan(v):
-        return "-"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.{digits}g}"
+def _figure(path: Optional[Path], draw_name: str, *args) -> Figure:
+    """The ``--plot`` request drawn by ``scorebank.analysis.plots.<draw_name>(*args, path)``."""
+    def draw(where: Path) -> None:
+        from scorebank.analysis import plots
+
+        getattr(plots, draw_name)(*args, where)
+    return Figure(path, draw)
 
 
-def _clean(obj):
-    """JSON-safe copy: numpy scalars/arrays to Python, NaN to null."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, float) and math.isinf(obj):
-        return "inf" if obj > 0 else "-inf"
-    return obj
+def _averaging(options: dict) -> dict:
+    """The AVERAGED options among ``options`` as the analysis functions take them (runs parsed)."""
+    return {**{name: options[name] for name in AVERAGED.options}, "runs": _runs(options["runs"])}
 
 
-def _thin(values: np.ndarray, keep_all: bool) -> np.ndarray:
-    """Positions of at most MAX_ROWS evenly spaced entries (first and last included)."""
-    n = len(values)
-    if keep_all or n <= MAX_ROWS:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, MAX_ROWS).round().astype(int))
-
-
-def _saved(path: Path) -> None:
-    console.print(f"figure written to [bold]{path}[/]", highlight=False)
+def _per_run(values, seeds) -> dict:
+    """``{str(seed): values[i]}``: the JSON shape of per-run results."""
+    return {str(s): values[i] for i, s in enumerate(seeds)}
 
 
 # ------------------------------------------------------------------------------ group
 @analyze_app.callback()
 def analyze_main(ctx: typer.Context,
-                 store: str = typer.Argument(..., help="Store path, .zip archive or URL.")) -> None:
+                 store: str = typer.Argument(..., metavar="STORE", help="Store path, .zip archive or URL (it comes first).")) -> None:
     """Analyse a score store (read only; streams with Dask, memory bounded by a few chunks)."""
     ctx.obj = {"store": store}
 
 
-@analyze_app.command("forgetting")
+@command("forgetting")
 def forgetting_command(
     ctx: typer.Context,
     epoch: Optional[int] = typer.Option(None, "--epoch", "-e", help="Count over epochs 1..E (forgetting@E). Default: every epoch."),
-    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
-    never_learned: str = typer.Option("count", help=NEVER_HELP),
-    reduce: str = typer.Option("mean", help=REDUCE_HELP),
+    averaged: dict = AVERAGED,
     top: int = typer.Option(10, help="Also list this many most-forgotten examples."),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    output: dict = OUTPUT,
 ) -> None:
     """Forgetting events per run (Toneva et al.; Data Diet 2.3) and the score over runs."""
     from scorebank.analysis import access
     from scorebank.analysis.forgetting import forgetting, forgetting_summary
     from scorebank.analysis.scores import check_reduce
 
-    with handle_errors(), dask_scheduler(scheduler) as sched:
+    reduce, never_learned = averaged["reduce"], averaged["never_learned"]
+    with handle_errors(), dask_scheduler(output["scheduler"]) as sched:
         check_reduce(reduce)
         ds = access.open_store(_store(ctx))
-        out = forgetting(ds, epoch=epoch, runs=_runs(runs), never_learned=never_learned, scheduler=sched)
+        out = forgetting(ds, epoch=epoch, runs=_runs(averaged["runs"]), never_learned=never_learned, scheduler=sched)
         doc = forgetting_summary(out, access.labels(ds), reduce=reduce, top=top).to_dict()
-        rows, top_rows = doc["per_run"], doc["most_forgotten"]
-        if json_output:
-            print_json(_clean(doc))
-            return
-        table = Table("run", "presentations", "never learned", "unforgettable", "mean events (learned)",
-                      "max events", "median stays-learned epoch",
-                      title=f"forgetting events ({doc['spec']}, Toneva et al.)")
-        for r in rows:
-            table.add_row(str(r["run"]), str(r["presentations"]), str(r["never_learned"]), str(r["unforgettable"]),
-                          _fmt(r["mean_events"]), str(r["max_events"]), _fmt(r["median_learned_epoch"]))
-        console.print(table)
-        q = doc["score"]
-        console.print(f"{reduce} over {len(rows)} runs ({never_learned} for never learned): "
-                      + ", ".join(f"{k} {_fmt(v)}" for k, v in q.items()), highlight=False)
-        if top_rows:
-            t2 = Table("example", "label", "score", title=f"{len(top_rows)} most forgotten")
-            for r in top_rows:
-                t2.add_row(str(r["example"]), str(r["label"]), _fmt(r["score"]))
-            console.print(t2)
+        emit(doc, _forgetting_tables(doc, reduce, never_learned), json_output=output["json_output"])
 
 
-@analyze_app.command("scores")
+@command("scores")
 def scores_command(
     ctx: typer.Context,
-    specs: list[str] = typer.Argument(..., help="Score specs, e.g. el2n@20 grand@0 nmargin@200 forgetting."),
-    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
-    reduce: str = typer.Option("mean", help=REDUCE_HELP),
-    never_learned: str = typer.Option("count", help=NEVER_HELP),
+    scored: dict = SCORED,
     out: Optional[Path] = typer.Option(None, help="Write the per-example averaged scores to this CSV file."),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
 ) -> None:
     """Scores averaged over runs (Data Diet B.3): summary statistics, optionally all values as CSV."""
     from scorebank.analysis.scores import average_scores, score_quantiles, write_scores_csv
 
-    with handle_errors(), dask_scheduler(scheduler) as sched:
-        avg = average_scores(_store(ctx), specs, runs=_runs(runs), reduce=reduce, never_learned=never_learned,
-                             scheduler=sched)
+    with handle_errors(), dask_scheduler(scored["scheduler"]) as sched:
+        avg = average_scores(_store(ctx), scored["specs"], **_averaging(scored), scheduler=sched)
         summary = {name: score_quantiles(avg[name].values) for name in avg.data_vars}
         if out is not None:
             write_scores_csv(avg, out)
-        if json_output:
-            print_json(_clean({"runs": avg.attrs["runs"], "reduce": reduce, "scores": summary,
-                               "csv": None if out is None else str(out)}))
-            return
-        table = Table("score", *next(iter(summary.values())).keys(),
-                      title=f"{reduce} over runs {avg.attrs['runs']}")
-        for name, q in summary.items():
-            table.add_row(name, *(_fmt(v) for v in q.values()))
-        console.print(table)
-        if out is not None:
-            console.print(f"per-example scores written to [bold]{out}[/]", highlight=False)
+        doc = {"runs": avg.attrs["runs"], "reduce": avg.attrs["reduce"], "scores": summary,
+               "csv": None if out is None else str(out)}
+        emit(doc, _scores_tables(summary, avg, out), json_output=scored["json_output"])
 
 
-@analyze_app.command("correlation")
-def correlation_command(
-    ctx: typer.Context,
-    specs: list[str] = typer.Argument(..., help="Two or more score specs, e.g. el2n@20 grand@0 forgetting@200 margin@200."),
-    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
-    reduce: str = typer.Option("mean", help=REDUCE_HELP),
-    never_learned: str = typer.Option("count", help=NEVER_HELP),
-    plot: Optional[Path] = typer.Option(None, help="Also draw the matrix as a heat map (PNG)."),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
-) -> None:
-    """Spearman rank correlations between scores averaged over runs (Data Diet D.3, Fig. 12)."""
+@command("correlation")
+def correlation_command(ctx: typer.Context, scored: dict = SCORED, plot: HeatMapPlot = None) -> None:
+    """Spearman rank correlations between two or more scores averaged over runs (Data Diet D.3, Fig. 12)."""
     from scorebank.analysis.correlation import spearman_matrix
 
-    with handle_errors(), dask_scheduler(scheduler) as sched:
-        mat = spearman_matrix(_store(ctx), specs, runs=_runs(runs), reduce=reduce, never_learned=never_learned,
-                              scheduler=sched)
+    with handle_errors(), dask_scheduler(scored["scheduler"]) as sched:
+        mat = spearman_matrix(_store(ctx), scored["specs"], **_averaging(scored), scheduler=sched)
         names = [str(n) for n in mat["score_a"].values]
-        if plot is not None:
-            from scorebank.analysis.plots import plot_spearman
-
-            plot_spearman(mat, plot)
-        if json_output:
-            print_json(_clean({"scores": names, "runs": mat.attrs["runs"], "spearman": mat.values}))
-            return
-        table = Table("", *names, title=f"Spearman rank correlation ({reduce} over runs {mat.attrs['runs']})")
-        for i, name in enumerate(names):
-            table.add_row(name, *(_fmt(v, 3) for v in mat.values[i]))
-        console.print(table)
-        if plot is not None:
-            _saved(plot)
+        doc = {"scores": names, "runs": mat.attrs["runs"], "spearman": mat.values}
+        emit(doc, _correlation_tables(names, mat),
+             json_output=scored["json_output"], figure=_figure(plot, "plot_spearman", mat))
 
 
-@analyze_app.command("sensitivity")
+@command("sensitivity")
 def sensitivity_command(
     ctx: typer.Context,
-    spec: str = typer.Argument(..., help="Score spec, e.g. el2n@10 or grand@0."),
-    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
+    spec: str = typer.Argument(..., help="Score spec, e.g. el2n@10 or grand@0.  " + SPECS_HELP),
+    runs: Runs = None,
     draws: int = typer.Option(20, help="Random k-subsets per k (every subset when there are at most this many)."),
     seed: int = typer.Option(0, help="Seed of the subset draws."),
-    never_learned: str = typer.Option("count", help=NEVER_HELP),
-    plot: Optional[Path] = typer.Option(None, help="Also draw the curve (PNG)."),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    never_learned: NeverLearned = "count",
+    plot: CurvePlot = None,
+    output: dict = OUTPUT,
 ) -> None:
     """Spearman between the score averaged over k runs and over all runs, k = 1..R (Data Diet D.1)."""
     from scorebank.analysis.correlation import sensitivity_curve
 
-    with handle_errors(), dask_scheduler(scheduler) as sched:
+    stats = ("mean", "std", "min", "max")
+    with handle_errors(), dask_scheduler(output["scheduler"]) as sched:
         curve = sensitivity_curve(_store(ctx), spec, runs=_runs(runs), draws=draws, seed=seed,
                                   never_learned=never_learned, scheduler=sched)
-        if plot is not None:
-            from scorebank.analysis.plots import plot_sensitivity
-
-            plot_sensitivity(curve, plot)
-        rows = [{"k": int(k), **{n: float(curve[n].sel(k=k)) for n in ("mean", "std", "min", "max")},
+        rows = [{"k": int(k), **{n: float(curve[n].sel(k=k)) for n in stats},
                  "subsets": int(curve["subsets"].sel(k=k))} for k in curve["k"].values]
-        if json_output:
-            print_json(_clean({"spec": curve.attrs["spec"], "runs": curve.attrs["runs"], "curve": rows}))
-            return
-        table = Table("runs averaged (k)", "mean", "std", "min", "max", "subsets",
-                      title=f"{curve.attrs['spec']}: Spearman vs the average of all {len(rows)} runs")
-        for r in rows:
-            table.add_row(str(r["k"]), *(_fmt(r[n], 4) for n in ("mean", "std", "min", "max")), str(r["subsets"]))
-        console.print(table)
-        if plot is not None:
-            _saved(plot)
+        doc = {"spec": curve.attrs["spec"], "runs": curve.attrs["runs"], "curve": rows}
+        emit(doc, _sensitivity_tables(rows, curve, stats),
+             json_output=output["json_output"], figure=_figure(plot, "plot_sensitivity", curve))
 
 
-@analyze_app.command("separation")
-def separation_command(
-    ctx: typer.Context,
-    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP + "  (Not needed: reads per-epoch values only.)"),
-) -> None:
+@command("separation")
+def separation_command(ctx: typer.Context, runs: Runs = None, output: dict = OUTPUT) -> None:
     """Per run, the first epoch with 100% clean-pass train accuracy (margins paper)."""
     from scorebank.analysis import access
     from scorebank.analysis.separation import data_separation, final_epochs, final_train_accuracy
@@ -266,158 +234,94 @@ def separation_command(
         rows = [{"run": s, "separation_epoch": None if e < 0 else int(e), "final_epoch": None if f < 0 else int(f),
                  "final_train_accuracy": float(a)}
                 for s, e, f, a in zip(seeds, sep.values, final, acc)]
-        if json_output:
-            print_json(_clean({"runs": rows}))
-            return
-        table = Table("run", "separated at epoch", "last recorded epoch", "train accuracy there",
-                      title="data separation (100% clean-pass train accuracy)")
-        for r in rows:
-            table.add_row(str(r["run"]), "never" if r["separation_epoch"] is None else str(r["separation_epoch"]),
-                          _fmt(r["final_epoch"]), _fmt(r["final_train_accuracy"]))
-        console.print(table)
+        emit({"runs": rows}, _separation_tables(rows), json_output=output["json_output"])
 
 
-@analyze_app.command("overlap")
+@command("overlap")
 def overlap_command(
     ctx: typer.Context,
     k: str = typer.Option("20,100,200", help="Set sizes k, comma-separated."),
-    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
-    all_epochs: bool = typer.Option(False, "--all-epochs", help=f"Show every epoch (default: at most {MAX_ROWS})."),
-    plot: Optional[Path] = typer.Option(None, help="Also draw the overlap and retention curves (PNG)."),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    runs: Runs = None,
+    all_epochs: AllEpochs = False,
+    plot: OverlapPlot = None,
+    output: dict = OUTPUT,
 ) -> None:
     """Overlap of the k smallest-normalised-margin sets between runs and with the final set (margins paper Figs. 6, 8, 9)."""
     from scorebank.analysis.overlap import margin_overlaps
 
-    with handle_errors(), dask_scheduler(scheduler) as sched:
+    with handle_errors(), dask_scheduler(output["scheduler"]) as sched:
         res = margin_overlaps(_store(ctx), k=_numbers(k, "--k", int), runs=_runs(runs), scheduler=sched)
-        if plot is not None:
-            from scorebank.analysis.plots import plot_overlaps
-
-            plot_overlaps(res, plot)
         ks = [int(v) for v in res["k"].values]
         ep = res["epoch"].values
         seeds = [int(s) for s in res["run"].values]
         pairwise = "pairwise_mean" in res
-        if json_output:
-            doc = {"k": ks, "runs": seeds, "epochs": ep,
-                   "separation_epoch": {str(s): int(v) for s, v in zip(seeds, res["separation_epoch"].values)},
-                   "final_epoch": {str(s): int(v) for s, v in zip(seeds, res["final_epoch"].values)},
-                   "retention": {str(kk): {str(s): res["retention"].sel(k=kk).values[i] for i, s in enumerate(seeds)}
-                                 for kk in ks},
-                   "retention_at_separation": {str(kk): {str(s): res["at_separation"].sel(k=kk).values[i]
-                                                         for i, s in enumerate(seeds)} for kk in ks}}
-            if pairwise:
-                doc["pairwise_mean"] = {str(kk): res["pairwise_mean"].sel(k=kk).values for kk in ks}
-                doc["pairwise_min"] = {str(kk): res["pairwise_min"].sel(k=kk).values for kk in ks}
-                doc["pairwise_max"] = {str(kk): res["pairwise_max"].sel(k=kk).values for kk in ks}
-            print_json(_clean(doc))
-            return
-        rows = _thin(ep, all_epochs)
+
+        def by_k(name):
+            return {str(kk): _per_run(res[name].sel(k=kk).values, seeds) for kk in ks}
+
+        doc = {"k": ks, "runs": seeds, "epochs": ep,
+               "separation_epoch": {str(s): int(v) for s, v in zip(seeds, res["separation_epoch"].values)},
+               "final_epoch": {str(s): int(v) for s, v in zip(seeds, res["final_epoch"].values)},
+               "retention": by_k("retention"), "retention_at_separation": by_k("at_separation")}
         if pairwise:
-            table = Table("epoch", *[f"k={kk}" for kk in ks],
-                          title="k smallest normalised margins shared by two runs:\nmean \\[min, max] over pairs")
-            for j in rows:
-                table.add_row(str(ep[j]), *(
-                    f"{_fmt(res['pairwise_mean'].sel(k=kk).values[j], 3)} [{_fmt(res['pairwise_min'].sel(k=kk).values[j], 2)}, "
-                    f"{_fmt(res['pairwise_max'].sel(k=kk).values[j], 2)}]" for kk in ks))
-            console.print(table)
-        table = Table("epoch", *[f"k={kk}" for kk in ks],
-                      title="fraction of the final-epoch k-set present\nat each epoch, mean over runs")
-        for j in rows:
-            cells = []
-            for kk in ks:
-                vals = res["retention"].sel(k=kk).values[:, j]
-                cells.append(_fmt(float(np.mean(vals)), 3) if np.isfinite(vals).all() else "-")
-            table.add_row(str(ep[j]), *cells)
-        console.print(table)
-        t2 = Table("run", "final epoch", "separated at", *[f"k={kk}" for kk in ks],
-                   title="fraction of the final-epoch k-set present\nat data separation")
-        for i, s in enumerate(seeds):
-            sep = int(res["separation_epoch"].values[i])
-            t2.add_row(str(s), str(int(res["final_epoch"].values[i])), "never" if sep < 0 else str(sep),
-                       *(_fmt(res["at_separation"].sel(k=kk).values[i], 3) for kk in ks))
-        console.print(t2)
-        if plot is not None:
-            _saved(plot)
+            for name in ("pairwise_mean", "pairwise_min", "pairwise_max"):
+                doc[name] = {str(kk): res[name].sel(k=kk).values for kk in ks}
+        emit(doc, _overlap_tables(res, ep, ks, seeds, pairwise, all_epochs),
+             json_output=output["json_output"], figure=_figure(plot, "plot_overlaps", res))
 
 
-@analyze_app.command("margins")
+@command("margins")
 def margins_command(
     ctx: typer.Context,
     gamma: str = typer.Option("0.01,0.1", help="Cutoffs gamma above the smallest normalised margin."),
     epochs: Optional[str] = typer.Option(None, help="Epochs, e.g. 0,10,200.  Default: every recorded epoch."),
-    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
+    runs: Runs = None,
     by_class: bool = typer.Option(False, "--by-class", help="Also show the per-class statistics."),
-    all_epochs: bool = typer.Option(False, "--all-epochs", help=f"Show every epoch (default: at most {MAX_ROWS})."),
-    plot: Optional[Path] = typer.Option(None, help="Also draw sorted margin curves (first run) and AUC over epochs (PNG)."),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    all_epochs: AllEpochs = False,
+    plot: MarginsPlot = None,
+    output: dict = OUTPUT,
 ) -> None:
     """Normalised-margin distribution: AUC of the sorted curve and small-margin counts (margins paper 4.2)."""
     from scorebank.analysis.distribution import margin_distribution, sorted_margins
 
-    with handle_errors(), dask_scheduler(scheduler) as sched:
+    with handle_errors(), dask_scheduler(output["scheduler"]) as sched:
         ep_list = None if epochs is None else _numbers(epochs, "--epochs", int)
         res = margin_distribution(_store(ctx), gammas=_numbers(gamma, "--gamma"), runs=_runs(runs),
                                   epochs=ep_list, scheduler=sched)
         gam = [float(g) for g in res["gamma"].values]
         seeds = [int(s) for s in res["run"].values]
         ep = res["epoch"].values
-        if plot is not None:
+        doc = {"runs": seeds, "epochs": ep, "gamma": gam,
+               "auc": _per_run(res["auc"].values, seeds), "smallest": _per_run(res["smallest"].values, seeds),
+               "n_within": {str(g): _per_run(res["n_within"].values[a], seeds) for a, g in enumerate(gam)}}
+        if by_class:
+            doc["classes"] = [str(c) for c in res["class_name"].values]
+            doc["class_auc"] = {str(s): res["class_auc"].values[:, i].T for i, s in enumerate(seeds)}
+            doc["class_n_within"] = {str(g): {str(s): res["class_n_within"].values[a, :, i].T
+                                              for i, s in enumerate(seeds)} for a, g in enumerate(gam)}
+
+        def draw(where: Path) -> None:
             from scorebank.analysis.plots import plot_margin_distribution
 
             first = np.isfinite(res["auc"].values[0])
             shown = ep[first][np.unique(np.linspace(0, first.sum() - 1, min(8, first.sum())).round().astype(int))]
             curves = sorted_margins(_store(ctx), run=seeds[0], epochs=[int(e) for e in shown], scheduler=sched)
-            plot_margin_distribution(res, curves, plot)
-        if json_output:
-            doc = {"runs": seeds, "epochs": ep, "gamma": gam,
-                   "auc": {str(s): res["auc"].values[i] for i, s in enumerate(seeds)},
-                   "smallest": {str(s): res["smallest"].values[i] for i, s in enumerate(seeds)},
-                   "n_within": {str(g): {str(s): res["n_within"].values[a, i] for i, s in enumerate(seeds)}
-                                for a, g in enumerate(gam)}}
-            if by_class:
-                doc["classes"] = [str(c) for c in res["class_name"].values]
-                doc["class_auc"] = {str(s): res["class_auc"].values[:, i].T for i, s in enumerate(seeds)}
-                doc["class_n_within"] = {str(g): {str(s): res["class_n_within"].values[a, :, i].T
-                                                  for i, s in enumerate(seeds)} for a, g in enumerate(gam)}
-            print_json(_clean(doc))
-            return
-        table = Table("run", "epoch", "AUC", "smallest", *[f"within {g:g} of smallest" for g in gam],
-                      title="normalised margin distribution (margin / rho)")
-        for i, s in enumerate(seeds):
-            for j in _thin(ep, all_epochs):
-                table.add_row(str(s), str(ep[j]), _fmt(res["auc"].values[i, j]), _fmt(res["smallest"].values[i, j]),
-                              *(_fmt(res["n_within"].values[a, i, j]) for a in range(len(gam))))
-        console.print(table)
-        if by_class:
-            last = len(ep) - 1
-            t2 = Table("run", "class", "size", "AUC", "smallest", *[f"within {g:g}" for g in gam],
-                       title=f"per class at epoch {ep[last]}")
-            for i, s in enumerate(seeds):
-                for c, name in enumerate(res["class_name"].values):
-                    t2.add_row(str(s), str(name), str(int(res["class_size"].values[c])),
-                               _fmt(res["class_auc"].values[c, i, last]), _fmt(res["class_smallest"].values[c, i, last]),
-                               *(_fmt(res["class_n_within"].values[a, c, i, last]) for a in range(len(gam))))
-            console.print(t2)
-        if plot is not None:
-            _saved(plot)
+            plot_margin_distribution(res, curves, where)
+        emit(doc, _margins_tables(res, ep, seeds, gam, by_class, all_epochs),
+             json_output=output["json_output"], figure=Figure(plot, draw))
 
 
-@analyze_app.command("difficulty")
+@command("difficulty")
 def difficulty_command(
     ctx: typer.Context,
     threshold: float = typer.Option(0.5, help="Train accuracy at which examples are split into easy and hard."),
-    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
+    runs: Runs = None,
+    output: dict = OUTPUT,
 ) -> None:
     """Easy/hard examples and difficulty = runs in which an example is hard (Coherent Gradients 4.3)."""
     from scorebank.analysis.difficulty import difficulty
 
-    with handle_errors(), dask_scheduler(scheduler) as sched:
+    with handle_errors(), dask_scheduler(output["scheduler"]) as sched:
         res = difficulty(_store(ctx), threshold=threshold, runs=_runs(runs), scheduler=sched)
         seeds = [int(s) for s in res["run"].values]
         hist = np.bincount(res["difficulty"].values, minlength=len(seeds) + 1)
@@ -425,59 +329,32 @@ def difficulty_command(
         per_run = [{"run": s, "threshold_epoch": int(res["threshold_epoch"].values[i]),
                     "train_accuracy": float(res["train_accuracy"].values[i]),
                     "hard": int(res["hard"].values[i].sum())} for i, s in enumerate(seeds)]
-        if json_output:
-            print_json(_clean({"threshold": threshold, "runs": per_run,
-                               "histogram": {str(d): int(c) for d, c in enumerate(hist)}}))
-            return
-        t1 = Table("run", "epoch reaching threshold", "train accuracy", "hard examples",
-                   title=f"easy/hard split at train accuracy >= {threshold:g}")
-        for r in per_run:
-            t1.add_row(str(r["run"]), str(r["threshold_epoch"]), _fmt(r["train_accuracy"]), str(r["hard"]))
-        console.print(t1)
-        t2 = Table("difficulty (runs hard)", "examples", "fraction", title="difficulty distribution")
-        for d, c in enumerate(hist):
-            t2.add_row(str(d), str(int(c)), f"{c / n:.4f}")
-        console.print(t2)
+        doc = {"threshold": threshold, "runs": per_run, "histogram": {str(d): int(c) for d, c in enumerate(hist)}}
+        emit(doc, _difficulty_tables(per_run, hist, n, threshold), json_output=output["json_output"])
 
 
-@analyze_app.command("noise")
-def noise_command(
-    ctx: typer.Context,
-    specs: list[str] = typer.Argument(..., help="Score specs to test, e.g. el2n@10 loss@10 forgetting."),
-    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
-    reduce: str = typer.Option("mean", help=REDUCE_HELP),
-    never_learned: str = typer.Option("count", help=NEVER_HELP),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
-    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
-) -> None:
+@command("noise")
+def noise_command(ctx: typer.Context, scored: dict = SCORED) -> None:
     """How well averaged scores find corrupted labels: ROC AUC, precision at the noise rate (Data Diet 4, E.2)."""
     from scorebank.analysis.noise import noise_detection
 
-    with handle_errors(), dask_scheduler(scheduler) as sched:
-        res = noise_detection(_store(ctx), specs, runs=_runs(runs), reduce=reduce, never_learned=never_learned,
-                              scheduler=sched)
+    with handle_errors(), dask_scheduler(scored["scheduler"]) as sched:
+        res = noise_detection(_store(ctx), scored["specs"], **_averaging(scored), scheduler=sched)
         rows = [{"score": str(s), "roc_auc": float(res["roc_auc"].sel(score=s)),
                  "precision_at_noise_rate": float(res["precision_at_noise_rate"].sel(score=s))}
                 for s in res["score"].values]
-        if json_output:
-            print_json(_clean({"noise_rate": float(res["noise_rate"]), "n_corrupted": int(res["n_corrupted"]),
-                               "runs": res.attrs["runs"], "scores": rows}))
-            return
-        table = Table("score", "ROC AUC", "precision at noise rate",
-                      title=f"finding {int(res['n_corrupted'])} corrupted labels "
-                            f"(noise rate {float(res['noise_rate']):.4g})")
-        for r in rows:
-            table.add_row(r["score"], _fmt(r["roc_auc"]), _fmt(r["precision_at_noise_rate"]))
-        console.print(table)
+        doc = {"noise_rate": float(res["noise_rate"]), "n_corrupted": int(res["n_corrupted"]),
+               "runs": res.attrs["runs"], "scores": rows}
+        emit(doc, _noise_tables(rows, doc), json_output=scored["json_output"])
 
 
-@analyze_app.command("curves")
+@command("curves")
 def curves_command(
     ctx: typer.Context,
-    runs: Optional[str] = typer.Option(None, help=RUNS_HELP),
-    all_epochs: bool = typer.Option(False, "--all-epochs", help=f"Show every epoch (default: at most {MAX_ROWS})."),
-    plot: Optional[Path] = typer.Option(None, help="Also draw train/pristine/corrupt/test accuracy and loss per epoch (PNG)."),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
+    runs: Runs = None,
+    all_epochs: AllEpochs = False,
+    plot: CurvesPlot = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Train (clean pass), pristine, corrupt and test accuracy and loss per epoch (Coherent Gradients Fig. 3)."""
     from scorebank.analysis.curves import QUANTITIES, training_curves
@@ -485,61 +362,25 @@ def curves_command(
 
     with handle_errors():
         res = training_curves(_store(ctx), runs=_runs(runs))
-        if plot is not None:
-            from scorebank.analysis.plots import plot_training_curves
-
-            plot_training_curves(res, plot)
         seeds = [int(s) for s in res[S.RUN].values]
         ep = res[S.EPOCH].values
         names = [n for n in QUANTITIES if n in res]
-        if json_output:
-            doc = {"runs": seeds, "epochs": ep, "label_noise": bool(res.attrs["label_noise"]),
-                   **{n: {str(s): res[n].values[i] for i, s in enumerate(seeds)}
-                      for n in names + [S.COMPLETED, S.RECORDED]}}
-            print_json(_clean(doc))
-            return
-        done = np.flatnonzero(res[S.COMPLETED].values.any(axis=0))
-        recorded = res[S.RECORDED].values
         noisy = bool(res.attrs["label_noise"])
-        for what, group in (("accuracy", (S.TRAIN_ACCURACY, S.PRISTINE_ACCURACY, S.CORRUPT_ACCURACY,
-                                          S.TEST_ACCURACY)),
-                            ("loss", (S.TRAIN_LOSS, S.PRISTINE_LOSS, S.CORRUPT_LOSS, S.TEST_LOSS))):
-            cols = [n for n in group if n in res]
-            note = ("\n(corrupt: w.r.t. the corrupted label, i.e. memorised)" if noisy and what == "accuracy"
-                    else "")
-            table = Table("epoch", "runs recorded", *(n.split("_")[0] for n in cols),
-                          title=f"{what} per epoch, mean over runs {seeds}{note}")
-            for j in done[_thin(done, all_epochs)]:
-                cells = []
-                for n in cols:
-                    col = res[n].values[:, j]
-                    ok = np.isfinite(col)
-                    cells.append(_fmt(float(col[ok].mean())) if ok.any() else "-")
-                table.add_row(str(ep[j]), str(int(recorded[:, j].sum())), *cells)
-            console.print(table)
-        if plot is not None:
-            _saved(plot)
+        doc = {"runs": seeds, "epochs": ep, "label_noise": noisy,
+               **{n: _per_run(res[n].values, seeds) for n in names + [S.COMPLETED, S.RECORDED]}}
+        emit(doc, _curves_tables(res, ep, seeds, noisy, all_epochs),
+             json_output=json_output, figure=_figure(plot, "plot_training_curves", res))
 
 
-@analyze_app.command("manifests")
-def manifests_command(
-    ctx: typer.Context,
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
-) -> None:
+@command("manifests")
+def manifests_command(ctx: typer.Context, json_output: JsonOutput = False) -> None:
     """The selection manifests recorded in the store by 'scorebank select' (its history)."""
     from scorebank.stores.manifest import read_store_manifests
 
     with handle_errors():
         store = _store(ctx)
         docs = [m.to_dict(with_indices=False) for m in read_store_manifests(store)]
-        if json_output:
-            print_json(_clean({"manifests": docs}))
-            return
-        table = Table("name", "strategy", "score", "runs", "kept", "created", title=f"manifests in {store}")
-        for d in docs:
-            table.add_row(d["name"], d["strategy"], d["score"] or "-", ",".join(map(str, d["runs"])) or "-",
-                          f"{d['n_kept']}/{d['n_examples']}", d["created"])
-        console.print(table)
+        emit({"manifests": docs}, _manifests_tables(docs, store), json_output=json_output)
 
 
 # ------------------------------------------------------------------------------ benchmark
@@ -552,7 +393,7 @@ def bench_command(
     keep: bool = typer.Option(False, "--keep", help="Keep the built store (with --dir)."),
     reuse: bool = typer.Option(False, "--reuse", help="Time an existing store at --dir/bench.zarr instead of building one."),
     scheduler: str = typer.Option("local", help=SCHEDULER_HELP + "  Benchmark default: local (a LocalCluster)."),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_output: JsonOutput = False,
 ) -> None:
     """Build a synthetic R x E x N store chunk by chunk, then time forgetting, a Spearman
     matrix and an overlap curve: seconds, peak memory, MB/s of score data read."""
@@ -562,21 +403,163 @@ def bench_command(
         with bench_store(directory, runs=runs, epochs=epochs, examples=examples, classes=classes,
                          keep=keep, reuse=reuse) as bench, dask_scheduler(scheduler) as sched:
             res = run_benchmark(bench.path, scheduler=sched, build_seconds=bench.build_seconds)
-        if json_output:
-            print_json(_clean(res.to_dict()))
-            return
-        table = Table("analysis", "seconds", "CPU s", "MB read", "MB/s", "peak memory (MB)",
-                      title=f"analysis benchmark: {res.runs} runs x {res.epochs} epochs x {res.examples} examples "
-                            f"({res.store_bytes_on_disk / 1e6:.0f} MB on disk)")
-        for t in res.timings:
-            table.add_row(t.name, f"{t.seconds:.2f}", f"{t.cpu_seconds:.2f}", f"{t.bytes_read / 1e6:.0f}",
-                          f"{t.mb_per_s:.0f}", f"{t.peak_memory_bytes / 1e6:.0f}")
-        table.add_row("total", f"{res.total_seconds:.2f}", f"{sum(t.cpu_seconds for t in res.timings):.2f}",
-                      f"{res.total_bytes / 1e6:.0f}", f"{res.mb_per_s:.0f}", f"{res.peak_memory_bytes / 1e6:.0f}")
-        console.print(table)
-        console.print(f"{res.cpu_count} CPUs, load average {res.load_average[0]:g} at the start"
-                      + (f"; store built in {res.build_seconds:.1f} s" if res.build_seconds is not None else ""),
-                      highlight=False)
+        emit(res.to_dict(), _bench_tables(res), json_output=json_output)
+
+
+# ------------------------------------------------------------------------------ tables
+def _forgetting_tables(doc, reduce, never_learned):
+    """Per-run forgetting statistics, the score over runs, the most forgotten examples."""
+    rows = doc["per_run"]
+    yield Grid(("run", "presentations", "never learned", "unforgettable", "mean events (learned)",
+                "max events", "median epoch learned for good"),
+               [(str(r["run"]), str(r["presentations"]), str(r["never_learned"]), str(r["unforgettable"]),
+                 fmt(r["mean_events"]), str(r["max_events"]), fmt(r["median_learned_epoch"])) for r in rows],
+               title=f"forgetting events ({doc['spec']}, Toneva et al.)")
+    yield (f"{reduce} over {len(rows)} runs ({never_learned} for never learned): "
+           + ", ".join(f"{k} {fmt(v)}" for k, v in doc["score"].items()))
+    top_rows = doc["most_forgotten"]
+    if top_rows:
+        yield Grid(("example", "label", "score"),
+                   [(str(r["example"]), str(r["label"]), fmt(r["score"])) for r in top_rows],
+                   title=f"{len(top_rows)} most forgotten")
+
+
+def _scores_tables(summary, avg, out):
+    """Summary statistics of each averaged score."""
+    yield Grid(("score", *next(iter(summary.values()))),
+               [(name, *(fmt(v) for v in q.values())) for name, q in summary.items()],
+               title=f"{avg.attrs['reduce']} over runs {avg.attrs['runs']}")
+    if out is not None:
+        yield f"per-example scores written to [bold]{plain(out)}[/]"
+
+
+def _correlation_tables(names, mat):
+    """The Spearman matrix."""
+    yield Grid(("", *names), [(name, *(fmt(v, 3) for v in mat.values[i])) for i, name in enumerate(names)],
+               title=f"Spearman rank correlation ({mat.attrs['reduce']} over runs {mat.attrs['runs']})")
+
+
+def _sensitivity_tables(rows, curve, stats):
+    """Spearman against the all-run average per number of runs averaged."""
+    yield Grid(("runs averaged (k)", *stats, "subsets"),
+               [(str(r["k"]), *(fmt(r[n], 4) for n in stats), str(r["subsets"])) for r in rows],
+               title=f"{curve.attrs['spec']}: Spearman vs the average of all {len(rows)} runs")
+
+
+def _separation_tables(rows):
+    """Data-separation epoch per run."""
+    yield Grid(("run", "separated at epoch", "last recorded epoch", "train accuracy there"),
+               [(str(r["run"]), "never" if r["separation_epoch"] is None else str(r["separation_epoch"]),
+                 fmt(r["final_epoch"]), fmt(r["final_train_accuracy"])) for r in rows],
+               title="data separation (100% clean-pass train accuracy)")
+
+
+def _overlap_tables(res, ep, ks, seeds, pairwise, all_epochs):
+    """Pairwise overlaps, retention per epoch and at data separation."""
+    shown, note = thin(len(ep), all_epochs)
+    heads = ("epoch", *[f"k={kk}" for kk in ks])
+    if pairwise:
+        def cell(kk, j):
+            return (f"{fmt(res['pairwise_mean'].sel(k=kk).values[j], 3)} "
+                    f"\\[{fmt(res['pairwise_min'].sel(k=kk).values[j], 2)}, "
+                    f"{fmt(res['pairwise_max'].sel(k=kk).values[j], 2)}]")
+        yield Grid(heads, [(str(ep[j]), *(cell(kk, j) for kk in ks)) for j in shown], caption=note,
+                   title="k smallest normalised margins shared by two runs:\nmean \\[min, max] over pairs")
+
+    def retained(kk, j):
+        vals = res["retention"].sel(k=kk).values[:, j]
+        return fmt(float(np.mean(vals)), 3) if np.isfinite(vals).all() else "-"
+    yield Grid(heads, [(str(ep[j]), *(retained(kk, j) for kk in ks)) for j in shown], caption=note,
+               title="fraction of the final-epoch k-set present\nat each epoch, mean over runs")
+    sep = res["separation_epoch"].values
+    yield Grid(("run", "final epoch", "separated at", *heads[1:]),
+               [(str(s), str(int(res["final_epoch"].values[i])), "never" if sep[i] < 0 else str(int(sep[i])),
+                 *(fmt(res["at_separation"].sel(k=kk).values[i], 3) for kk in ks))
+                for i, s in enumerate(seeds)],
+               title="fraction of the final-epoch k-set present\nat data separation")
+
+
+def _margins_tables(res, ep, seeds, gam, by_class, all_epochs):
+    """AUC and small-margin counts per run and epoch (and per class)."""
+    shown, note = thin(len(ep), all_epochs)
+    yield Grid(("run", "epoch", "AUC", "smallest", *[f"within {g:g} of smallest" for g in gam]),
+               [(str(s), str(ep[j]), fmt(res["auc"].values[i, j]), fmt(res["smallest"].values[i, j]),
+                 *(fmt(res["n_within"].values[a, i, j]) for a in range(len(gam))))
+                for i, s in enumerate(seeds) for j in shown],
+               title="normalised margin distribution (margin / rho)",
+               caption=None if note is None else f"per run: {note}")
+    if by_class:
+        last = len(ep) - 1
+        yield Grid(("run", "class", "size", "AUC", "smallest", *[f"within {g:g}" for g in gam]),
+                   [(str(s), plain(name), str(int(res["class_size"].values[c])),
+                     fmt(res["class_auc"].values[c, i, last]), fmt(res["class_smallest"].values[c, i, last]),
+                     *(fmt(res["class_n_within"].values[a, c, i, last]) for a in range(len(gam))))
+                    for i, s in enumerate(seeds) for c, name in enumerate(res["class_name"].values)],
+                   title=f"per class at epoch {ep[last]}")
+
+
+def _difficulty_tables(per_run, hist, n, threshold):
+    """The easy/hard split per run and the difficulty distribution."""
+    yield Grid(("run", "epoch reaching threshold", "train accuracy", "hard examples"),
+               [(str(r["run"]), str(r["threshold_epoch"]), fmt(r["train_accuracy"]), str(r["hard"]))
+                for r in per_run],
+               title=f"easy/hard split at train accuracy >= {threshold:g}")
+    yield Grid(("difficulty (runs hard)", "examples", "fraction"),
+               [(str(d), str(int(c)), f"{c / n:.4f}") for d, c in enumerate(hist)],
+               title="difficulty distribution")
+
+
+def _noise_tables(rows, doc):
+    """ROC AUC and precision per score."""
+    yield Grid(("score", "ROC AUC", "precision at noise rate"),
+               [(r["score"], fmt(r["roc_auc"]), fmt(r["precision_at_noise_rate"])) for r in rows],
+               title=f"finding {doc['n_corrupted']} corrupted labels (noise rate {doc['noise_rate']:.4g})")
+
+
+def _curves_tables(res, ep, seeds, noisy, all_epochs):
+    """Accuracy and loss per completed epoch, mean over runs."""
+    from scorebank.stores import schema as S
+
+    def mean_cell(n, j):
+        col = res[n].values[:, j]
+        ok = np.isfinite(col)
+        return fmt(float(col[ok].mean())) if ok.any() else "-"
+
+    done = np.flatnonzero(res[S.COMPLETED].values.any(axis=0))
+    recorded = res[S.RECORDED].values
+    shown, note = thin(len(done), all_epochs, "completed epochs")
+    for what, group in (("accuracy", (S.TRAIN_ACCURACY, S.PRISTINE_ACCURACY, S.CORRUPT_ACCURACY,
+                                      S.TEST_ACCURACY)),
+                        ("loss", (S.TRAIN_LOSS, S.PRISTINE_LOSS, S.CORRUPT_LOSS, S.TEST_LOSS))):
+        cols = [n for n in group if n in res]
+        memorised = ("\n(corrupt: w.r.t. the corrupted label, i.e. memorised)"
+                     if noisy and what == "accuracy" else "")
+        yield Grid(("epoch", "runs recorded", *(n.split("_")[0] for n in cols)),
+                   [(str(ep[j]), str(int(recorded[:, j].sum())), *(mean_cell(n, j) for n in cols))
+                    for j in done[shown]],
+                   title=f"{what} per epoch, mean over runs {seeds}{memorised}", caption=note)
+
+
+def _manifests_tables(docs, store):
+    """One row per recorded manifest (names and dates come from the store: plain text)."""
+    yield Grid(("name", "strategy", "score", "runs", "kept", "created"),
+               [(plain(d["name"]), plain(d["strategy"]), plain(d["score"] or "-"),
+                 ",".join(map(str, d["runs"])) or "-", f"{d['n_kept']}/{d['n_examples']}",
+                 plain(d["created"])) for d in docs],
+               title=f"manifests in {plain(store)}")
+
+
+def _bench_tables(res):
+    """Seconds, CPU, bytes, MB/s and peak memory per timed analysis."""
+    rows = [(t.name, f"{t.seconds:.2f}", f"{t.cpu_seconds:.2f}", f"{t.bytes_read / 1e6:.0f}",
+             f"{t.mb_per_s:.0f}", f"{t.peak_memory_bytes / 1e6:.0f}") for t in res.timings]
+    rows.append(("total", f"{res.total_seconds:.2f}", f"{sum(t.cpu_seconds for t in res.timings):.2f}",
+                 f"{res.total_bytes / 1e6:.0f}", f"{res.mb_per_s:.0f}", f"{res.peak_memory_bytes / 1e6:.0f}"))
+    yield Grid(("analysis", "seconds", "CPU s", "MB read", "MB/s", "peak memory (MB)"), rows,
+               title=f"analysis benchmark: {res.runs} runs x {res.epochs} epochs x {res.examples} examples "
+                     f"({res.store_bytes_on_disk / 1e6:.0f} MB on disk)")
+    yield (f"{res.cpu_count} CPUs, load average {res.load_average[0]:g} at the start"
+           + (f"; store built in {res.build_seconds:.1f} s" if res.build_seconds is not None else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,5 @@
-"""``scorebank select STORE --score SPEC --strategy S ... --out manifest.json``: choose a subset
-by a score averaged over runs, write its manifest and record it in the store."""
+"""``scorebank select STORE --score SPEC --strategy S --keep F ... --out manifest.json``: choose
+a subset by a score averaged over runs, write its manifest and record it in the store."""
 
 from __future__ import annotations
 
@@ -10,17 +10,23 @@ from typing import Optional
 
 import numpy as np
 import typer
-from rich.table import Table
 
-from scorebank.cli.common import SCHEDULER_HELP, console, dask_scheduler, handle_errors, print_json
+from scorebank.analysis.registry import score_help
+from scorebank.cli.common import SCHEDULER_HELP, dask_scheduler, handle_errors
+from scorebank.cli.output import Grid, emit, fmt
+from scorebank.cli.text import plain
 from scorebank.stores.errors import InvalidArgumentError, StoreExistsError
+
+#: select's spelling of the selection library's parameters (``fraction`` is the fraction kept).
+OPTIONS = {"fraction": "--keep"}
 
 
 def select_command(
     store: str = typer.Argument(..., help="Store path (a directory to record the manifest in; archives/URLs need --no-record)."),
-    score: Optional[str] = typer.Option(None, help="Score spec averaged over runs, e.g. el2n@20, grand@0, forgetting, nmargin@200.  Not used by random."),
+    score: Optional[str] = typer.Option(None, help="Score spec averaged over runs, e.g. el2n@20, grand@0, forgetting, nmargin@200.  Not used by random.  " + score_help()),
     strategy: str = typer.Option(..., help="keep-highest, keep-lowest, window, random, smallest-margin or stratified."),
-    fraction: Optional[float] = typer.Option(None, help="Fraction of examples kept, in (0, 1] (all strategies but smallest-margin)."),
+    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of examples KEPT, in (0, 1] (all strategies but smallest-margin)."),
+    fraction: Optional[float] = typer.Option(None, "--fraction", hidden=True, help="Renamed --keep."),
     offset: Optional[float] = typer.Option(None, help="window: fraction of lowest scores dropped first, in [0, 1)."),
     count: Optional[int] = typer.Option(None, help="smallest-margin: number of examples kept."),
     seed: Optional[int] = typer.Option(None, help="random / stratified: seed of the draws (default 0)."),
@@ -43,6 +49,9 @@ def select_command(
     from scorebank.stores.manifest import check_name, record_manifest, write_manifest
 
     with handle_errors():
+        if fraction is not None:
+            raise InvalidArgumentError(
+                f"select's --fraction is now --keep (the fraction of examples kept, in (0, 1]): write --keep {fraction!r}")
         if name is not None:
             check_name(name)
         if record and not Path(store).is_dir():
@@ -53,9 +62,9 @@ def select_command(
             raise StoreExistsError(f"{str(out)!r} exists; choose another --out or pass --overwrite")
         with dask_scheduler(scheduler) as sched:
             sel = select(store, strategy, score=score, runs=None if runs is None else parse_runs(runs),
-                         fraction=fraction, offset=offset, count=count, seed=seed, bins=bins,
+                         fraction=keep, offset=offset, count=count, seed=seed, bins=bins,
                          hard_cutoff=hard_cutoff, class_balanced=class_balanced, reduce=reduce,
-                         never_learned=never_learned, scheduler=sched)
+                         never_learned=never_learned, scheduler=sched, options=OPTIONS)
         manifest = to_manifest(sel, store, name=name)
         # the file is written beside --out first and renamed only once the store has recorded
         # the manifest, so a refused recording leaves an existing --out file untouched
@@ -71,29 +80,34 @@ def select_command(
                    "n_kept": sel.n_kept, "n_examples": sel.n_examples, "counts_per_class": sel.counts_per_class,
                    "kept_score_range": None if kept_scores is None else [float(kept_scores.min()),
                                                                          float(kept_scores.max())]}
-        if json_output:
-            print_json(summary)
-            return
-        console.print(f"kept [bold]{sel.n_kept}[/] of {sel.n_examples} examples "
-                      f"({100 * sel.n_kept / sel.n_examples:.2f}%) with {sel.rule.strategy}"
-                      + (f" on {sel.score} over runs {list(sel.runs)}" if sel.score else "")
-                      + (f"; kept scores {kept_scores.min():.4g} .. {kept_scores.max():.4g}"
-                         if kept_scores is not None else ""), highlight=False)
-        names = list(manifest.class_names)
-        table = Table("class", "kept", "of", title="per class")
-        totals = np.bincount(_labels(store), minlength=len(sel.counts_per_class))
-        for c, v in sel.counts_per_class.items():
-            label = names[int(c)] if int(c) < len(names) else c
-            table.add_row(f"{c} {label}", str(v), str(int(totals[int(c)])))
-        console.print(table)
-        console.print(f"manifest written to [bold]{out}[/]" + (f"; recorded in the store as {group}" if group else ""),
-                      highlight=False)
+        emit(summary, _tables(sel, kept_scores, store, manifest, out, group), json_output=json_output)
 
 
-def _labels(store: str) -> np.ndarray:
+def _tables(sel, kept_scores, store: str, manifest, out: Path, group: str | None):
+    """What was kept, per class, and where the manifest went."""
+    yield (f"kept [bold]{sel.n_kept}[/] of {sel.n_examples} examples "
+           f"({100 * sel.n_kept / sel.n_examples:.2f}%) with {sel.rule.strategy}"
+           + (f" on {sel.score} over runs {list(sel.runs)}" if sel.score else "")
+           + ("" if kept_scores is None else
+              f"; kept scores {fmt(kept_scores.min())} .. {fmt(kept_scores.max())}"))
+    yield Grid(("class", "kept", "of"), _class_rows(store, sel.counts_per_class, manifest.class_names),
+               title="per class")
+    yield (f"manifest written to [bold]{plain(out)}[/]"
+           + (f"; recorded in the store as {plain(group)}" if group else ""))
+
+
+def _class_rows(store: str, counts: dict[str, int], names) -> list[tuple[str, str, str]]:
+    """One row per class: the class (its id, and its name when the name says more), the
+    examples kept and the class size."""
     from scorebank.analysis import access
 
-    return access.labels(access.open_store(store))
+    totals = np.bincount(access.labels(access.open_store(store)), minlength=len(counts))
+    rows = []
+    for c, kept in counts.items():
+        label = str(names[int(c)]) if int(c) < len(names) else c
+        shown = c if label == c else f"{c} {plain(label)}"
+        rows.append((shown, str(kept), str(int(totals[int(c)]))))
+    return rows
 
 
 def register(app: typer.Typer) -> None:

@@ -205,7 +205,7 @@ def test_error_exit_codes(st, tmp_path):
     res = run("analyze", st.path, "noise", "el2n@1")
     assert res.exit_code == 1 and "0 corrupted" in res.output
     res = run("analyze", st.path.parent / "nothing.zarr", "separation")
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # the store is the user's argument (issue 11): a bad argument
 
 
 def test_a_store_missing_an_array_is_refused_in_one_line(st, tmp_path):
@@ -220,7 +220,7 @@ def test_a_store_missing_an_array_is_refused_in_one_line(st, tmp_path):
     del doc["consolidated_metadata"]["metadata"][S.MARGIN]
     (path / "zarr.json").write_text(json.dumps(doc))
     res = run("analyze", path, "forgetting")
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output  # StoreNotFoundError: the store argument is bad (issue 11)
     assert "lacks the array(s) ['margin']" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
     with pytest.raises(StoreNotFoundError, match=r"no-margin\.zarr' lacks the array\(s\) \['margin'\]"):
@@ -232,7 +232,7 @@ def test_select_writes_and_records_manifest(st, tmp_path):
     from scorebank.stores.manifest import read_manifest, read_store_manifest, store_manifest_names
 
     out = tmp_path / "m.json"
-    res = run("select", st.path, "--score", "el2n@2", "--strategy", "keep-highest", "--fraction", "0.25",
+    res = run("select", st.path, "--score", "el2n@2", "--strategy", "keep-highest", "--keep", "0.25",
               "--class-balanced", "--out", out, "--name", "top", "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
@@ -250,7 +250,7 @@ def test_select_writes_and_records_manifest(st, tmp_path):
     assert man.indices.tolist() == sorted(expected)
     # random baseline, no store record
     out2 = tmp_path / "r.json"
-    res = run("select", st.path, "--strategy", "random", "--fraction", "0.5", "--seed", "3", "--out", out2,
+    res = run("select", st.path, "--strategy", "random", "--keep", "0.5", "--seed", "3", "--out", out2,
               "--no-record")
     assert res.exit_code == 0, res.output
     assert read_manifest(out2).n_kept == 20 and store_manifest_names(st.path) == ["top"]
@@ -259,11 +259,11 @@ def test_select_writes_and_records_manifest(st, tmp_path):
 
 
 @pytest.mark.parametrize("args,code,match", [
-    (["--score", "el2n@2", "--strategy", "keep-highest", "--fraction", "1.5"], 2, "outside (0, 1]"),
-    (["--score", "el2n@2", "--strategy", "window", "--offset", "0.7", "--fraction", "0.5"], 2, "past the end"),
+    (["--score", "el2n@2", "--strategy", "keep-highest", "--keep", "1.5"], 2, "--keep 1.5 is outside (0, 1]"),
+    (["--score", "el2n@2", "--strategy", "window", "--offset", "0.7", "--keep", "0.5"], 2, "past the end"),
     (["--score", "nmargin@6", "--strategy", "smallest-margin", "--count", "50"], 2, "larger than the data set"),
-    (["--score", "el2n@9", "--strategy", "keep-lowest", "--fraction", "0.5"], 2, "epoch 9 is not in the store"),
-    (["--score", "bogus@1", "--strategy", "keep-lowest", "--fraction", "0.5"], 2, "unknown score 'bogus@1'"),
+    (["--score", "el2n@9", "--strategy", "keep-lowest", "--keep", "0.5"], 2, "epoch 9 is not in the store"),
+    (["--score", "bogus@1", "--strategy", "keep-lowest", "--keep", "0.5"], 2, "unknown score 'bogus@1'"),
 ])
 def test_select_bad_input_writes_nothing(st, tmp_path, args, code, match):
     from scorebank.stores.manifest import store_manifest_names
@@ -312,7 +312,7 @@ def test_analyze_bench_refuses_an_existing_store_and_leaves_it(tmp_path):
 def test_manifests_of_an_archive_and_of_a_missing_store(st, tmp_path):
     from scorebank.stores.archive import export_archive
 
-    res = run("select", st.path, "--score", "el2n@2", "--strategy", "keep-lowest", "--fraction", "0.5",
+    res = run("select", st.path, "--score", "el2n@2", "--strategy", "keep-lowest", "--keep", "0.5",
               "--out", tmp_path / "m.json", "--name", "low")
     assert res.exit_code == 0, res.output
     archive = tmp_path / "s.scorebank.zip"
@@ -327,7 +327,7 @@ def test_manifests_of_an_archive_and_of_a_missing_store(st, tmp_path):
     assert res.exit_code == 0 and "keep-lowest" in res.output and "20/40" in res.output
     for missing in (tmp_path / "nothing.zarr", tmp_path / "nothing.zip"):
         res = run("analyze", missing, "manifests")
-        assert res.exit_code == 1 and "no scorebank store at" in res.output, res.output
+        assert res.exit_code == 2 and "no scorebank store at" in res.output, res.output  # a bad argument
 
 
 def test_curves_json_table_and_plot(tmp_path):
@@ -392,3 +392,96 @@ def test_scheduler_address_of_a_real_cluster(st):
     assert [r["max_events"] for r in doc["per_run"]] == lib["events"].max("example").values.tolist()
     scores = np.array([ref(st[S.TRAIN_CORRECT][i], st[S.COMPLETED][i])[3] for i in range(3)]).mean(0)
     assert {r["example"]: r["score"] for r in doc["most_forgotten"]} == dict(enumerate(scores.tolist()))
+
+
+# ------------------------------------------------------------------------------ 80 columns, arguments
+@pytest.fixture
+def long_store(tmp_path):
+    """21 epochs (more than a table shows by default), classes named like their ids."""
+    st = build_store(tmp_path / "long.zarr", epochs=20, n=60, chunk=16, label_noise=0.2)
+    import zarr
+
+    zarr.open_group(st.path, mode="r+").attrs[S.ATTR_CLASS_NAMES] = ["0", "1", "[red]two[/red]\x1b[2J"]
+    zarr.consolidate_metadata(st.path)
+    return st
+
+
+ANALYSES = [["forgetting"], ["scores", "el2n@2", "forgetting@3", "nmargin@6"], ["correlation", "el2n@2", "margin@6"],
+            ["sensitivity", "loss@1", "--draws", "2"], ["separation"], ["overlap", "--k", "3,5,8"],
+            ["margins", "--by-class"], ["difficulty"], ["noise", "el2n@2", "forgetting"], ["curves"], ["manifests"]]
+
+
+@pytest.mark.parametrize("args", ANALYSES, ids=lambda a: a[0])
+def test_tables_fit_80_columns_without_cutting_headers(long_store, monkeypatch, args):
+    monkeypatch.setenv("COLUMNS", "80")
+    res = run("analyze", long_store.path, *args)
+    assert res.exit_code == 0, res.output
+    assert "…" not in res.output, res.output  # no header (nor cell) cut short
+    assert max(len(line) for line in res.output.splitlines()) <= 80, res.output
+    assert "\x1b" not in res.output and "presentations" in run("analyze", long_store.path, "forgetting").output
+
+
+def test_elided_epochs_are_said(long_store, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    for args in (["overlap", "--k", "3"], ["margins"], ["curves"]):
+        res = run("analyze", long_store.path, *args)
+        assert res.exit_code == 0, res.output
+        text = " ".join(res.output.split())
+        assert "15 of 21" in text and "--all-epochs shows every one" in text, (args, res.output)
+        res = run("analyze", long_store.path, *args, "--all-epochs")
+        assert "15 of 21" not in " ".join(res.output.split()), args
+
+
+def test_a_subcommand_where_the_store_goes_says_the_store_comes_first(st, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # the message names the store's long temporary path
+    for args, fix in ((["forgetting", st.path], f"scorebank analyze {st.path} forgetting"),
+                      (["forgetting"], "scorebank analyze STORE forgetting"),
+                      (["scores", "--runs", "0", st.path, "el2n@1"], f"scorebank analyze {st.path} scores")):
+        res = run("analyze", *args)
+        assert res.exit_code == 2, res.output
+        text = " ".join(res.output.replace("│", " ").split())
+        assert "the store comes first" in text and fix in text and "No such command" not in text, res.output
+    assert run("analyze", st.path, "forgetting").exit_code == 0
+    assert run("analyze", "forgetting", "--help").exit_code == 0
+
+
+def test_select_keep_and_the_old_fraction_spelling(long_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    out = tmp_path / "m.json"
+    res = run("select", long_store.path, "--score", "el2n@2", "--strategy", "keep-highest", "--fraction", "0.5",
+              "--out", out)
+    assert res.exit_code == 2 and not out.exists(), res.output
+    assert "--keep 0.5" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    res = run("select", long_store.path, "--score", "el2n@2", "--strategy", "keep-highest", "--out", out)
+    assert res.exit_code == 2 and "needs --keep F" in " ".join(res.output.split()), res.output
+    res = run("select", long_store.path, "--score", "el2n@2", "--strategy", "keep-highest", "--keep", "0.5",
+              "--out", out, "--no-record")
+    assert res.exit_code == 0, res.output
+    rows = [[c.strip() for c in line.strip("│").split("│")] for line in res.output.splitlines()
+            if line.startswith("│")]
+    sizes = np.bincount(long_store[S.LABEL], minlength=3)
+    kept = json.loads(out.read_text())["counts_per_class"]
+    # classes named by their id are shown once; other names after the id, as plain text
+    assert rows == [["0", str(kept["0"]), str(sizes[0])], ["1", str(kept["1"]), str(sizes[1])],
+                    ["2 [red]two[/red]\\x1b[2J", str(kept["2"]), str(sizes[2])]], res.output
+    assert "…" not in res.output
+
+
+def test_select_on_forgetting_with_never_learned_inf_reports_the_infinite_end(tmp_path):
+    tc = np.random.default_rng(5).random((3, 7, 30)) < 0.5
+    tc[:, 1, 3:] = True
+    tc[:, :, :3] = False  # never learned
+    st = build_store(tmp_path / "f.zarr", n=30, overrides={S.TRAIN_CORRECT: tc})
+    res = run("select", st.path, "--score", "forgetting", "--never-learned", "inf", "--strategy", "stratified",
+              "--keep", "0.5", "--bins", "3", "--out", tmp_path / "m.json", "--no-record", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    from scorebank.analysis import select
+
+    sel = select(st.path, "stratified", score="forgetting", never_learned="inf", fraction=0.5, bins=3)
+    kept = sel.scores[sel.indices]
+    assert doc["kept_score_range"] == [_plain(float(kept.min())), _plain(float(kept.max()))]
+    assert None not in doc["kept_score_range"]
+    res = run("select", st.path, "--score", "forgetting", "--never-learned", "inf", "--strategy", "stratified",
+              "--keep", "0.5", "--bins", "3", "--out", tmp_path / "n.json", "--no-record")
+    assert "kept scores" in res.output and "nan" not in res.output

@@ -21,7 +21,7 @@ def store(tmp_path_factory):
 
 def select(store, out, *extra):
     return CliRunner().invoke(app, ["select", str(store), "--score", "el2n@1", "--strategy", "keep-highest",
-                                    "--fraction", "0.5", "--out", str(out), *extra])
+                                    "--keep", "0.5", "--out", str(out), *extra])
 
 
 def test_refused_recording_leaves_the_existing_manifest_file_untouched(store, tmp_path):
