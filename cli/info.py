@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-
 import typer
 from scorebank.cli.common import console, handle_errors, print_json
 from scorebank.cli.options import JsonOutput
-from scorebank.cli.tables import compact_table
+from scorebank.cli.tables import compact_table, pct
 from scorebank.cli.text import plain
 from scorebank.stores import schema as S
 
@@ -28,23 +26,21 @@ def print_summary(location, summary=None) -> None:
     console.print(f"clean pass recorded at: {shown}"
                   + (f"; features: {', '.join(map(plain, s.features))}" if s.features else ""), highlight=False)
     noisy = S.FEATURE_LABEL_NOISE in s.features
-    extra = ("pristine\nacc", "corrupt\nacc") if noisy else ()
+    extra = ("pristine\nacc %", "corrupt\nacc %") if noisy else ()
     merged = any(r.source is not None for r in s.runs)
     ids = ("run", "seed", "source") if merged else ("seed",)
-    table = compact_table(*ids, "status", "last\nepoch", "train\nacc", *extra, "test\nacc", "separated\nat",
-                          fold=(2,) if merged else ())
+    # accuracies in percent with one decimal and headers over two lines: ten columns fit 80;
+    # separation: the first epoch with 100% clean-pass training accuracy
+    table = compact_table(*ids, "status", "last\nepoch", "train\nacc %", *extra, "test\nacc %", "separ-\nation",
+                          fold=(len(ids) - 1, len(ids)) if merged else (len(ids),), min_fold=8)
     for r in s.runs:
         status = r.status if r.failed_epoch is None else f"{r.status} (epoch {r.failed_epoch})"
-        noise_cols = (_pct(r.pristine_accuracy), _pct(r.corrupt_accuracy)) if noisy else ()
+        noise_cols = (pct(r.pristine_accuracy), pct(r.corrupt_accuracy)) if noisy else ()
         id_cols = (str(r.run), str(r.seed), plain(r.source)) if merged else (str(r.seed),)
         table.add_row(*id_cols, plain(status), "-" if r.last_epoch is None else str(r.last_epoch),
-                      _pct(r.train_accuracy), *noise_cols, _pct(r.test_accuracy),
+                      pct(r.train_accuracy), *noise_cols, pct(r.test_accuracy),
                       "-" if r.separation_epoch is None else str(r.separation_epoch))
     console.print(table)
-
-
-def _pct(v: float) -> str:
-    return "-" if math.isnan(v) else f"{100 * v:.2f}%"
 
 
 def info_command(
