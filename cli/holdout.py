@@ -23,19 +23,18 @@ OPT_JSON = typer.Option(False, "--json", help="Print machine-readable JSON inste
 
 
 class _Progress:
-    """A rich progress bar over every epoch of every model, fed by the library's events
-    (HoldoutEvent or MemorizationEvent: ``kind``, ``epoch``, ``total_epochs``)."""
+    """A rich progress bar over every epoch of every model, fed by the run lifecycle's
+    ProgressEvents (the latest ``done`` of each ``(group, seed)`` model)."""
 
     def __init__(self, models: int, epochs: int, enabled: bool, label: str):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
-        self.per_model = max(1, epochs)
-        self.finished = 0  # models done or skipped
+        self.done: dict[tuple, int] = {}
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                                  disable=not enabled)
-        self.task = self.progress.add_task(label, total=models * self.per_model)
+        self.task = self.progress.add_task(label, total=models * (epochs + 1))
 
     def __enter__(self):
         return self  # the bar appears with the first event, after the library validated everything
@@ -45,15 +44,8 @@ class _Progress:
 
     def __call__(self, event) -> None:
         self.progress.start()
-        if event.kind in ("skip", "done"):
-            self.finished += 1
-            done = self.finished * self.per_model
-        else:
-            done = self.finished * self.per_model + min(event.epoch, self.per_model)
-        what = (f"seed {event.seed} fold {event.fold + 1}/{event.folds}" if hasattr(event, "fold")
-                else f"model {event.model + 1}/{event.models}")
-        self.progress.update(self.task, completed=done,
-                             description=f"{what} epoch {min(event.epoch, event.total_epochs)}/{event.total_epochs}")
+        self.done[(event.group, event.seed)] = event.done
+        self.progress.update(self.task, completed=sum(self.done.values()), description=event.describe())
 
 
 def _epochs(store: Path) -> int:

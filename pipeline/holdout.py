@@ -20,13 +20,17 @@ Store layout: the Zarr group ``holdout`` (``xarray.open_zarr(store, group="holdo
 ``fold_done`` (seed, fold) bool           the fold's probabilities are written.
 
 and attributes ``holdout`` (the :class:`HoldoutSpec` as JSON: K, the training configuration,
-the data set fingerprint) and ``runs`` (per-seed status).  Model k of seed s initialises and
+the data set fingerprint) and ``folds`` (``{"<seed>/<fold>": status}`` of each fold's model).  Model k of seed s initialises and
 shuffles like trainer seed ``HOLDOUT_SEED_OFFSET + s * MAX_FOLDS + k``, so it never reuses a
 scoring or retrain run's initialisation.
 
-Resume: folds are the unit of work.  A fold's probabilities are written (each chunk
-atomically), then its ``fold_done`` flag; a re-run skips done folds and retrains the others,
-and new seeds extend the ``seed`` dimension.  The group is built under a temporary name and
+Resume: folds are the unit of work, each fold's model one run of the shared run lifecycle
+(:mod:`scorebank.pipeline.subset_training`, :func:`scorebank.pipeline.lifecycle.drive_run`:
+status ``running`` / ``complete`` / ``failed`` / ``interrupted``, progress events whose
+``group`` is ``"holdout fold K"`` and ``seed`` the holdout seed).  A fold's probabilities are
+written (each chunk atomically), then its ``fold_done`` flag; a re-run skips done (and
+diverged) folds and retrains the others from scratch, and new seeds extend the ``seed``
+dimension.  The group is built under a temporary name and
 renamed into place, so it is either absent or complete.
 """
 
@@ -46,8 +50,9 @@ import zarr
 
 from scorebank.pipeline.config import ScoreConfig
 from scorebank.pipeline.datasets import ImageData
-from scorebank.pipeline.subset_training import (StoreTraining, check_count, load_store_training,
-                                                predict_probabilities, train_on_subset)
+from scorebank.pipeline.lifecycle import ProgressEvent
+from scorebank.pipeline.subset_training import (StoreTraining, SubsetSlot, check_count, load_store_training,
+                                                predict_probabilities, train_subset_model)
 from scorebank.stores import heldout as H
 from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
@@ -57,6 +62,7 @@ from scorebank.stores.zarrstore import StoreWriter, consolidate, now_iso, scoreb
 GROUP = H.HOLDOUT_GROUP
 SEED, EXAMPLE, CLASS, FOLD = H.SEED, S.EXAMPLE, H.CLASS, H.FOLD
 ASSIGNED_FOLD, PROBABILITY, FOLD_DONE, ATTR_SPEC = H.ASSIGNED_FOLD, H.PROBABILITY, H.FOLD_DONE, H.ATTR_HOLDOUT
+ATTR_FOLDS = "folds"  # {"<seed>/<fold>": status record of that fold's model}
 HOLDOUT_FORMAT = 1
 HOLDOUT_SEED_OFFSET = 2_000_000
 MAX_FOLDS = 1000
@@ -95,21 +101,6 @@ class HoldoutSpec:
             if f.name != "training" and getattr(self, f.name) != getattr(other, f.name):
                 diff[f.name] = (getattr(self, f.name), getattr(other, f.name))
         return diff
-
-
-@dataclass(frozen=True)
-class HoldoutEvent:
-    """Sent to the ``progress`` callback: ``kind`` is ``"fold"`` (fold ``fold`` of ``seed``
-    starts training; ``epoch`` = 0), ``"epoch"`` (an epoch of that fold's model finished),
-    ``"skip"`` (the fold was done already; ``epoch`` = ``total_epochs``) or ``"done"`` (the
-    fold's probabilities are written)."""
-
-    kind: str
-    seed: int
-    fold: int
-    folds: int
-    epoch: int
-    total_epochs: int
 
 
 @dataclass(frozen=True)
@@ -191,7 +182,7 @@ def _create_group(writer: StoreWriter, spec: HoldoutSpec) -> None:
                                                 "fold is done"})
         create_array(group, FOLD_DONE, dims=(SEED, FOLD), shape=(0, k), dtype="bool", chunks=(1, k),
                      attributes={"description": "the fold's out-of-fold probabilities are written"})
-        group.attrs.update({ATTR_SPEC: spec.to_json(), S.ATTR_RUNS: {}, S.ATTR_CREATED: now_iso(),
+        group.attrs.update({ATTR_SPEC: spec.to_json(), ATTR_FOLDS: {}, S.ATTR_CREATED: now_iso(),
                             S.ATTR_VERSION: scorebank_version()})
         os.rename(parent / tmp_name, _group_dir(parent))
     except BaseException:
@@ -214,18 +205,9 @@ def _add_seeds(group: zarr.Group, seeds: Sequence[int], labels: np.ndarray, fold
         arr.resize((total,) + arr.shape[1:])
     for i, s in enumerate(new):
         group[ASSIGNED_FOLD][len(old) + i, :] = fold_assignment(labels, folds, s)
-    runs = dict(group.attrs.get(S.ATTR_RUNS, {}))
-    runs.update({str(s): {"status": S.RUN_PENDING} for s in new})
-    group.attrs[S.ATTR_RUNS] = runs
     seed = group[SEED]
     seed.resize((total,))
     seed[len(old):] = np.asarray(new, dtype=np.int64)
-
-
-def _set_status(group: zarr.Group, seed: int, status: str, **info) -> None:
-    runs = dict(group.attrs.get(S.ATTR_RUNS, {}))
-    runs[str(seed)] = {"status": status, **info}
-    group.attrs[S.ATTR_RUNS] = runs
 
 
 def _open(path: Path) -> zarr.Group:
@@ -234,7 +216,7 @@ def _open(path: Path) -> zarr.Group:
 
 # ----------------------------------------------------------------------------- the engine
 def holdout(store: str | os.PathLike, folds: int, seeds: Sequence[int], *, device: str = "auto",
-            overwrite: bool = False, progress: Callable[[HoldoutEvent], None] | None = None,
+            overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None,
             data: ImageData | None = None) -> list[HoldoutOutcome]:
     """Record K-fold out-of-fold predicted probabilities of every training example of
     ``store`` for each of ``seeds`` into its ``holdout`` group (see the module docstring).
@@ -266,11 +248,13 @@ def holdout(store: str | os.PathLike, folds: int, seeds: Sequence[int], *, devic
         consolidate(st.path)
         group = _open(st.path)  # handles with the new shapes
         failed = []
-        for seed in seeds:
-            outcome, bad = _holdout_seed(group, st, spec, seed, progress)
-            outcomes.append(outcome)
-            failed.extend(bad)
-        consolidate(st.path)
+        try:
+            for seed in seeds:
+                outcome, bad = _holdout_seed(group, st, spec, seed, progress)
+                outcomes.append(outcome)
+                failed.extend(bad)
+        finally:  # the status records, also after Ctrl-C
+            consolidate(st.path)
     if failed:
         what = ", ".join(f"seed {s} fold {k}" for s, k in failed)
         raise RunFailedError(f"{len(failed)} holdout model(s) diverged (non-finite loss): {what}; lower the "
@@ -287,41 +271,43 @@ def _refuse_mismatch(path: Path, old: HoldoutSpec, new: HoldoutSpec) -> None:
             "use the same --folds, or --overwrite to replace it")
 
 
+def _unit(seed: int, fold: int) -> str:
+    return f"{seed}/{fold}"
+
+
 def _holdout_seed(group: zarr.Group, st: StoreTraining, spec: HoldoutSpec, seed: int, progress
                   ) -> tuple[HoldoutOutcome, list[tuple[int, int]]]:
+    """Train (or skip) the K fold models of one seed through the run lifecycle."""
     r = [int(s) for s in group[SEED][:]].index(seed)
     assigned = np.asarray(group[ASSIGNED_FOLD][r, :])  # (N,)
-    epochs = st.config.epochs
     trained = skipped = 0
     failed = []
-    _set_status(group, seed, S.RUN_RUNNING, device=str(st.device))
     for k in range(spec.folds):
-        if bool(group[FOLD_DONE][r, k]):
-            skipped += 1
-            if progress:
-                progress(HoldoutEvent("skip", seed, k, spec.folds, epochs, epochs))
-            continue
-        if progress:
-            progress(HoldoutEvent("fold", seed, k, spec.folds, 0, epochs))
         held = np.flatnonzero(assigned == k)  # (n_k,)
-        train = np.flatnonzero(assigned != k)  # (N - n_k,)
 
-        def on_epoch(e: int, k=k) -> None:
-            if progress:
-                progress(HoldoutEvent("epoch", seed, k, spec.folds, e, epochs))
+        def finish(trainer, held=held, k=k) -> None:
+            probs = predict_probabilities(trainer.model, st.data.train_x[held], st.config.eval_batch_size)  # (n_k, C)
+            row = np.asarray(group[PROBABILITY][r, :, :])  # (N, C)
+            row[held] = probs
+            group[PROBABILITY][r, :, :] = row
+            group[FOLD_DONE][r, k] = True  # last: the fold is complete
 
-        model = train_on_subset(st, train, trainer_seed(seed, k), on_epoch=on_epoch)
-        if model is None:
+        slot = SubsetSlot(seed, is_done=lambda k=k: bool(group[FOLD_DONE][r, k]),
+                          read_status=lambda k=k: dict(group.attrs.get(ATTR_FOLDS, {})).get(_unit(seed, k), {}),
+                          write_status=lambda record, k=k: _set_fold_status(group, seed, k, record),
+                          on_finish=finish)
+        outcome = train_subset_model(st, slot, np.flatnonzero(assigned != k), trainer_seed(seed, k),
+                                     group=f"{GROUP} fold {k}", progress=progress)
+        if outcome.status == S.RUN_FAILED:
             failed.append((seed, k))
-            continue
-        probs = predict_probabilities(model, st.data.train_x[held], st.config.eval_batch_size)  # (n_k, C)
-        row = np.asarray(group[PROBABILITY][r, :, :])  # (N, C)
-        row[held] = probs
-        group[PROBABILITY][r, :, :] = row
-        group[FOLD_DONE][r, k] = True  # last: the fold is complete
-        trained += 1
-        if progress:
-            progress(HoldoutEvent("done", seed, k, spec.folds, epochs, epochs))
-    done = np.asarray(group[FOLD_DONE][r, :]).all()
-    _set_status(group, seed, S.RUN_COMPLETE if done else S.RUN_FAILED, device=str(st.device))
+        elif outcome.skipped:
+            skipped += 1
+        else:
+            trained += 1
     return HoldoutOutcome(seed, trained, skipped), failed
+
+
+def _set_fold_status(group: zarr.Group, seed: int, fold: int, record: dict) -> None:
+    folds = dict(group.attrs.get(ATTR_FOLDS, {}))
+    folds[_unit(seed, fold)] = record
+    group.attrs[ATTR_FOLDS] = folds

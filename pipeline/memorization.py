@@ -26,9 +26,12 @@ group="memorization")``) with
 ``test_correct`` (model, test_example) bool    the same on the test set.
 ``completed`` (model,) bool                    the model's correctness is written.
 
-and the attribute ``memorization`` (the :class:`MemorizationSpec` as JSON).  Resume: a model
-is the unit of work; its values are written (each chunk atomically) and then ``completed``.
-Re-running skips completed models; a larger ``--subsets`` adds models.  The estimate arrays
+and the attributes ``memorization`` (the :class:`MemorizationSpec` as JSON) and ``models``
+(``{"<m>": status}``).  Resume: a model is the unit of work, one run of the shared run
+lifecycle (:mod:`scorebank.pipeline.subset_training`; progress events with ``group``
+``"memorization"`` and ``seed`` = m); its values are written (each chunk atomically) and then
+``completed``.  Re-running skips completed (and diverged) models and trains the others from
+scratch; a larger ``--subsets`` adds models.  The estimate arrays
 that :mod:`scorebank.analysis.memorization` adds to the group are dropped whenever models
 are added (they describe the models they were computed from).
 """
@@ -50,8 +53,9 @@ import zarr
 
 from scorebank.pipeline.config import ScoreConfig
 from scorebank.pipeline.datasets import ImageData
-from scorebank.pipeline.subset_training import (StoreTraining, check_count, load_store_training,
-                                                predict_correct, train_on_subset)
+from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome
+from scorebank.pipeline.subset_training import (StoreTraining, SubsetSlot, check_count, load_store_training,
+                                                predict_correct, train_subset_model)
 from scorebank.stores import heldout as H
 from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
@@ -63,6 +67,7 @@ GROUP = H.MEMORIZATION_GROUP
 MODEL, EXAMPLE, TEST_EXAMPLE = H.MODEL, S.EXAMPLE, H.TEST_EXAMPLE
 IN_SUBSET, CORRECT, TEST_CORRECT, COMPLETED = H.IN_SUBSET, H.CORRECT, H.TEST_CORRECT, H.COMPLETED
 ATTR_SPEC = H.ATTR_MEMORIZATION
+ATTR_MODELS = "models"  # {"<model>": status record of that model}
 MEMORIZATION_FORMAT = 1
 MEMORIZATION_SEED_OFFSET = 3_000_000
 MAX_MODELS = 100_000
@@ -102,19 +107,6 @@ class MemorizationSpec:
             if f.name != "training" and getattr(self, f.name) != getattr(other, f.name):
                 diff[f.name] = (getattr(self, f.name), getattr(other, f.name))
         return diff
-
-
-@dataclass(frozen=True)
-class MemorizationEvent:
-    """Sent to the ``progress`` callback: ``kind`` is ``"model"`` (model ``model`` starts;
-    ``epoch`` = 0), ``"epoch"`` (one of its epochs finished), ``"skip"`` (it was completed
-    already) or ``"done"`` (its correctness is written)."""
-
-    kind: str
-    model: int
-    models: int
-    epoch: int
-    total_epochs: int
 
 
 @dataclass(frozen=True)
@@ -182,7 +174,7 @@ def _create_group(writer: StoreWriter, spec: MemorizationSpec) -> None:
                                                                        "training"})
         create_array(group, COMPLETED, dims=(MODEL,), shape=(0,), dtype="bool", chunks=(1024,),
                      attributes={"description": "the model's correctness is written"})
-        group.attrs.update({ATTR_SPEC: spec.to_json(), S.ATTR_CREATED: now_iso(),
+        group.attrs.update({ATTR_SPEC: spec.to_json(), ATTR_MODELS: {}, S.ATTR_CREATED: now_iso(),
                             S.ATTR_VERSION: scorebank_version()})
         os.rename(writer.path / tmp_name, writer.path / GROUP)
     except BaseException:
@@ -209,7 +201,7 @@ def _add_models(path: Path, group: zarr.Group, models: int, spec: MemorizationSp
 
 
 def memorization(store: str | os.PathLike, subsets: int, keep: float = 0.7, *, device: str = "auto",
-                 overwrite: bool = False, progress: Callable[[MemorizationEvent], None] | None = None,
+                 overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None,
                  data: ImageData | None = None) -> MemorizationOutcome:
     """Train models 0..``subsets``-1 on random subsets of a fraction ``keep`` of the store's
     training examples and record subsets and correctness into the ``memorization`` group (see
@@ -240,13 +232,17 @@ def memorization(store: str | os.PathLike, subsets: int, keep: float = 0.7, *, d
         consolidate(st.path)
         group = _open(st.path)
         trained, skipped, failed = 0, 0, []
-        for m in range(subsets):
-            status = _train_model(group, st, spec, m, subsets, progress)
-            trained += status == "trained"
-            skipped += status == "skipped"
-            if status == "failed":
-                failed.append(m)
-        consolidate(st.path)
+        try:
+            for m in range(subsets):
+                outcome = _train_model(group, st, spec, m, progress)
+                if outcome.status == S.RUN_FAILED:
+                    failed.append(m)
+                elif outcome.skipped:
+                    skipped += 1
+                else:
+                    trained += 1
+        finally:  # the status records, also after Ctrl-C
+            consolidate(st.path)
     if failed:
         raise RunFailedError(f"{len(failed)} subset model(s) diverged (non-finite loss): models {failed!r}; "
                              "lower the store's learning rate; the other models are in the store")
@@ -266,28 +262,23 @@ def _refuse_mismatch(path: Path, old: MemorizationSpec, new: MemorizationSpec) -
             "use the same --keep, or --overwrite to replace it")
 
 
-def _train_model(group: zarr.Group, st: StoreTraining, spec: MemorizationSpec, m: int, models: int,
-                 progress) -> str:
-    epochs = st.config.epochs
-    if bool(group[COMPLETED][m]):
-        if progress:
-            progress(MemorizationEvent("skip", m, models, epochs, epochs))
-        return "skipped"
-    if progress:
-        progress(MemorizationEvent("model", m, models, 0, epochs))
-    subset = np.flatnonzero(np.asarray(group[IN_SUBSET][m, :]))  # (subset_size,)
-
-    def on_epoch(e: int) -> None:
-        if progress:
-            progress(MemorizationEvent("epoch", m, models, e, epochs))
-
-    model = train_on_subset(st, subset, spec.seed_offset + m, on_epoch=on_epoch)
-    if model is None:
-        return "failed"
+def _train_model(group: zarr.Group, st: StoreTraining, spec: MemorizationSpec, m: int, progress) -> RunOutcome:
+    """Train (or skip) model ``m`` through the run lifecycle."""
     bs, d = st.config.eval_batch_size, st.data
-    group[CORRECT][m, :] = predict_correct(model, d.train_x, d.train_y, bs)
-    group[TEST_CORRECT][m, :] = predict_correct(model, d.test_x, d.test_y, bs)
-    group[COMPLETED][m] = True  # last: the model is complete
-    if progress:
-        progress(MemorizationEvent("done", m, models, epochs, epochs))
-    return "trained"
+
+    def finish(trainer) -> None:
+        group[CORRECT][m, :] = predict_correct(trainer.model, d.train_x, d.train_y, bs)
+        group[TEST_CORRECT][m, :] = predict_correct(trainer.model, d.test_x, d.test_y, bs)
+        group[COMPLETED][m] = True  # last: the model is complete
+
+    slot = SubsetSlot(m, is_done=lambda: bool(group[COMPLETED][m]),
+                      read_status=lambda: dict(group.attrs.get(ATTR_MODELS, {})).get(str(m), {}),
+                      write_status=lambda record: _set_model_status(group, m, record), on_finish=finish)
+    subset = np.flatnonzero(np.asarray(group[IN_SUBSET][m, :]))  # (subset_size,)
+    return train_subset_model(st, slot, subset, spec.seed_offset + m, group=GROUP, progress=progress)
+
+
+def _set_model_status(group: zarr.Group, m: int, record: dict) -> None:
+    models = dict(group.attrs.get(ATTR_MODELS, {}))
+    models[str(m)] = record
+    group.attrs[ATTR_MODELS] = models

@@ -2,15 +2,23 @@
 scores (K-fold out-of-fold probabilities for confident learning, :mod:`.holdout`; subset
 training for memorisation estimates, :mod:`.memorization`).
 
-A subset model is trained exactly like a scoring run of the store (the store's recorded
+A subset model is trained like a scoring run of the store (the store's recorded
 configuration, :class:`~scorebank.pipeline.training.Trainer` with ``indices`` = the subset,
-one pass over the subset per epoch, ``config.epochs`` epochs) and then evaluated once, in
-eval mode without augmentation, on whichever examples the caller asks about.  Nothing here
-writes to a store.
+one pass over the subset per epoch, ``config.epochs`` epochs) but without the per-epoch
+clean pass or GraNd (only the test set is evaluated after each epoch, which also detects
+divergence), and is then evaluated once, in eval mode without augmentation, on whichever
+examples the caller asks about (:meth:`SubsetSlot.finish`).
+
+Each model goes through the run lifecycle every training command shares
+(:func:`scorebank.pipeline.lifecycle.drive_run`: skip, status ``running`` / ``complete`` /
+``failed`` / ``interrupted``, :class:`~scorebank.pipeline.lifecycle.ProgressEvent` per epoch)
+as a :class:`SubsetSlot`: not checkpointed (an interrupted model restarts from scratch), its
+result written once at the end, ``done`` flag last.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -23,9 +31,11 @@ import zarr
 from torch import nn
 
 from scorebank.pipeline.config import ScoreConfig
+from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
 from scorebank.pipeline.datasets import ImageData, load_dataset
 from scorebank.pipeline.scoring import prepare_labels, read_store_config
-from scorebank.pipeline.training import DeviceData, Trainer, correct_from_logits, resolve_device, to_device_data
+from scorebank.pipeline.training import (DeviceData, EpochResult, Trainer, correct_from_logits, resolve_device,
+                                         to_device_data)
 from scorebank.stores import schema as S
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError
 from scorebank.stores.zarrstore import require_store_directory
@@ -92,21 +102,62 @@ def check_count(value, option: str, low: int, high: int | None = None) -> int:
     return int(value)
 
 
-def train_on_subset(st: StoreTraining, indices: np.ndarray, trainer_seed: int, *,
-                    on_epoch: Callable[[int], None] | None = None) -> nn.Module | None:
+class SubsetSlot:
+    """A :class:`~scorebank.pipeline.lifecycle.RunSlot` for one subset model.
+
+    ``is_done()`` reads the model's done flag (the source of truth for "complete");
+    ``read_status()`` / ``write_status(record)`` keep its status record (running, failed,
+    interrupted) in the group's attributes; ``on_finish(trainer)`` evaluates the trained
+    network and writes its result, done flag last.  A record that says ``complete`` without
+    the done flag (a crash in between) counts as no record: the model is trained again."""
+
+    checkpoint = None
+
+    def __init__(self, seed: int, *, is_done: Callable[[], bool], read_status: Callable[[], dict],
+                 write_status: Callable[[dict], None], on_finish: Callable[[Trainer], None]):
+        self.seed = seed
+        self.trainer: Trainer | None = None
+        self._is_done, self._read, self._write, self._on_finish = is_done, read_status, write_status, on_finish
+        self._test_accuracy = float("nan")
+
+    def status(self) -> dict:
+        if self._is_done():
+            return {"status": S.RUN_COMPLETE}
+        record = dict(self._read() or {})
+        return {} if record.get("status") == S.RUN_COMPLETE else record
+
+    def set_status(self, status: str, **info) -> None:
+        self._write({"status": status, **info})
+
+    def write(self, result: EpochResult) -> None:
+        self._test_accuracy = result.per_epoch.get(S.TEST_ACCURACY, self._test_accuracy)
+
+    def finish(self) -> None:
+        self._on_finish(self.trainer)
+
+    def final_test_accuracy(self) -> float:
+        return self._test_accuracy
+
+
+def subset_config(config: ScoreConfig) -> ScoreConfig:
+    """The store's configuration without per-epoch clean passes or GraNd (a subset model
+    records nothing per epoch but its test accuracy)."""
+    return dataclasses.replace(config, record_epochs=(), grand_epochs=())
+
+
+def train_subset_model(st: StoreTraining, slot: SubsetSlot, indices: np.ndarray, trainer_seed: int, *,
+                       group: str, progress: Callable[[ProgressEvent], None] | None = None) -> RunOutcome:
     """Train a fresh network (initialised and shuffled by ``trainer_seed``) on the examples
-    ``indices`` (positions along the store's ``example`` dimension) with the store's
-    configuration; ``on_epoch(e)`` is called after each epoch.  Returns the model, or None
-    when training diverged (non-finite loss)."""
-    pool = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(st.device)
-    trainer = Trainer(st.config, st.data, trainer_seed, st.device, indices=pool)
-    while trainer.epoch < st.config.epochs:
-        _, diverged = trainer.train_epoch()
-        if diverged:
-            return None
-        if on_epoch is not None:
-            on_epoch(trainer.epoch)
-    return trainer.model
+    ``indices`` (positions along the store's ``example`` dimension) through the run
+    lifecycle; ``slot.finish`` writes its result.  Events carry ``group`` and ``slot.seed``."""
+    config = subset_config(st.config)
+
+    def make() -> Trainer:
+        pool = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(st.device)
+        slot.trainer = Trainer(config, st.data, trainer_seed, st.device, indices=pool)
+        return slot.trainer
+
+    return drive_run(slot, make, total_epochs=config.epochs, device=st.device, progress=progress, group=group)
 
 
 @torch.inference_mode()

@@ -121,9 +121,13 @@ def test_resume_retrains_only_unfinished_folds_and_adds_seeds(store, data):
     events = []
     outcomes = holdout(store, 3, [0, 1], device="cpu", data=data, progress=events.append)
     assert [(o.seed, o.folds_trained, o.folds_skipped) for o in outcomes] == [(0, 1, 2), (1, 3, 0)]
-    assert [(e.kind, e.seed, e.fold) for e in events if e.kind in ("skip", "done")] == [
-        ("skip", 0, 0), ("done", 0, 1), ("skip", 0, 2), ("done", 1, 0), ("done", 1, 1), ("done", 1, 2)]
-    assert [e.epoch for e in events if e.kind == "epoch" and e.seed == 1 and e.fold == 0] == list(range(1, EPOCHS + 1))
+    assert [(e.kind, e.seed, e.group) for e in events if e.kind in ("skip", "start")] == [
+        ("skip", 0, "holdout fold 0"), ("start", 0, "holdout fold 1"), ("skip", 0, "holdout fold 2"),
+        ("start", 1, "holdout fold 0"), ("start", 1, "holdout fold 1"), ("start", 1, "holdout fold 2")]
+    fold0 = [e for e in events if e.kind == "epoch" and e.seed == 1 and e.group == "holdout fold 0"]
+    assert [(e.epoch, e.done, e.total) for e in fold0] == [(e, e + 1, EPOCHS + 1) for e in range(EPOCHS + 1)]
+    status = zarr.open_group(store / "holdout").attrs["folds"]
+    assert {k: v["status"] for k, v in status.items()} == {f"{s}/{k}": "complete" for s in (0, 1) for k in range(3)}
     ds = xr.open_zarr(store, group="holdout")
     assert ds["seed"].values.tolist() == [0, 1]
     np.testing.assert_array_equal(ds["probability"].values[0], before[0])
@@ -147,3 +151,20 @@ def test_bad_arguments_write_nothing(store, data, folds, seeds, message):
     with pytest.raises(InvalidArgumentError, match=message):
         holdout(store, folds, seeds, device="cpu", data=data)
     assert not (store / "holdout").exists()
+
+
+def test_ctrl_c_marks_the_fold_interrupted_and_a_rerun_finishes_it(store, data, config):
+    def interrupt(event):
+        if event.group == "holdout fold 1" and event.kind == "epoch" and event.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        holdout(store, 3, [4], device="cpu", data=data, progress=interrupt)
+    group = zarr.open_group(store / "holdout")
+    assert group["fold_done"][0, :].tolist() == [True, False, False]
+    assert group.attrs["folds"]["4/1"] == {"status": "interrupted", "epoch": 1}
+    assert xr.open_zarr(store, group="holdout").sizes["seed"] == 1  # consolidated, readable
+    outcomes = holdout(store, 3, [4], device="cpu", data=data)
+    assert [(o.folds_trained, o.folds_skipped) for o in outcomes] == [(2, 1)]
+    _, expected = independent_oof(config, data, 3, 4)
+    np.testing.assert_array_equal(xr.open_zarr(store, group="holdout")["probability"].values[0], expected)

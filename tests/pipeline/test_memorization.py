@@ -72,8 +72,9 @@ def test_records_equal_independently_trained_models(store, data, config):
     events = []
     outcome = memorization(store, 2, 0.7, device="cpu", data=data, progress=events.append)
     assert (outcome.trained, outcome.skipped, outcome.failed) == (2, 0, ())
-    assert [(e.kind, e.model) for e in events if e.kind != "epoch"] == [
-        ("model", 0), ("done", 0), ("model", 1), ("done", 1)]
+    assert [(e.kind, e.seed, e.group) for e in events if e.kind != "epoch"] == [
+        ("start", 0, "memorization"), ("start", 1, "memorization")]
+    assert [(e.epoch, e.done) for e in events if e.seed == 1 and e.kind == "epoch"] == [(0, 1), (1, 2), (2, 3)]
     ds = xr.open_zarr(store, group="memorization")
     assert dict(ds.sizes) == {"model": 2, "example": N, "test_example": 360}
     assert ds["completed"].values.all()
