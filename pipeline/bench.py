@@ -13,8 +13,8 @@ drift during the run (the weights changing, other load on the machine) hits both
 * ``clean_pass_ratio``: the clean recording pass (margin, EL2N, loss, correct; eval mode)
   / a bare ``torch.inference_mode`` forward over the same examples at the same batch size.
 * ``grand_ratio``: the GraNd pass (exact per-example gradient norms) / plain epoch.
-* ``store_write_ratio``: writing one epoch of every per-example variable (margin, el2n,
-  loss, correct, train_correct, grand) for one run into a Zarr store / plain epoch.
+* ``store_write_ratio``: writing one epoch of every per-example variable of the schema
+  (margin, el2n, loss, correct, train_correct, grand) for one run into a Zarr store / plain epoch.
 * ``optimizer_ratio``: for each requested optimiser, its training epoch / the SGD epoch.
 """
 
@@ -121,9 +121,12 @@ def run_bench(spec: BenchSpec, progress: Callable[[str], None] | None = None) ->
     clean = median(lambda: clean_pass(model, data.train_x, data.train_y, spec.batch_size), "clean pass")
     grand = median(lambda: grand_scores(model, data.train_x, data.train_y, batch_size=spec.batch_size), "GraNd pass")
 
-    scores = {k: v.cpu().numpy() for k, v in clean_pass(model, data.train_x, data.train_y, spec.batch_size).items()}
-    scores[S.TRAIN_CORRECT] = scores[S.CORRECT].copy()
-    scores[S.GRAND] = np.ones(spec.n, dtype=np.float32)
+    # one epoch of every per-example variable of the schema (the clean pass's own values; any
+    # other boolean variable as `correct`, any other float one as ones)
+    measured = {k: v.cpu().numpy() for k, v in clean_pass(model, data.train_x, data.train_y, spec.batch_size).items()}
+    scores = {v.name: measured[v.name] if v.name in measured
+              else measured[S.CORRECT].copy() if v.dtype == "bool" else np.ones(spec.n, dtype=v.dtype)
+              for v in S.variables(frozenset({S.FEATURE_GRAND})) if v.dims == (S.RUN, S.EPOCH, S.EXAMPLE)}
     with tempfile.TemporaryDirectory() as tmp:
         from scorebank.stores.zarrstore import StoreWriter, create_store
 
