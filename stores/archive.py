@@ -82,11 +82,12 @@ import zarr
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from scorebank.core.config import ScoreConfig
 from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError
 from scorebank.stores.jsonfile import InvalidJSONError, loads
-from scorebank.stores.location import ChunkGuard, reading, slice_bytes
+from scorebank.stores.location import ChunkGuard, reading, slice_bytes, store_config
 from scorebank.stores.remote import FsspecReader, LocalReader, RemoteStoreError, require_local_output
 
 MANIFEST = "scorebank-archive.json"
@@ -780,8 +781,6 @@ class ExportResult:
 def config_hash(config_json: str | None) -> str:
     """16-hex-digit hash of a configuration's identity fields
     (:meth:`ScoreConfig.identity_hash`); for text that is no ScoreConfig, a hash of the text."""
-    from scorebank.core.config import ScoreConfig
-
     text = config_json or "{}"
     try:
         return ScoreConfig.from_json(text).identity_hash()
@@ -818,10 +817,7 @@ def _manifest(group, shown: str, *, creator: str | None, license: str | None, la
                      "last_completed_epoch": int(epochs[done[-1]]) if done.size else None,
                      "config_hash": str(hashes[i]),
                      "source": None if sources[i] is None else str(sources[i])})
-    try:
-        config = json.loads(attrs.get(S.ATTR_CONFIG) or "{}")
-    except ValueError:
-        config = {}
+    config = store_config(attrs, shown) or ScoreConfig()
     present = {name for name, _ in group.members()}
     return {
         "format": ARCHIVE_FORMAT,
@@ -838,8 +834,8 @@ def _manifest(group, shown: str, *, creator: str | None, license: str | None, la
         "runs": runs,
         "recorded": {"variables": [v.name for v in S.VARIABLES if v.name in present],
                      "features": list(attrs.get(S.ATTR_FEATURES) or []),
-                     "record_epochs": list(config.get("record_epochs") or []),
-                     "grand_epochs": list(config.get("grand_epochs") or [])},
+                     "record_epochs": list(config.record_epochs),
+                     "grand_epochs": list(config.grand_epochs)},
         "layout": {k: list(v) for k, v in layout.items()},
         "checkpoints": checkpoints,
     }

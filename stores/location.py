@@ -34,7 +34,6 @@ Opening an archive without scorebank, with plain xarray::
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -48,6 +47,7 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
 
+from scorebank.core.config import ScoreConfig
 from scorebank.stores import schema as S
 from scorebank.stores.errors import ScorebankError, StoreNotFoundError
 from scorebank.stores.jsonfile import loads
@@ -314,14 +314,14 @@ def check_attributes(attrs: dict, shown: str) -> frozenset[str]:
     if S.ATTR_CONFIG in attrs:
         text = attrs[S.ATTR_CONFIG]
         try:
-            config = json.loads(text) if isinstance(text, str) else None
-        except (ValueError, RecursionError):
+            config = loads(text, "configuration") if isinstance(text, str) else None
+        except ScorebankError:
             config = None
         if not isinstance(config, dict):
             refuse(S.ATTR_CONFIG, text, "the configuration as a JSON object in a string")
-        for key in ("record_epochs", "grand_epochs"):
+        for key in ("record_epochs", "grand_epochs"):  # the typed reader makes tuples of them
             value = config.get(key)
-            if value is not None and not (isinstance(value, list) and all(_is_int(e) and e >= 0 for e in value)):
+            if key in config and not (isinstance(value, list) and all(_is_int(e) and e >= 0 for e in value)):
                 refuse(f"{S.ATTR_CONFIG}.{key}", value, "a list of non-negative integers")
     runs = attrs.get(S.ATTR_RUNS, {})
     if not isinstance(runs, dict):
@@ -334,6 +334,16 @@ def check_attributes(attrs: dict, shown: str) -> frozenset[str]:
     if sources is not None and not (isinstance(sources, list) and all(isinstance(e, dict) for e in sources)):
         refuse(S.ATTR_SOURCES, sources, "a list of JSON objects")
     return frozenset(features)
+
+
+def store_config(attrs: dict, shown: str) -> ScoreConfig | None:
+    """The store's configuration, typed (:meth:`ScoreConfig.from_json`), after
+    :func:`check_attributes` accepted the attributes; None when the store records none.
+    Fields the store predates read as their defaults; fields this version does not know are
+    ignored."""
+    check_attributes(attrs, shown)
+    text = attrs.get(S.ATTR_CONFIG)
+    return None if text is None else ScoreConfig.from_json(text)
 
 
 def _is_int(v: Any) -> bool:

@@ -3,7 +3,7 @@ the per-example scores), so it is cheap even for remote or archived stores."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -65,7 +65,7 @@ def summarize(ds: xr.Dataset, shown: str | None = None) -> StoreSummary:
     returned; ``shown`` names the store in errors.  A store lacking an array the summary
     reads, with attributes of the wrong type or with a chunk that cannot be decoded raises
     a :class:`~scorebank.stores.errors.ScorebankError` naming it."""
-    from scorebank.stores.location import check_attributes, check_dataset, reading
+    from scorebank.stores.location import check_attributes, check_dataset, reading, store_config
 
     shown = shown or str(ds.encoding.get("source") or "Dataset")
     features = check_attributes(ds.attrs, shown)
@@ -104,9 +104,10 @@ def summarize(ds: xr.Dataset, shown: str | None = None) -> StoreSummary:
             separation_epoch=seps[i],
             pristine_accuracy=float(pristine[i, rec_done[-1]]) if noisy and rec_done.size else math.nan,
             corrupt_accuracy=float(corrupt[i, rec_done[-1]]) if noisy and rec_done.size else math.nan))
-    config = json.loads(ds.attrs.get(S.ATTR_CONFIG, "{}"))
+    config = store_config(ds.attrs, shown)
     return StoreSummary(dataset=ds.attrs.get(S.ATTR_DATASET) or "?",
                         fingerprint=ds.attrs.get(S.ATTR_FINGERPRINT) or "?",
                         n_examples=int(ds.sizes[S.EXAMPLE]), epochs=int(epochs[-1]) if len(epochs) else 0,
-                        recorded_epochs=tuple(config.get("record_epochs") or ()),
-                        features=tuple(ds.attrs.get(S.ATTR_FEATURES, ())), config=config, runs=tuple(rows))
+                        recorded_epochs=config.record_epochs if config else (),
+                        features=tuple(ds.attrs.get(S.ATTR_FEATURES, ())),
+                        config=dataclasses.asdict(config) if config else {}, runs=tuple(rows))
