@@ -20,9 +20,10 @@ Store layout: the Zarr group ``holdout`` (``xarray.open_zarr(store, group="holdo
 ``fold_done`` (seed, fold) bool           the fold's probabilities are written.
 
 and attributes ``holdout`` (the :class:`HoldoutSpec` as JSON: K, the training configuration,
-the data set fingerprint) and ``folds`` (``{"<seed>/<fold>": status}`` of each fold's model).  Model k of seed s initialises and
-shuffles like trainer seed ``HOLDOUT_SEED_OFFSET + s * MAX_FOLDS + k``, so it never reuses a
-scoring or retrain run's initialisation.
+the data set fingerprint) and ``folds`` (``{"<seed>/<fold>": status}`` of each fold's
+model).  Model k of seed s initialises and shuffles like trainer seed
+``HOLDOUT_SEED_OFFSET + s * MAX_FOLDS + k``, so it never reuses a scoring or retrain run's
+initialisation.
 
 Resume: folds are the unit of work, each fold's model one run of the shared run lifecycle
 (:mod:`scorebank.pipeline.subset_training`, :func:`scorebank.pipeline.lifecycle.drive_run`:
