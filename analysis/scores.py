@@ -33,6 +33,7 @@ from scorebank.analysis import access
 from scorebank.analysis.registry import (EPOCH_NONE, EPOCH_REQUIRED, SCORES, ScoreKind, ScoreOptions,
                                          infinite_scores)
 from scorebank.stores import schema as S
+from scorebank.stores.location import require_variables
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError
 
 NMARGIN = "nmargin"
@@ -105,14 +106,18 @@ def available(ds: xr.Dataset, spec: ScoreSpec, seeds: Sequence[int]) -> np.ndarr
 
 
 def check_variables(ds: xr.Dataset, spec: ScoreSpec) -> None:
-    """Refuse, in one line, a score whose store variables this store does not have."""
+    """Refuse, in one line, a score whose store variables this store does not have: with the
+    entry's own reason when it gives one (an optional feature the store was made without:
+    a bad argument, naming the scores the store has), else with the store reader's
+    (:func:`scorebank.stores.location.require_variables`: e.g. the store's format predates
+    the variable)."""
     kind = spec.kind
-    absent = [v for v in kind.variables if v not in ds]
-    if not absent:
+    if all(v in ds.variables for v in kind.variables):
         return
-    present = [k.name for k in (e.value for e in SCORES.entries()) if all(v in ds for v in k.variables)]
-    why = kind.missing or f"this store has no {', '.join(map(repr, absent))}"
-    raise InvalidArgumentError(f"score {str(spec)!r}: {why}; available scores: {', '.join(present)}")
+    if kind.missing:
+        present = [k.name for k in (e.value for e in SCORES.entries()) if all(v in ds for v in k.variables)]
+        raise InvalidArgumentError(f"score {str(spec)!r}: {kind.missing}; available scores: {', '.join(present)}")
+    require_variables(ds, kind.variables, f"score {str(spec)!r}")
 
 
 def check_available(ds: xr.Dataset, spec: ScoreSpec, seeds: Sequence[int]) -> None:

@@ -29,3 +29,21 @@ def test_prob_low_end_is_hard_in_select_and_noise(make_store):
     pairs = [(1.0 if prob[a] < prob[b] else 0.5 if prob[a] == prob[b] else 0.0)
              for a in np.flatnonzero(corrupted) for b in np.flatnonzero(~corrupted)]
     assert float(res["roc_auc"].sel(score="prob@2")) == pytest.approx(np.mean(pairs), abs=1e-12)
+
+
+def test_a_score_on_a_variable_newer_than_the_store_format_is_refused_in_one_line(store, monkeypatch):
+    """A future entry reading a variable added in format 2 (e.g. an in-flight margin for
+    aum@E): on a format-1 store the registry's variables say so before anything is read."""
+    from scorebank.analysis.registry import SCORES, ScoreKind, at_epoch, clean_pass
+    from scorebank.core.registry import Entry
+    from scorebank.stores.location import MissingVariableError
+
+    newer = S.Variable("inflight_margin", (S.RUN, S.EPOCH, S.EXAMPLE), "float32", "toy", since=2)
+    monkeypatch.setitem(S.BY_NAME, newer.name, newer)
+    kind = ScoreKind("toy", lambda ds, seeds, epoch, options: at_epoch(ds, newer.name, seeds, epoch),
+                     high_is_hard=False, variables=(newer.name,), available=clean_pass)
+    monkeypatch.setattr(SCORES, "_entries", {**SCORES._entries, "toy": Entry("toy", kind, "a toy")})
+    with pytest.raises(MissingVariableError, match=r"^score 'toy@3' needs 'inflight_margin', but store format 1 "
+                                                   r"has no 'inflight_margin' \(added in format 2\)") as info:
+        average_score(store.path, "toy@3")
+    assert "\n" not in str(info.value)
