@@ -116,6 +116,11 @@ def parse_epoch_list(text: str, option: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+#: Field metadata key marking what a run records (epoch lists), as opposed to how it trains:
+#: networks that only train (retrain, easy-hard) clear these fields (:func:`recording_fields`).
+RECORDING = "recording"
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     """Everything that determines a scoring run's values, except the seed.
@@ -142,8 +147,8 @@ class ScoreConfig:
     batch_size: int = 128
     schedule: str = "constant"
     augment: bool = False
-    record_epochs: tuple[int, ...] = field(default=())  # clean-pass epochs
-    grand_epochs: tuple[int, ...] = field(default=())
+    record_epochs: tuple[int, ...] = field(default=(), metadata={RECORDING: True})  # clean-pass epochs
+    grand_epochs: tuple[int, ...] = field(default=(), metadata={RECORDING: True})
     eval_batch_size: int = 1024
 
     # ---------------------------------------------------------------- derived
@@ -204,6 +209,11 @@ def short_value(value) -> str:
             return f"{','.join(map(str, items[:3]))},...,{items[-1]} ({len(items)})"
         return f"{len(items)} values starting {items[:3]!r}"
     return repr(value)
+
+
+def recording_fields() -> frozenset[str]:
+    """The :class:`ScoreConfig` fields that say what is recorded (metadata :data:`RECORDING`)."""
+    return frozenset(f.name for f in dataclasses.fields(ScoreConfig) if f.metadata.get(RECORDING))
 
 
 def check_sgd_settings(lr: float, momentum: float, nesterov: bool, weight_decay: float) -> None:

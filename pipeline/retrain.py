@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from scorebank.core.config import short_value
+from scorebank.core.config import recording_fields, short_value
 from scorebank.pipeline.config import ScoreConfig, resolve_config
 from scorebank.pipeline.datasets import ImageData, load_dataset
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
@@ -91,8 +91,9 @@ DATA_FIELDS = ("dataset", "limit", "label_noise", "label_noise_seed")
 if TYPE_CHECKING:
     from scorebank.stores.manifest import Manifest
 
-#: Fields that make no sense for a retrain (it records no clean pass and no GraNd).
-_NOT_OVERRIDABLE = frozenset({"record_epochs", "grand_epochs"})
+#: Fields that make no sense for a retrain (it records no clean pass and no GraNd): what a
+#: scoring run records (:func:`scorebank.core.config.recording_fields`).
+_NOT_OVERRIDABLE = recording_fields()
 
 RETRAIN_FORMAT = 1
 ATTR_RETRAIN = "retrain"
@@ -164,7 +165,7 @@ def retrain_config(base: ScoreConfig, overrides: Mapping | None = None) -> Score
     fields.update(overrides)
     for name in _NOT_OVERRIDABLE:
         fields.pop(name)
-    return resolve_config(record_epochs=(), grand_epochs=(), **fields)
+    return resolve_config(**{name: () for name in _NOT_OVERRIDABLE}, **fields)
 
 
 @dataclass(frozen=True)
