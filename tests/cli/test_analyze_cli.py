@@ -485,3 +485,21 @@ def test_select_on_forgetting_with_never_learned_inf_reports_the_infinite_end(tm
     res = run("select", st.path, "--score", "forgetting", "--never-learned", "inf", "--strategy", "stratified",
               "--keep", "0.5", "--bins", "3", "--out", tmp_path / "n.json", "--no-record")
     assert "kept scores" in res.output and "nan" not in res.output
+
+
+def test_non_finite_scores_are_one_line_failures(tmp_path):
+    margin = np.random.default_rng(1).normal(size=(3, 7, 40))
+    margin[1, 4, [3, 9]] = np.inf
+    bad = build_store(tmp_path / "bad.zarr", chunk=16, overrides={S.MARGIN: margin})
+    for args, what in ((["margins"], "'nmargin@4' is not finite (NaN or inf) for 2 example(s) in run 1"),
+                       (["overlap", "--k", "3"], "'nmargin@4' is not finite (NaN or inf) for 2 example(s) in run 1"),
+                       (["correlation", "margin@4", "el2n@4"], "'margin@4' is infinite for 2 example(s)"),
+                       (["scores", "nmargin@4"], "'nmargin@4' is infinite for 2 example(s)")):
+        res = run("analyze", bad.path, *args)
+        assert res.exit_code == 1, (args, res.output)
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and what in lines[0] and "Warning" not in res.output, (args, res.output)
+    res = run("select", bad.path, "--score", "margin@4", "--strategy", "stratified", "--keep", "0.5",
+              "--out", tmp_path / "m.json")
+    assert res.exit_code == 1 and "'margin@4' is infinite" in res.output and not (tmp_path / "m.json").exists()
+    assert run("analyze", bad.path, "margins", "--epochs", "0,3,6").exit_code == 0
