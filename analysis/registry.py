@@ -18,7 +18,9 @@ One entry per score says everything the rest of scorebank needs to know about it
 * the one-line **help text**, from which the CLI's help and the validation messages are
   generated.
 
-Adding a score computed from stored variables is one decorated function here (and a test)::
+Adding a score computed from stored variables is one decorated function here (and a test),
+built from :func:`at_epoch` (one epoch), :func:`epochs_through` (epochs 1..E, for scores
+summarising training so far) or :func:`per_example` (no run or epoch)::
 
     @score("prob", high_is_hard=False, variables=(S.LOSS,), available=clean_pass,
            help="softmax probability of the training label, exp(-loss)")
@@ -38,6 +40,7 @@ import xarray as xr
 from scorebank.analysis import access
 from scorebank.analysis.forgetting import check_never_learned, lazy_forgetting
 from scorebank.core.registry import Registry
+from scorebank.core.errors import InvalidArgumentError
 from scorebank.stores import schema as S
 
 #: Spec syntaxes: ``NAME@E``, ``NAME[@E]``, ``NAME``.
@@ -128,6 +131,36 @@ def at_epoch(ds: xr.Dataset, name: str, seeds: Sequence[int], epoch: int) -> da.
     float64 Dask array, streamed chunk by chunk."""
     pos = access.epoch_position(ds, epoch)
     return access.select(ds, name, runs=access.run_positions(ds, seeds), epochs=pos).astype(np.float64)
+
+
+def epochs_through(ds: xr.Dataset, name: str, seeds: Sequence[int], last: int, what: str,
+                   available: Callable[[xr.Dataset, Sequence[int]], np.ndarray] = clean_pass) -> da.Array:
+    """A per-example variable at epochs ``1..last`` for the chosen runs: a lazy
+    (run, epoch, example) float64 Dask array, the input of scores that summarise training
+    up to an epoch (AUM's mean in-flight margin, data maps' confidence and variability).
+    Every one of those epochs must be ``available`` in every chosen run; otherwise an
+    :class:`InvalidArgumentError` naming ``what`` (the spec) and the epochs that are."""
+    ep = access.epochs(ds)
+    top = int(ep.max()) if ep.size else 0
+    if not 1 <= int(last) <= top:
+        raise InvalidArgumentError(f"{what} is out of range: it summarises epochs 1..E with 1 <= E <= {top} "
+                                   "(the store's last epoch)")
+    pos = np.flatnonzero((ep >= 1) & (ep <= int(last)))
+    avail = available(ds, seeds)[:, pos]
+    missing = [int(s) for s, ok in zip(seeds, avail.all(axis=1)) if not ok]
+    if missing:
+        common = ep[pos][avail.all(axis=0)]
+        raise InvalidArgumentError(
+            f"{what} needs epochs 1..{int(last)} recorded, but run(s) {missing!r} lack some; epochs >= 1 "
+            f"recorded in all chosen runs: {access.format_epochs(common)}")
+    return access.select(ds, name, runs=access.run_positions(ds, seeds), epochs=pos).astype(np.float64)
+
+
+def per_example(ds: xr.Dataset, name: str, seeds: Sequence[int]) -> da.Array:
+    """A variable with one value per example (no run or epoch: e.g. an input norm) as the
+    lazy (run, example) float64 array scores return, the same row for every run."""
+    x = access.stream(ds[name], ds).data.astype(np.float64)  # (example,)
+    return da.broadcast_to(x[None, :], (len(seeds), x.shape[0]), chunks=((1,) * len(seeds), x.chunks[0]))
 
 
 def _norm_product(ds: xr.Dataset, seeds: Sequence[int]) -> np.ndarray:

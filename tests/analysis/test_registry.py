@@ -47,3 +47,27 @@ def test_a_score_on_a_variable_newer_than_the_store_format_is_refused_in_one_lin
                                                    r"has no 'inflight_margin' \(added in format 2\)") as info:
         average_score(store.path, "toy@3")
     assert "\n" not in str(info.value)
+
+
+def test_building_blocks_for_scores_over_epochs_and_per_example(make_store):
+    import dask
+
+    from scorebank.analysis import access
+    from scorebank.analysis.registry import epochs_through, per_example
+
+    rec = np.ones((3, 7), bool)
+    rec[1, 5] = False  # run 1 has no clean pass at epoch 5
+    st = make_store(recorded=rec, chunk=16)
+    ds = access.open_store(st.path)
+    got = epochs_through(ds, S.LOSS, [2, 0], 3, "confidence@3")
+    assert got.shape == (2, 3, 40)
+    (values,) = dask.compute(np.exp(-got).mean(axis=1))  # e.g. data maps' confidence over epochs 1..3
+    expected = np.exp(-st[S.LOSS][[2, 0], 1:4].astype(np.float64)).mean(axis=1)
+    np.testing.assert_allclose(values, expected, rtol=1e-12)
+    with pytest.raises(InvalidArgumentError, match=r"'?confidence@6'? needs epochs 1\.\.6 recorded, but run\(s\) "
+                                                   r"\[1\] lack some; epochs >= 1 recorded in all chosen runs: 1-4, 6"):
+        epochs_through(ds, S.LOSS, [0, 1], 6, "confidence@6")
+    with pytest.raises(InvalidArgumentError, match=r"confidence@9 is out of range.*1 <= E <= 6"):
+        epochs_through(ds, S.LOSS, [0], 9, "confidence@9")
+    (labels,) = dask.compute(per_example(ds, S.LABEL, [0, 1, 2]))
+    np.testing.assert_array_equal(labels, np.broadcast_to(st[S.LABEL].astype(np.float64), (3, 40)))
