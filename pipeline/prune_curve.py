@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scorebank.pipeline.retrain import (RetrainEvent, RetrainJob, _check_seeds, _store_data, band,
+from scorebank.pipeline.lifecycle import ProgressEvent
+from scorebank.pipeline.retrain import (RetrainJob, _check_seeds, _store_data, band,
                                         check_group_name, full_data_accuracy, plan_retrain, retrain_summary,
                                         run_job)
 from scorebank.stores.errors import InvalidArgumentError
@@ -157,12 +158,13 @@ def plan_cells(strategies: Sequence[str], *, score: str, fractions: Sequence[flo
 
 @dataclass(frozen=True)
 class CurveEvent:
-    """Progress of a curve: ``cell`` (0-based) of ``n_cells``, and the retrain event."""
+    """Progress of a curve: ``cell`` (0-based) of ``n_cells``, and the cell's retrain event
+    (a :class:`~scorebank.pipeline.lifecycle.ProgressEvent` with ``group`` = the cell's name)."""
 
     cell: int
     n_cells: int
     name: str
-    event: RetrainEvent
+    event: ProgressEvent
 
 
 def prune_curve(store: str | os.PathLike, *, score: str, strategies: Sequence[str], seeds: Sequence[int],
@@ -196,7 +198,7 @@ def prune_curve(store: str | os.PathLike, *, score: str, strategies: Sequence[st
                                         overwrite=overwrite)))
     sd = _store_data(store, jobs[0][1], device, data)
     for i, (cell, job) in enumerate(jobs):
-        def relay(event: RetrainEvent, i=i, name=cell.name) -> None:
+        def relay(event: ProgressEvent, i=i, name=cell.name) -> None:
             if progress:
                 progress(CurveEvent(i, len(jobs), name, event))
 

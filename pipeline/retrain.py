@@ -275,19 +275,13 @@ def random_subset(labels: np.ndarray, size: int, seed: int, *, class_counts: Seq
     return np.sort(np.concatenate(parts)).astype(np.int64)
 
 
-# ----------------------------------------------------------------------------- events / results
-#: A retrain's progress events and run outcomes are the shared lifecycle's
-#: (:mod:`scorebank.pipeline.lifecycle`); ``event.group`` names the retrain group.
-RetrainEvent = ProgressEvent
-RetrainOutcome = RunOutcome
-
-
+# ----------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class RetrainResult:
     group: str
     spec: RetrainSpec
     indices: np.ndarray
-    outcomes: tuple[RetrainOutcome, ...]
+    outcomes: tuple[RunOutcome, ...]  # lifecycle outcomes, with the final test accuracy
 
 
 @dataclass
@@ -404,7 +398,7 @@ def retrain(store: str | os.PathLike, indices, name: str, seeds: Sequence[int], 
             overwrite: bool = False, manifest: dict | None = None, source: str = "indices",
             baseline_of: str | None = None, baseline_seed: int | None = None,
             class_balanced: bool | None = None,
-            progress: Callable[[RetrainEvent], None] | None = None,
+            progress: Callable[[ProgressEvent], None] | None = None,
             data: ImageData | StoreData | None = None) -> RetrainResult:
     """Train fresh networks (one per seed) on only the examples ``indices`` of ``store``
     and record their test accuracy and loss per epoch into the group ``retrain/<name>``.
@@ -424,7 +418,7 @@ def retrain(store: str | os.PathLike, indices, name: str, seeds: Sequence[int], 
 
 
 def run_job(store: str | os.PathLike, job: RetrainJob, seeds: tuple[int, ...], sd: StoreData, *,
-            overwrite: bool = False, progress: Callable[[RetrainEvent], None] | None = None) -> RetrainResult:
+            overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None) -> RetrainResult:
     """Train a planned retrain (:func:`plan_retrain`) for ``seeds`` under the store's lock."""
     if sd.fingerprint != job.spec.dataset_fingerprint:
         raise ConfigMismatchError(f"the loaded data (fingerprint {sd.fingerprint!r}) is not the store's "
@@ -445,7 +439,7 @@ def run_job(store: str | os.PathLike, job: RetrainJob, seeds: tuple[int, ...], s
 def retrain_manifest(store: str | os.PathLike, manifest: "str | os.PathLike | Manifest", seeds: Sequence[int], *,
                      name: str | None = None, baseline: str | None = None, baseline_seed: int = 0,
                      overrides: Mapping | None = None, budget: str = "steps", device: str = "auto",
-                     overwrite: bool = False, progress: Callable[[RetrainEvent], None] | None = None,
+                     overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None,
                      data: ImageData | StoreData | None = None) -> list[RetrainResult]:
     """``scorebank retrain``: retrain on a selection manifest (a file path or a
     :class:`~scorebank.stores.manifest.Manifest`) into ``retrain/<name>`` (default: the
