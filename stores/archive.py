@@ -306,6 +306,21 @@ class ArchiveStore(Store):
     def member_names(self) -> list[str]:
         return sorted(self._members)
 
+    @property
+    def file_bytes(self) -> int:
+        """Size of the archive file in bytes: what ``export`` reports and ``inspect`` shows."""
+        return int(self._reader.size)
+
+    def describe(self) -> dict:
+        """What ``inspect`` reports about the archive itself: its manifest without the
+        member table, ``n_members`` (every member, the manifest included, as ``export``
+        counts them), ``member_bytes`` (their stored sizes, manifest excluded) and
+        ``file_bytes`` (the archive file, as ``export`` reports it)."""
+        out = {k: v for k, v in self.manifest.items() if k != "members"}
+        listed = self.manifest["members"]
+        return {**out, "n_members": len(listed) + 1, "member_bytes": sum(m["size"] for m in listed.values()),
+                "file_bytes": self.file_bytes}
+
     def member_size(self, name: str) -> int | None:
         """Size of member ``name`` (what zarr reads for that key), None if there is none."""
         m = self._members.get(name)

@@ -378,3 +378,19 @@ def test_archive_members_are_never_used_as_paths(archive, tmp_path):
     assert listing(tmp_path) == sorted(["extra.zip", "store.zarr"] + [f"store.zarr/{p}" for p in listing(dest)])
     assert not any("readme" in p or "notes" in p for p in listing(tmp_path))
     assert (dest / "zarr.json").is_file()
+
+
+def test_export_and_inspect_report_the_same_size_the_bytes_of_the_file(tmp_path):
+    """Issue 11: export and inspect reported different sizes (file vs sum of members)."""
+    from scorebank.stores.archive import ArchiveStore
+    from scorebank.stores.create import create_store
+
+    store = tmp_path / "s.zarr"
+    create_store(store, n_epochs=1, labels=np.arange(10) % 2, true_labels=np.arange(10) % 2,
+                 original_index=np.arange(10), seeds=(3, 4), features=frozenset(), attrs={})
+    result = export_archive(store, tmp_path / "s.scorebank.zip")
+    described = ArchiveStore(result.path).describe()
+    assert result.bytes == described["file_bytes"] == (tmp_path / "s.scorebank.zip").stat().st_size
+    assert result.members == described["n_members"] == len(zipfile.ZipFile(result.path).namelist())
+    assert described["member_bytes"] < described["file_bytes"]  # zip headers and the manifest come on top
+    assert "members" not in described and described["format"] == "scorebank-archive"

@@ -197,3 +197,22 @@ def test_provenance_names_are_the_schema_s(stores, tmp_path):
     meta = root["consolidated_metadata"]["metadata"]
     assert {name: meta[name]["data_type"] for name in S.RUN_COORDS} == S.RUN_COORD_DTYPES
     assert isinstance(root["attributes"][S.ATTR_SOURCES], list) and S.ATTR_FEATURES in root["attributes"]
+
+
+def test_merging_two_default_stores_says_how_to_fix_it(tmp_path):
+    """The README's merge example on two stores scored with the default seeds 0-2."""
+    from scorebank.stores.create import create_store
+
+    config = _config().to_json()
+    for name in ("lab-a.zarr", "lab-b.zarr"):
+        create_store(tmp_path / name, n_epochs=1, labels=np.arange(8) % 2, true_labels=np.arange(8) % 2,
+                     original_index=np.arange(8), seeds=(0, 1, 2), features=frozenset(),
+                     attrs={S.ATTR_CONFIG: config, S.ATTR_FINGERPRINT: "fp"})
+    with pytest.raises(DuplicateRunsError) as exc:
+        merge_stores([tmp_path / "lab-a.zarr", tmp_path / "lab-b.zarr"], tmp_path / "both.zarr")
+    message = str(exc.value)
+    assert message.startswith(f"seed 0 with configuration {_config().identity_hash()!r} is in both "
+                              f"{str(tmp_path / 'lab-a.zarr')!r} and {str(tmp_path / 'lab-b.zarr')!r}")
+    assert "score one store with other seeds (e.g. 'scorebank score ... --seeds 3-5')" in message
+    assert "--allow-duplicates" in message and "\n" not in message
+    assert not (tmp_path / "both.zarr").exists()
