@@ -180,6 +180,8 @@ def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epoch
             if trainer.epoch >= total_epochs:
                 break
             result = trainer.run_epoch()
+        slot.finish()
+        slot.set_status(S.RUN_COMPLETE, **running)
     except (KeyboardInterrupt, ScorebankError, OSError):
         _mark_interrupted(slot, last)
         try:
@@ -187,8 +189,6 @@ def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epoch
         except Exception:  # noqa: BLE001 - the interruption is what propagates
             pass
         raise
-    slot.finish()
-    slot.set_status(S.RUN_COMPLETE, **running)
     return RunOutcome(seed, S.RUN_COMPLETE, skipped=False, final_test_accuracy=slot.final_test_accuracy())
 
 
