@@ -44,7 +44,7 @@ def _band(lo: float, hi: float) -> str:
 def _print_rows(rows) -> None:
     table = compact_table("group", "kind", "subset", "seeds", "acc %", "16-84 %", "diff")
     for r in rows:
-        table.add_row(plain(r.group), "random" if r.baseline_of is not None else r.source,
+        table.add_row(plain(r.group), "random" if r.baseline_of is not None else plain(r.source),
                       f"{r.subset_size}/{r.n_full}", str(len(r.seeds)), pct(r.mean), _band(r.p16, r.p84),
                       _signed(r.difference))
     console.print(table)
