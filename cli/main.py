@@ -5,12 +5,16 @@ the order a user meets them and tidies every command's help (see its docstring).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
 from importlib import metadata
 
 import typer
+from typer import _click as click
 from typer.core import TyperGroup
 
+from scorebank.cli.common import fail
 from scorebank.cli.options import resolve_late_help
 
 #: ``scorebank --help`` lists the commands in this order (a user's first hour: score, look,
@@ -27,6 +31,14 @@ class App(TyperGroup):
     lists (models, data sets, optimisers) are filled in."""
 
     _listing = False
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: typer.Context):
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
 
     def list_commands(self, ctx: typer.Context) -> list[str]:
         names = super().list_commands(ctx)
@@ -50,6 +62,19 @@ class App(TyperGroup):
             super().format_help(ctx, formatter)
         finally:
             self._listing = False
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """Usage errors (missing option, unknown option, bad value) in every command's style: one
+    line, ``error: ...``, exit status 2 (instead of click's usage line, hint and box)."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise
+    except click.exceptions.UsageError as exc:
+        hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
+        fail(exc.format_message().rstrip(".") + hint, 2)
 
 
 def _plain_flags(params) -> None:

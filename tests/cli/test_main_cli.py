@@ -159,3 +159,17 @@ def test_with_groups_refuses_an_option_declared_twice():
 def test_every_config_option_is_a_config_field():
     fields = {f.name for f in dataclasses.fields(ScoreConfig)}
     assert set(CONFIG_OPTIONS) <= fields and set(OVERRIDABLE) <= set(CONFIG_OPTIONS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compress", "s.zarr"], "error: Missing option '--run'; see 'scorebank compress --help'"),
+    (["info"], "error: Missing argument 'store'; see 'scorebank info --help'"),
+    (["scor"], "error: No such command 'scor'. Did you mean 'score'?; see 'scorebank --help'"),
+    (["score", "--bogus"], "error: No such option: --bogus; see 'scorebank score --help'"),
+    (["score", "--epochs", "x"], "error: Invalid value for '--epochs'"),
+    (["--bogus"], "error: No such option: --bogus; see 'scorebank --help'"),
+])
+def test_usage_errors_are_one_line_in_the_common_style(args, message):
+    r = invoke(*args, env=WIDE)
+    assert r.exit_code == 2
+    assert r.output.startswith(message) and len(r.output.strip().splitlines()) == 1, r.output
