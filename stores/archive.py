@@ -68,7 +68,6 @@ import shutil
 import stat
 import struct
 import threading
-import uuid
 import warnings
 import zipfile
 import zlib
@@ -88,6 +87,7 @@ from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError
 from scorebank.stores.jsonfile import InvalidJSONError, loads
 from scorebank.stores.location import ChunkGuard, reading, slice_bytes, store_config
+from scorebank.stores.partial import clean_stale, partial_path
 from scorebank.stores.remote import FsspecReader, LocalReader, RemoteStoreError, require_local_output
 
 MANIFEST = "scorebank-archive.json"
@@ -907,7 +907,8 @@ def export_archive(source: str | os.PathLike, out: str | os.PathLike, *, creator
             f"--include-checkpoints needs a local store directory; {where.shown!r} is a "
             f"{'remote ' if where.local is None else ''}{where.kind}")
     checkpoints = _checkpoint_files(where) if include_checkpoints else []
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.partial")
+    clean_stale(out_path)
+    tmp = partial_path(out_path)
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             writer = _ZipWriterStore(zf)
@@ -987,7 +988,8 @@ def import_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, progr
         raise ArchiveError(f"archive {store.shown!r} could not be opened as a Zarr store "
                            f"({type(exc).__name__}: {exc})") from None
     n_epochs = int(group[S.EPOCH].shape[0])
-    tmp = dest_path.with_name(f".{dest_path.name}.{uuid.uuid4().hex[:8]}.partial")
+    clean_stale(dest_path)
+    tmp = partial_path(dest_path)
     try:
         dst = zarr.open_group(tmp, mode="w-", zarr_format=3, attributes=dict(group.attrs))
 

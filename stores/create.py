@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -23,6 +22,7 @@ import zarr
 from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import StoreExistsError
+from scorebank.stores.partial import clean_stale, partial_path
 
 
 def scorebank_version() -> str:
@@ -57,7 +57,8 @@ def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, 
     if path.exists():
         raise StoreExistsError(f"{str(path)!r} already exists")
     n = len(labels)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    clean_stale(path)
+    tmp = partial_path(path)
     try:
         root = zarr.open_group(tmp, mode="w", zarr_format=3)
         shapes = {S.RUN: len(seeds), S.EPOCH: n_epochs + 1, S.EXAMPLE: n}

@@ -44,6 +44,7 @@ from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, StoreExistsError,
                                      StoreNotFoundError)
 from scorebank.stores.jsonfile import loads
+from scorebank.stores.partial import clean_stale, partial_path
 
 MANIFEST_FORMAT = "scorebank-manifest"
 MANIFEST_VERSION = 1
@@ -205,7 +206,8 @@ def write_manifest(path: str | os.PathLike, manifest: Manifest) -> Path:
     path = Path(path)
     text = json.dumps(manifest.to_dict(), indent=1) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    clean_stale(path)
+    tmp = partial_path(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -260,6 +262,10 @@ def record_manifest(store: str | os.PathLike, manifest: Manifest) -> str:
         if final.exists():
             raise StoreExistsError(
                 f"the store already has a manifest named {name!r}; choose another --name")
+        # under the store's writer lock no one else is building a manifest: any partial
+        # group is left over from an interrupted one
+        for stale in (path / S.MANIFESTS_GROUP).glob(".partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp_name = f".partial-{uuid.uuid4().hex[:12]}"
         try:
             tmp = group.create_group(tmp_name)

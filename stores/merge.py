@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +65,7 @@ from scorebank.stores.arrays import create_array
 from scorebank.stores.archive import BLOCK_BYTES, Progress, config_hash
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError
 from scorebank.stores.location import reading
+from scorebank.stores.partial import clean_stale, partial_path
 from scorebank.stores.remote import require_local_output
 # ATTR_SOURCES is re-exported: callers import it from here (pipeline/scoring.py)
 from scorebank.stores.schema import ATTR_SOURCES, CONFIG_HASH, RUN_COORDS, SEED, SOURCE, SOURCE_CREATOR  # noqa: F401
@@ -260,7 +260,8 @@ def merge_stores(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *
         if not any(e is r.provenance for e in entries):
             entries.append(r.provenance)
 
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.partial")
+    clean_stale(out_path)
+    tmp = partial_path(out_path)
     try:
         _write(tmp, loaded, runs, ids, epochs, features, n, progress, fmt)
         root = zarr.open_group(tmp, mode="r+", zarr_format=3, use_consolidated=False)
