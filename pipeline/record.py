@@ -44,7 +44,7 @@ import zarr
 from torch import nn
 
 from scorebank.core.errors import (ConfigMismatchError, InvalidArgumentError, RunFailedError,
-                                   StoreExistsError)
+                                   StoreExistsError, StoreNotFoundError)
 from scorebank.pipeline.models import norm_product
 from scorebank.pipeline.training import correct_from_logits, example_scores, load_checkpoint
 from scorebank.stores import schema as S
@@ -303,7 +303,7 @@ class Recorder:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not is_scorebank_store(self.path):
-            raise InvalidArgumentError(f"no scorebank store at {os.fspath(path)!r}; make one with Recorder.create")
+            raise StoreNotFoundError(f"no scorebank store at {os.fspath(path)!r}; make one with Recorder.create")
         root = zarr.open_group(self.path, mode="r", zarr_format=3, use_consolidated=False)
         self.labels = np.asarray(root[S.LABEL][:], dtype=np.int64)
         self.true_labels = np.asarray(root[S.TRUE_LABEL][:], dtype=np.int64)
@@ -383,12 +383,12 @@ class Recorder:
     def n_examples(self) -> int:
         return len(self.labels)
 
-    def run(self, seed: int, *, device: str | torch.device | None = None) -> "Run":
+    def run(self, seed: int) -> "Run":
         """The run of ``seed`` as a context manager (it holds the store's write lock).  An
         existing unfinished run resumes: :attr:`Run.completed_epochs` says what is there."""
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
-        return Run(self, int(seed), device)
+        return Run(self, int(seed))
 
 
 def _labels(values, what: str) -> np.ndarray:
@@ -429,9 +429,8 @@ def _check_same(existing: Recorder, config: dict, labels: np.ndarray, true: np.n
 class Run:
     """One training run (seed) being recorded; use as ``with recorder.run(seed) as run:``."""
 
-    def __init__(self, recorder: Recorder, seed: int, device):
+    def __init__(self, recorder: Recorder, seed: int):
         self.recorder, self.seed = recorder, seed
-        self.device = None if device is None else torch.device(device)
         self._writer: StoreWriter | None = None
         self._completed: list[int] = []
         self._epoch: int | None = None  # epoch whose in-flight results are being gathered
