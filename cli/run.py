@@ -1,0 +1,83 @@
+"""``scorebank run EXPERIMENT.toml`` (or ``--preset NAME``) and ``scorebank presets``: parse,
+call :mod:`scorebank.pipeline.experiment`, print one line per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from scorebank.cli.common import console, handle_errors
+from scorebank.cli.options import Device
+from scorebank.cli.tables import compact_table
+from scorebank.cli.text import plain
+from scorebank.core.errors import InvalidArgumentError
+
+STATUS_SHOWN = {"done": "done (skipped)", "to run": "to run", "rerun": "to run again", "changed": "CHANGED"}
+
+
+def run_command(
+    experiment: Optional[Path] = typer.Argument(None, help="Experiment file (TOML); or give --preset."),
+    preset: Optional[str] = typer.Option(None, help="Run a shipped experiment (see 'scorebank presets')."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (stores, results.json, report/); default: "
+                                                  "./NAME, the experiment's name."),
+    rerun: Optional[list[str]] = typer.Option(None, "--rerun", help="Run this stage again even if done or changed "
+                                                                    "(replacing what it wrote); repeatable."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (what is done, what remains) and exit."),
+    device: Device = "auto",
+) -> None:
+    """Run a staged experiment: stores, stages (score, analyses, select, retrain, prune-curve, compress,
+    easy-hard) and the report, skipping what is done.
+
+    Re-running skips finished stages; a stage whose definition changed since it ran is refused unless
+    --rerun STAGE.  Writes OUT/results.json and OUT/report/index.html."""
+    from scorebank.pipeline.experiment import load_experiment, load_preset, plan, run_experiment
+
+    with handle_errors():
+        if (experiment is None) == (preset is None):
+            raise InvalidArgumentError("give an experiment file or --preset NAME (one of them)")
+        exp = load_preset(preset) if preset is not None else load_experiment(experiment)
+        where = out if out is not None else Path(exp.name)
+        if dry_run:
+            rows = plan(exp, where, rerun=rerun or ())
+            table = compact_table("stage", "kind", "store", "status", "detail")
+            for r in rows:
+                table.add_row(plain(r.stage.name), r.stage.kind, plain(r.stage.store or ""),
+                              STATUS_SHOWN[r.status], plain(r.detail))
+            console.print(table)
+            done = sum(r.status == "done" for r in rows)
+            console.print(f"{done} of {len(rows)} stages done, {len(rows) - done} to run; output in {plain(where)}",
+                          highlight=False)
+            return
+
+        def show(ev) -> None:
+            head = f"[{ev.index + 1}/{ev.total}] {plain(ev.stage.name)} ({ev.stage.kind})"
+            if ev.kind == "skip":
+                console.print(f"{head}: done, skipped", highlight=False)
+            elif ev.kind == "start":
+                console.print(f"{head}: running", highlight=False)
+            else:
+                console.print(f"{head}: finished in {ev.seconds:.1f} s", highlight=False)
+
+        run_experiment(exp, where, device=device, rerun=rerun or (), progress=show)
+        console.print(f"results: {plain(where / 'results.json')}; report: {plain(where / 'report' / 'index.html')}",
+                      highlight=False)
+
+
+def presets_command() -> None:
+    """List the shipped experiments and the paper figure or table each reproduces."""
+    from scorebank.pipeline.experiment import presets
+
+    with handle_errors():
+        table = compact_table("preset", "reproduces", "stages")
+        for exp in presets():
+            table.add_row(plain(exp.name), plain(exp.reproduces),
+                          ", ".join(s.kind for s in exp.stages if s.kind != "report"))
+        console.print(table)
+        console.print("run one with: scorebank run --preset NAME [--out DIR] [--dry-run]", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.command("presets")(presets_command)

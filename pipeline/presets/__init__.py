@@ -1,0 +1,1 @@
+"""Experiment files shipped with scorebank (``scorebank presets``, ``scorebank run --preset NAME``)."""
