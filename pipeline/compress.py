@@ -92,8 +92,8 @@ from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, ScorebankError, StoreExistsError
 from scorebank.stores.summary import separation_epochs
-from scorebank.stores.zarrstore import (StoreWriter, consolidate, now_iso, require_store_directory,
-                                        scorebank_version)
+from scorebank.stores.zarrstore import (IDENTITY_ATTRS, StoreWriter, consolidate, now_iso, require_store_directory,
+                                        root_attrs, scorebank_version)
 
 SCHEDULES = ("immediate", "continuous")
 PAPER_N = 50_000
@@ -311,6 +311,8 @@ def compress(store: str | os.PathLike, config: CompressConfig, *, name: str | No
     existing group of that name is refused unless ``overwrite``."""
     path = require_store_directory(store, "compress")
     name = check_group_name(name or f"run{config.run}-{config.schedule}-keep{config.keep}")
+    # what the compression starts from, checked again under the lock before writing
+    identity = root_attrs(path, IDENTITY_ATTRS + (S.ATTR_CREATED,))
     store_config = read_store_config(path)
     import zarr
 
@@ -340,6 +342,7 @@ def compress(store: str | os.PathLike, config: CompressConfig, *, name: str | No
     start["checkpoint_train_accuracy"] = 1.0 - traj.full_train_error[0]
     start["checkpoint_test_accuracy"] = 1.0 - traj.test_error[0]
     with StoreWriter(path) as writer:
+        writer.check_unchanged(identity, "compress")
         write_compression(writer, name, config, store_config, start, traj, overwrite=overwrite)
     return CompressResult(name, config, start, traj)
 

@@ -26,7 +26,8 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
     cfg = ScoreConfig(**fields)
     _check(isinstance(cfg.dataset, str) and cfg.dataset in DATASETS,
            f"unknown data set {cfg.dataset!r}; --dataset takes {DATASETS.choices()}")
-    _check(isinstance(cfg.model, str) and cfg.model in MODELS, f"unknown model {cfg.model!r}; --model takes {MODELS.choices()}")
+    _check(isinstance(cfg.model, str) and cfg.model in MODELS,
+           f"unknown model {cfg.model!r}; --model takes {MODELS.choices()}")
     _check(isinstance(cfg.optimizer, str) and cfg.optimizer in OPTIMIZERS,
            f"unknown optimizer {cfg.optimizer!r}; --optimizer takes {OPTIMIZERS.choices()}")
     _check(_int(cfg.epochs) and 0 <= cfg.epochs <= MAX_EPOCHS,

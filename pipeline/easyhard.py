@@ -34,7 +34,8 @@ from scorebank.pipeline.retrain import RETRAIN_SEED_OFFSET, check_group_name, lo
 from scorebank.pipeline.training import Trainer, clean_pass
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError, RunFailedError
-from scorebank.stores.zarrstore import StoreWriter, consolidate, now_iso, require_store_directory
+from scorebank.stores.zarrstore import (IDENTITY_ATTRS, StoreWriter, consolidate, now_iso, require_store_directory,
+                                        root_attrs)
 
 GROUP = "easy_hard"
 TRAINED_ON = ("easy", "hard")
@@ -91,7 +92,7 @@ def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshol
 
     if not seeds:
         raise InvalidArgumentError("no seeds given; pass e.g. --seeds 0-2")
-    require_store_directory(store, "easy-hard")
+    identity = root_attrs(require_store_directory(store, "easy-hard"), IDENTITY_ATTRS)  # checked again when writing
     ds = access.open_store(store)
     completed = access.completed_runs(ds)
     if run is None:
@@ -139,11 +140,11 @@ def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshol
                              "clean pass on each part (Coherent Gradients Sec. 4.2)"})
     for key, idx in parts.items():
         result[key.replace("-", "_") + "_indices"] = ((key.replace("-", "_"),), idx.astype(np.int64))
-    _write(store, name, result)
+    _write(store, name, result, identity)
     return result
 
 
-def _write(store: str | os.PathLike, name: str, result: xr.Dataset) -> None:
+def _write(store: str | os.PathLike, name: str, result: xr.Dataset, identity: dict) -> None:
     """Store the result as group ``easy_hard/<name>`` (replacing an earlier one), under the
     store's lock; metadata is re-consolidated afterwards.  The string coordinates
     ``trained_on``/``evaluated_on`` become attrs of the same names (Zarr v3 has no stable
@@ -151,6 +152,7 @@ def _write(store: str | os.PathLike, name: str, result: xr.Dataset) -> None:
     path = Path(store)
     stored = result.drop_vars(["trained_on", "evaluated_on"])
     stored.attrs.update(trained_on=list(TRAINED_ON), evaluated_on=list(PARTS))
-    with StoreWriter(path):
+    with StoreWriter(path) as writer:
+        writer.check_unchanged(identity, "easy-hard")
         stored.to_zarr(path, group=f"{GROUP}/{name}", mode="w", zarr_format=3, consolidated=False)
         consolidate(path)

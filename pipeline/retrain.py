@@ -81,7 +81,8 @@ from scorebank.pipeline.training import DeviceData, EpochResult, Trainer, resolv
 from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, RunFailedError
-from scorebank.stores.zarrstore import StoreWriter, consolidate, now_iso, require_store_directory, scorebank_version
+from scorebank.stores.zarrstore import (IDENTITY_ATTRS, StoreWriter, consolidate, now_iso, require_store_directory,
+                                        root_attrs, scorebank_version)
 
 BUDGETS = ("steps", "epochs")
 BASELINES = ("random",)
@@ -328,6 +329,7 @@ class RetrainJob:
     spec: RetrainSpec
     plan: Budget
     manifest: dict | None
+    store_attrs: dict = dataclasses.field(default_factory=dict)  # the store's identity when planned
 
 
 def store_identity(store: str | os.PathLike) -> tuple[str, int]:
@@ -347,6 +349,8 @@ def plan_retrain(store: str | os.PathLike, indices, name: str, *, overrides: Map
     options, step budget, gradient estimator, and (unless ``overwrite``) that an existing
     group of that name holds the same subset and options (:class:`ConfigMismatchError`)."""
     check_group_name(name)
+    # the store's identity, checked again under the lock before anything is written
+    store_attrs = root_attrs(require_store_directory(store, "retraining"), IDENTITY_ATTRS)
     fingerprint, n_full = store_identity(store)
     config = retrain_config(read_store_config(store), overrides)
     kept = check_indices(indices, n_full)
@@ -359,7 +363,7 @@ def plan_retrain(store: str | os.PathLike, indices, name: str, *, overrides: Map
                        total_steps=plan.total_steps, n_full=n_full, subset_size=len(kept),
                        seed_offset=RETRAIN_SEED_OFFSET, dataset_fingerprint=fingerprint, source=source,
                        baseline_of=baseline_of, baseline_seed=baseline_seed, class_balanced=class_balanced)
-    job = RetrainJob(name, kept, spec, plan, manifest)
+    job = RetrainJob(name, kept, spec, plan, manifest, store_attrs)
     if not overwrite and name in retrain_groups(store):
         old_spec, old_idx, _ = read_retrain(store, name)
         _refuse_mismatch(name, old_spec, old_idx, job)
@@ -425,6 +429,7 @@ def run_job(store: str | os.PathLike, job: RetrainJob, seeds: tuple[int, ...], s
                                   f"({job.spec.dataset_fingerprint!r})")
     path = Path(store)
     with StoreWriter(path) as writer:
+        writer.check_unchanged(job.store_attrs, f"retrain {job.name!r}")
         group = _open_or_create_group(writer, job, seeds, overwrite)
         pool = torch.from_numpy(job.indices).to(sd.device)
         outcomes = [_retrain_run(writer, group, job, sd, pool, seed, progress) for seed in seeds]

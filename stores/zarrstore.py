@@ -22,8 +22,8 @@ import zarr
 
 from scorebank.stores import schema as S
 from scorebank.stores.create import consolidate, create_store, now_iso, scorebank_version  # noqa: F401
-from scorebank.stores.errors import (InvalidArgumentError, ScorebankError, StoreExistsError, StoreLockedError,
-                                     StoreNotFoundError)
+from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, ScorebankError, StoreExistsError,
+                                     StoreLockedError, StoreNotFoundError)
 
 
 class StoreWriteError(ScorebankError, OSError):
@@ -60,6 +60,18 @@ def is_scorebank_store(path: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     return S.ATTR_FORMAT in doc.get("attributes", {})
+
+
+def root_attrs(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> dict:
+    """The store's root attributes (only ``keys``, missing ones as None, when given), read
+    from its metadata without zarr."""
+    attrs = json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
+    return dict(attrs) if keys is None else {k: attrs.get(k) for k in keys}
+
+
+#: The root attributes that say which examples a store describes and how it was trained:
+#: what a group written into it (retrain, easy-hard) was computed from.
+IDENTITY_ATTRS = (S.ATTR_CONFIG, S.ATTR_FINGERPRINT)
 
 
 def remove_store(path: str | os.PathLike) -> None:
@@ -125,6 +137,17 @@ class StoreWriter:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+
+    def check_unchanged(self, expected: Mapping, what: str) -> None:
+        """Under the lock: refuse (:class:`ConfigMismatchError`) if a root attribute named in
+        ``expected`` (e.g. from :func:`root_attrs` with :data:`IDENTITY_ATTRS`, read before
+        the lock) has changed: the store was replaced (``score --overwrite``) since ``what``
+        read it, so what it computed does not belong here."""
+        changed = sorted(k for k, v in expected.items() if self.root.attrs.get(k) != v)
+        if changed:
+            raise ConfigMismatchError(
+                f"store {str(self.path)!r} was replaced by another scorebank process since {what} read it "
+                f"(its {', '.join(changed)} changed); nothing was written, run the command again")
 
     # -------------------------------------------------------------- runs
     @property

@@ -146,3 +146,66 @@ def test_event_lines():
     assert ProgressEvent("interrupted", 3, 5, 10, done=6).describe() == (
         "interrupted seed 3 after epoch 5; run the same command again to resume")
     assert ProgressEvent("failed", 1, 4, 10, group="g").describe() == "g seed 1 diverged (non-finite loss) at epoch 4"
+
+
+# ----------------------------------------------------------------------------- a store replaced meanwhile
+def replace_store(path, config):
+    """What a concurrent `scorebank score --overwrite` with another configuration does."""
+    score(config, (9,), path, device="cpu", overwrite=True)
+
+
+def test_retrain_into_a_store_replaced_after_planning_is_refused(tmp_path, tiny_config, monkeypatch):
+    from scorebank.pipeline import retrain as R
+    from scorebank.stores.errors import ConfigMismatchError
+
+    store = tmp_path / "s.zarr"
+    score(tiny_config(epochs=1), (0,), store, device="cpu")
+    real = R.load_store_data
+
+    def load_then_replaced(*args, **kwargs):
+        out = real(*args, **kwargs)
+        replace_store(store, tiny_config(epochs=1, lr=0.01))
+        return out
+
+    monkeypatch.setattr(R, "load_store_data", load_then_replaced)
+    with pytest.raises(ConfigMismatchError, match="was replaced by another scorebank process since retrain 'half' "
+                                                  "read it .its config changed.; nothing was written"):
+        retrain(store, np.arange(0, 200, 2), "half", (0,), device="cpu")
+    assert not (store / "retrain").exists()
+
+
+def test_compress_into_a_store_replaced_while_it_trained_is_refused(tmp_path, tiny_config):
+    from scorebank.pipeline.compress import compress, resolve_compress_config
+    from scorebank.stores.errors import ConfigMismatchError
+
+    store = tmp_path / "s.zarr"
+    cfg = tiny_config(width=64, epochs=8, batch_size=20)  # separates its 200 examples by epoch 8
+    score(cfg, (0,), store, device="cpu")
+    replaced = []
+
+    def progress(event):
+        if not replaced:
+            replaced.append(True)
+            replace_store(store, cfg)  # even with the same configuration: the checkpoint is another one
+
+    with pytest.raises(ConfigMismatchError, match="since compress read it .its created changed."):
+        compress(store, resolve_compress_config(cfg, run=0, keep=50, epochs=1), device="cpu", progress=progress)
+    assert not (store / "compress").exists()
+
+
+def test_easy_hard_into_a_store_replaced_while_it_trained_is_refused(tmp_path, tiny_config):
+    from scorebank.pipeline.easyhard import easy_hard
+    from scorebank.stores.errors import ConfigMismatchError
+
+    store = tmp_path / "s.zarr"
+    score(tiny_config(epochs=4), (0,), store, device="cpu")
+    replaced = []
+
+    def progress(event):
+        if not replaced:
+            replaced.append(True)
+            replace_store(store, tiny_config(epochs=4, lr=0.01))
+
+    with pytest.raises(ConfigMismatchError, match="since easy-hard read it .its config changed."):
+        easy_hard(store, seeds=(0,), run=0, device="cpu", overrides={"epochs": 1}, progress=progress)
+    assert not (store / "easy_hard").exists()
