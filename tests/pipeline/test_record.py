@@ -299,3 +299,49 @@ def test_cli_commands_work_on_recorder_store(tmp_path, tiny_config, digits):
     assert both.sizes["run"] == 2
     np.testing.assert_array_equal(both.margin.isel(run=1).values,
                                   xr.open_zarr(tmp_path / "b.zarr").margin.isel(run=0).values)
+
+
+class KeywordNet(torch.nn.Module):
+    """A model called with keyword inputs that returns a dict, like Hugging Face models."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Linear(4, K)
+
+    def forward(self, features):
+        return {"logits": self.net(features)}
+
+
+class DictData(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"features": self.x[i], "labels": self.y[i]}
+
+
+def test_dict_batches_and_label_noise(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 4, generator=g)
+    true = torch.arange(N) % K
+    noisy = true.clone()
+    noisy[:6] = (noisy[:6] + 1) % K
+    rec = Recorder.create(tmp_path / "n.zarr", labels=noisy, true_labels=true, epochs=1, inputs=x)
+    model = KeywordNet()
+    loader = torch.utils.data.DataLoader(IndexedDataset(DictData(x, noisy)), batch_size=8, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    with rec.run(seed=0) as run:
+        values = run.record_epoch(0, model, loader, test=torch.utils.data.DataLoader(DictData(x, true), batch_size=5))
+    margin, _, loss = reference_scores(model.net, x, noisy)
+    ds = xr.open_zarr(rec.path)
+    np.testing.assert_allclose(ds.margin.sel(run=0, epoch=0).values, margin, rtol=1e-5, atol=1e-6)
+    corrupt = np.arange(N) < 6
+    assert ds.corrupted.values.tolist() == corrupt.tolist()
+    assert values["corrupt_accuracy"] == pytest.approx((margin[corrupt] > 0).mean())
+    assert values["pristine_accuracy"] == pytest.approx((margin[~corrupt] > 0).mean())
+    assert values["pristine_loss"] == pytest.approx(loss[~corrupt].mean(), rel=1e-5)
+    assert values["test_accuracy"] == pytest.approx((reference_scores(model.net, x, true)[0] > 0).mean())
