@@ -544,16 +544,24 @@ def _stored_size(where: Resolved) -> Callable[[str], int | None]:
     return remote_size
 
 
-@contextlib.contextmanager
-def reading(shown: str, name: str) -> Iterator[None]:
+def reading(shown: str, name: str) -> contextlib.AbstractContextManager:
     """Turn a failure to decode array ``name`` of store ``shown`` into a scorebank error."""
+    return _failing_as(shown, (ValueError, TypeError, RuntimeError, OverflowError),
+                       lambda exc: CorruptStoreError(f"{shown!r}: array {name!r} could not be read "
+                                                     f"({type(exc).__name__}: {exc})"))
+
+
+@contextlib.contextmanager
+def _failing_as(shown: str, caught: tuple[type[Exception], ...],
+                error: Callable[[Exception], ScorebankError]) -> Iterator[None]:
+    """Raise ``error(exc)`` for an exception of a ``caught`` type (scorebank's own pass
+    through), and OSErrors as :func:`translate_remote_errors` says."""
     try:
         yield
     except ScorebankError:
         raise
-    except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
-        raise CorruptStoreError(f"{shown!r}: array {name!r} could not be read "
-                                f"({type(exc).__name__}: {exc})") from None
+    except caught as exc:
+        raise error(exc) from None
     except OSError as exc:
         raise translate_remote_errors(shown, exc) from None
 
@@ -773,17 +781,10 @@ def _checked_store(location, storage_options: dict | None, complete: bool) -> tu
     return where, _zarr_store(where, guard)
 
 
-@contextlib.contextmanager
-def _opening(shown: str, what: str) -> Iterator[None]:
+def _opening(shown: str, what: str) -> contextlib.AbstractContextManager:
     """Turn zarr's/xarray's failure to open store ``shown`` as ``what`` into a scorebank error."""
-    try:
-        yield
-    except ScorebankError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreNotFoundError(f"{shown!r} could not be opened as {what}: {exc}") from None
-    except OSError as exc:
-        raise translate_remote_errors(shown, exc) from None
+    return _failing_as(shown, (ValueError, KeyError, TypeError),
+                       lambda exc: StoreNotFoundError(f"{shown!r} could not be opened as {what}: {exc}"))
 
 
 def open_scores(location: str | os.PathLike, *, chunks: dict | str | None = "auto_store",

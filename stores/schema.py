@@ -184,6 +184,14 @@ class Variable:
         return out
 
 
+def _label_noise_pair(accuracy: str, loss: str, examples: str) -> tuple[Variable, Variable]:
+    """The clean-pass accuracy and mean loss on one group of examples of a label-noise store."""
+    return (Variable(accuracy, (RUN, EPOCH), "float32", f"clean-pass training accuracy {examples}", "fraction",
+                     feature=FEATURE_LABEL_NOISE),
+            Variable(loss, (RUN, EPOCH), "float32", f"clean-pass mean cross-entropy {examples}", "nat",
+                     feature=FEATURE_LABEL_NOISE))
+
+
 _REX = (RUN, EPOCH, EXAMPLE)
 _RE = (RUN, EPOCH)
 _X = (EXAMPLE,)
@@ -215,18 +223,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(TRAIN_LOSS, _RE, "float32", "mean cross-entropy on the training set, clean pass", "nat"),
     Variable(TEST_ACCURACY, _RE, "float32", "accuracy on the test set (eval mode)", "fraction"),
     Variable(TEST_LOSS, _RE, "float32", "mean cross-entropy on the test set (eval mode)", "nat"),
-    Variable(PRISTINE_ACCURACY, _RE, "float32",
-             "clean-pass training accuracy on examples whose label was not corrupted",
-             "fraction", feature=FEATURE_LABEL_NOISE),
-    Variable(PRISTINE_LOSS, _RE, "float32",
-             "clean-pass mean cross-entropy on examples whose label was not corrupted",
-             "nat", feature=FEATURE_LABEL_NOISE),
-    Variable(CORRUPT_ACCURACY, _RE, "float32",
-             "clean-pass training accuracy (w.r.t. the corrupted label) on corrupted examples",
-             "fraction", feature=FEATURE_LABEL_NOISE),
-    Variable(CORRUPT_LOSS, _RE, "float32",
-             "clean-pass mean cross-entropy (w.r.t. the corrupted label) on corrupted examples",
-             "nat", feature=FEATURE_LABEL_NOISE),
+    *_label_noise_pair(PRISTINE_ACCURACY, PRISTINE_LOSS, "on examples whose label was not corrupted"),
+    *_label_noise_pair(CORRUPT_ACCURACY, CORRUPT_LOSS, "(w.r.t. the corrupted label) on corrupted examples"),
     Variable(COMPLETED, _RE, "bool", "epoch e of this run finished and all its values are written"),
     Variable(RECORDED, _RE, "bool", "the clean pass (margin, el2n, loss, correct) ran at this epoch"),
     Variable(LABEL, _X, "int64", "label used for training (after label noise)"),

@@ -35,3 +35,34 @@ def counting_store():
             return await self._store.get(key, prototype, byte_range)
 
     return CountingStore
+
+
+def _rezip(archive, out, replace: dict):
+    """``archive`` with members replaced (None: removed) and the manifest's member table
+    re-listed, as an attacker who rewrites the whole archive would do; returns ``out``."""
+    import hashlib
+    import json
+    import zipfile
+
+    from scorebank.stores.archive import MANIFEST
+
+    with zipfile.ZipFile(archive) as zf:
+        members = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    for name, data in replace.items():
+        if data is None:
+            members.pop(name, None)
+        else:
+            members[name] = data
+    manifest = json.loads(members.pop(MANIFEST))
+    manifest["members"] = {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in members.items()}
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        zf.writestr(MANIFEST, json.dumps(manifest))
+    return out
+
+
+@pytest.fixture
+def rezip():
+    """``rezip(archive, out, {member: bytes or None})``: a tampered, re-listed archive."""
+    return _rezip
