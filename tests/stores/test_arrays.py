@@ -6,6 +6,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 
@@ -82,3 +83,20 @@ def test_every_written_codec_is_one_the_readers_accept():
     from scorebank.stores.location import ALLOWED_CODECS
 
     assert {c["name"] for chain in S.CODECS.values() for c in chain} <= ALLOWED_CODECS
+
+
+def test_a_new_store_declares_its_arrays_as_the_first_release_did(tmp_path):
+    """Everything but the chunk layout (export re-chunks) of every array create_store writes
+    equals the format-1 archive's metadata: data type, fill value, codecs, dimensions, attributes."""
+    from scorebank.stores.create import create_store
+
+    arrays = _archive_arrays()
+    create_store(tmp_path / "new.zarr", n_epochs=3, labels=np.zeros(150, dtype=np.int64),
+                 true_labels=np.zeros(150, dtype=np.int64), original_index=np.arange(150), seeds=(0, 1),
+                 features=frozenset(S.FEATURES), attrs={})
+    keys = ("data_type", "fill_value", "codecs", "dimension_names", "attributes", "shape")
+    written = sorted(p.parent.name for p in (tmp_path / "new.zarr").glob("*/zarr.json"))
+    assert written == sorted(name for name in arrays if "/" not in name)
+    for name in written:
+        meta = json.loads((tmp_path / "new.zarr" / name / "zarr.json").read_text())
+        assert {k: meta[k] for k in keys} == {k: arrays[name][0][k] for k in keys}, name
