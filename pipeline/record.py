@@ -722,48 +722,64 @@ class Run:
 
     @torch.inference_mode()
     def _clean_pass(self, model: nn.Module, train, batch_size: int, forward, what: str) -> dict[str, torch.Tensor]:
-        """margin, el2n, loss, correct ``(N,)`` on the model's device, each example once."""
+        """margin, el2n, loss, correct ``(N,)`` on the model's device, each example once.
+
+        Batches without indices are the next examples in the store's order; with indices
+        they go where the indices say.  Label, repetition and coverage checks are gathered
+        on the device and read once at the end (one sync), before anything is written."""
         rec, n = self.recorder, self.recorder.n_examples
         dev = _model_device(model)
         labels = torch.from_numpy(rec.labels).to(dev)
+        out = {S.MARGIN: torch.empty(n, device=dev), S.EL2N: torch.empty(n, device=dev),
+               S.LOSS: torch.empty(n, device=dev), S.CORRECT: torch.empty(n, dtype=torch.bool, device=dev)}
+        given = labels.clone()  # (N,): the labels the batches carried
+        counts = None  # (N,) int32 presentations, when batches carry indices
+        position = 0
         was_training = model.training
         model.eval()
         try:
-            out: dict[str, torch.Tensor] | None = None
-            seen = torch.zeros(n, dtype=torch.bool, device=dev)
-            position = 0
             for idx, x, y in _batches(train, n, labels, batch_size, f"{what} train"):
                 logits = forward(model, _to(x, dev))
-                b = logits.shape[0] if isinstance(logits, torch.Tensor) else 0
                 if idx is None:
-                    if position + b > n:
-                        raise ExampleIndexError(f"{what}: the clean pass yielded more than the store's {n} examples")
-                    idx = torch.arange(position, position + b)
-                position += b
-                idx = _check_indices(idx, n, f"{what} train")
-                _check_logits(logits, idx.shape[0], rec.num_classes, f"{what} train")
-                idx = idx.to(dev)
-                stored = labels[idx]
+                    b = logits.shape[0] if isinstance(logits, torch.Tensor) else 0
+                    if counts is not None or position + b > n:
+                        raise ExampleIndexError(f"{what}: the clean pass yielded more than the store's {n} examples, "
+                                                "or batches with and without indices")
+                    where = slice(position, position + b)
+                    position += b
+                else:
+                    if position:
+                        raise ExampleIndexError(f"{what}: the clean pass mixes batches with and without indices")
+                    where = _check_indices(idx, n, f"{what} train").to(dev, non_blocking=True)
+                    if counts is None:
+                        counts = torch.zeros(n, dtype=torch.int32, device=dev)
+                    counts.index_add_(0, where, torch.ones_like(where, dtype=torch.int32))
+                _check_logits(logits, labels[where].shape[0], rec.num_classes, f"{what} train")
+                stored = labels[where]
                 if y is not None:
-                    y = y.to(dev).long()
-                    if tuple(y.shape) != tuple(stored.shape) or bool((y != stored).any()):
-                        if tuple(y.shape) != tuple(stored.shape):
-                            raise ShapeError(f"{what}: labels have shape {tuple(y.shape)!r}, expected {tuple(stored.shape)!r}")
-                        raise _label_mismatch(f"{what} train", idx, y, stored)
-                if bool(seen[idx].any()) or idx.unique().numel() != idx.numel():
-                    raise ExampleIndexError(f"{what}: the clean pass yielded an example twice; pass each "
-                                      "training example once (no shuffling, no sampler repeats)")
-                seen[idx] = True
-                scores = example_scores(logits, stored)
-                if out is None:
-                    out = {k: torch.empty(n, dtype=v.dtype, device=dev) for k, v in scores.items()}
-                for k, v in scores.items():
-                    out[k][idx] = v
-            missing = int((~seen).sum())
+                    if tuple(y.shape) != tuple(stored.shape):
+                        raise ShapeError(f"{what}: labels have shape {tuple(y.shape)!r}, expected {tuple(stored.shape)!r}")
+                    given[where] = y.to(dev, non_blocking=True).long()
+                for k, v in example_scores(logits, stored).items():
+                    out[k][where] = v
+            if counts is None:
+                missing, repeated = n - position, 0
+            else:
+                missing, repeated = int((counts == 0).sum()), int((counts > 1).sum())
+            if repeated:
+                k = int(torch.nonzero(counts > 1)[0, 0])
+                raise ExampleIndexError(f"{what}: the clean pass yielded example {k!r} {int(counts[k])} times; pass each "
+                                        "training example once (no sampler repeats)")
             if missing:
-                first = int(torch.nonzero(~seen)[0, 0])
+                first = position if counts is None else int(torch.nonzero(counts == 0)[0, 0])
                 raise ExampleIndexError(f"{what}: the clean pass missed {missing} of {n} examples (first: "
-                                  f"{first!r}); pass every training example (drop_last=False)")
+                                        f"{first!r}); pass every training example (drop_last=False)")
+            wrong = given != labels
+            if bool(wrong.any()):
+                k = int(torch.nonzero(wrong)[0, 0])
+                raise LabelMismatchError(f"{what} train: example {k!r} has label {int(given[k])!r} but the store "
+                                         f"holds {int(labels[k])!r}; the store's labels are fixed at creation "
+                                         "(check the example order)")
             return out
         finally:
             model.train(was_training)
