@@ -90,6 +90,23 @@ def remove_store(path: str | os.PathLike) -> None:
     shutil.rmtree(trash)
 
 
+def writer_active(path: str | os.PathLike) -> bool:
+    """Whether a scorebank process holds the store's write lock now.  A run whose status
+    says ``running`` while no writer is active was killed (``kill -9``, power loss): readers
+    can show it as interrupted; re-running the command resumes it."""
+    try:
+        f = open(Path(path) / S.LOCK_FILE)
+    except OSError:  # no lock file: never written by `score` here, or a read-only copy
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
 class StoreWriter:
     """Writes a run's epochs into an existing store.  Use as a context manager: it holds
     an exclusive lock (``.scorebank.lock``) so two writers never interleave."""

@@ -8,7 +8,8 @@ import zarr
 from scorebank.stores import schema as S
 from scorebank.stores.errors import StoreExistsError, StoreLockedError, StoreNotFoundError
 from scorebank.stores.location import open_scores
-from scorebank.stores.zarrstore import StoreWriteError, StoreWriter, atomic_file, create_store, remove_store
+from scorebank.stores.zarrstore import (StoreWriteError, StoreWriter, atomic_file, create_store, remove_store,
+                                       writer_active)
 
 
 def make(path, n=5, epochs=3, seeds=(0, 1), features=frozenset()):
@@ -157,3 +158,16 @@ def test_atomic_file_turns_write_failures_into_one_line_errors(tmp_path):
     with pytest.raises(StoreWriteError, match="Permission denied"):
         with atomic_file(target):
             raise PermissionError(13, "Permission denied")
+
+
+def test_writer_active_only_while_a_writer_holds_the_lock(tmp_path):
+    path = tmp_path / "s.zarr"
+    make(path)
+    assert not writer_active(path)  # no lock file yet
+    with StoreWriter(path):
+        assert writer_active(path)
+    assert not writer_active(path)
+    with StoreWriter(path):  # probing does not disturb the writer's lock
+        writer_active(path)
+        with pytest.raises(StoreLockedError):
+            StoreWriter(path).__enter__()
