@@ -286,10 +286,10 @@ def parse_experiment(text: str, source: str) -> Experiment:
         for k, v in raw.items():
             key = spec.keys.get(k)
             if key is None:
-                hint = f"; did you mean {k.replace('_', '-')!r}?" if k.replace("_", "-") in spec.keys else ""
-                raise fail(where, f"unknown key {k!r} for kind {kind!r}{hint} It takes "
-                                  f"{', '.join(spec.keys) or 'no keys'}" if not hint else
-                           f"unknown key {k!r} for kind {kind!r}{hint}")
+                alt = k.replace("_", "-")
+                hint = (f"did you mean {alt!r}?" if alt != k and alt in spec.keys
+                        else f"it takes {', '.join(spec.keys) or 'no keys'}")
+                raise fail(where, f"unknown key {k!r} for kind {kind!r}; {hint}")
             try:
                 options[k] = key.type.convert(v)
             except (TypeError, ValueError):
@@ -473,7 +473,7 @@ def _inputs(ctx: Context, stage: Stage) -> dict:
 def stage_status(ctx: Context, stage: Stage) -> PlanRow:
     """Whether ``stage`` is done, remains, or changed since it ran (see the module docstring)."""
     spec = STAGES.get(stage.kind)
-    definition = stage.definition(None if stage.store is None else str(ctx.store_path(stage)))
+    definition = _definition(ctx, stage)
     entry = ctx.ledger.get("stages", {}).get(stage.name)
     if entry is not None and entry.get("definition") != jsonable(definition):
         if stage.name in ctx.rerun:
@@ -490,6 +490,12 @@ def stage_status(ctx: Context, stage: Stage) -> PlanRow:
         if stage.kind != "report" or (ctx.out / REPORT_DIR / "index.html").is_file():
             return PlanRow(stage, "done")
     return PlanRow(stage, "to run")
+
+
+def _definition(ctx: Context, stage: Stage) -> dict:
+    """What the ledger compares: kind, the store's path as written (relative to the output
+    directory, so a moved directory stays done) and the options as written."""
+    return stage.definition(None if stage.store is None else ctx.experiment.stores[stage.store])
 
 
 def _describe_change(old: dict | None, new: dict) -> str:
@@ -550,7 +556,7 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, *, device: st
             progress(StageEvent("start", i, total, stage))
         t0 = time.perf_counter()
         results = STAGES.get(stage.kind).run(ctx, stage)
-        definition = stage.definition(None if stage.store is None else str(ctx.store_path(stage)))
+        definition = _definition(ctx, stage)
         ctx.ledger.setdefault("stages", {})[stage.name] = jsonable(
             {"definition": definition, "inputs": _inputs(ctx, stage), "results": results,
              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -572,12 +578,11 @@ def _results_doc(ctx: Context, exclude: str | None = None) -> dict:
             continue
         res = ctx.results_of(s.name)
         if res is not None:
-            stages[s.name] = {"kind": s.kind, "store": None if s.store is None else str(ctx.store_path(s)),
+            stages[s.name] = {"kind": s.kind, "store": None if s.store is None else exp.stores[s.store],
                               "results": res}
     return {"experiment": {"name": exp.name, "title": exp.title, "reproduces": exp.reproduces,
                            "source": exp.source, "notes": exp.notes},
-            "published": exp.published, "stores": {k: str(Path(v) if Path(v).is_absolute() else ctx.out / v)
-                                                   for k, v in exp.stores.items()},
+            "published": exp.published, "stores": dict(exp.stores),  # as written: relative to the directory
             "stages": stages}
 
 
@@ -849,7 +854,7 @@ def _select_run(ctx: Context, stage: Stage) -> dict:
         manifest = to_manifest(sel, path, name=name)
         record_manifest(path, manifest)
     write_manifest(ctx.file(stage, ".json"), manifest)
-    return {"name": manifest.name, "manifest": str(ctx.file(stage, ".json")), "n_kept": manifest.n_kept,
+    return {"name": manifest.name, "manifest": f"{stage.name}.json", "n_kept": manifest.n_kept,
             "counts_per_class": manifest.counts_per_class}
 
 
@@ -870,12 +875,25 @@ RETRAIN_KEYS = {"manifest": Key(STR, "the select stage whose manifest is retrain
                 **TRAINING_KEYS}
 
 
+def _check_budget(stage: Stage) -> None:
+    from scorebank.pipeline.retrain import BUDGETS
+
+    if stage.opt("budget", "steps") not in BUDGETS:
+        raise InvalidArgumentError(f"key 'budget' must be one of {', '.join(BUDGETS)}, got {stage.opt('budget')!r}")
+
+
 def _check_retrain(stage: Stage, source: str) -> None:
+    from scorebank.pipeline.retrain import BASELINES
+
     if stage.options.get("manifest") is None:
         raise InvalidArgumentError("key 'manifest' is required: the name of a select stage")
+    if stage.options.get("baseline") not in (None, *BASELINES):
+        raise InvalidArgumentError(f"key 'baseline' must be {' or '.join(BASELINES)}, got {stage.opt('baseline')!r}")
+    _check_budget(stage)
 
 
-def _retrain_groups(ctx: Context, stage: Stage) -> list[str]:
+def _retrain_groups(ctx: Context, stage: Stage) -> tuple[list[str], Stage]:
+    """The retrain groups a retrain stage writes, and the select stage it retrains."""
     ref = next(s for s in ctx.experiment.stages if s.name == stage.opt("manifest"))
     name = stage.name
     return [name] + ([name + ".random"] if stage.options.get("baseline") else []), ref
@@ -942,6 +960,7 @@ def _check_prune(stage: Stage, source: str) -> None:
         raise InvalidArgumentError("key 'score' is required, e.g. score = \"el2n@5\"")
     parse_score(stage.opt("score"))
     _cells(stage)
+    _check_budget(stage)
 
 
 def _prune_done(ctx: Context, stage: Stage) -> bool:
@@ -962,7 +981,7 @@ def _prune_run(ctx: Context, stage: Stage) -> dict:
                         overwrite=stage.name in ctx.rerun)
     write_table(curve, ctx.file(stage, ".csv"), ctx.file(stage, ".json"))
     plot_curve(curve, ctx.file(stage, ".png"))
-    return curve.to_dict()
+    return {**curve.to_dict(), "store": ctx.experiment.stores[stage.store]}
 
 
 STAGES.add("prune-curve", StageKind(PRUNE_KEYS, _prune_run, _prune_done, check=_check_prune),
@@ -1042,15 +1061,15 @@ REPORT_KEYS = {"score": Key(STR, "score of the image grids (default el2n at an e
 
 
 def _report_run(ctx: Context, stage: Stage) -> dict:
-    page = _write_experiment_report(jsonable(_results_doc(ctx)), ctx.out / REPORT_DIR,
+    page = _write_experiment_report(jsonable(_results_doc(ctx)), ctx.out, ctx.out / REPORT_DIR,
                                     score=stage.options.get("score"), per_class=stage.opt("per-class", 6))
-    return {"page": str(page)}
+    return {"page": str(page.relative_to(ctx.out))}
 
 
-def _write_experiment_report(results: dict, where: Path, *, score: str | None, per_class: int) -> Path:
+def _write_experiment_report(results: dict, out: Path, where: Path, *, score: str | None, per_class: int) -> Path:
     from scorebank.analysis.report import write_report
 
-    stores = {name: Path(p) for name, p in results.get("stores", {}).items()}
+    stores = {name: out / p for name, p in results.get("stores", {}).items()}  # an absolute p stays
     inputs = {name: report_inputs(path) for name, path in stores.items() if store_state(path) is not None}
     return write_report(where, inputs, results=results, score=score, per_class=per_class)
 
@@ -1066,7 +1085,7 @@ def experiment_report(out: str | os.PathLike, where: str | os.PathLike, *, score
         raise InvalidArgumentError(f"{str(p)!r} is not a results document written by 'scorebank run'") from None
     if not isinstance(results, dict) or not isinstance(results.get("stores"), dict):
         raise InvalidArgumentError(f"{str(p)!r} is not a results document written by 'scorebank run'")
-    return _write_experiment_report(results, Path(where), score=score, per_class=per_class)
+    return _write_experiment_report(results, Path(out), Path(where), score=score, per_class=per_class)
 
 
 STAGES.add("report", StageKind(REPORT_KEYS, _report_run, None, needs_store=False),
