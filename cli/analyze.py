@@ -11,9 +11,9 @@ from typing import Annotated, Optional
 
 import numpy as np
 import typer
-from typer.core import TyperGroup
+from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
-from scorebank.analysis.registry import score_help
 from scorebank.cli.common import SCHEDULER_HELP, dask_scheduler, handle_errors
 from scorebank.cli.options import OptionGroup, with_groups
 from scorebank.cli.output import MAX_ROWS, Figure, Grid, emit, fmt, thin
@@ -44,7 +44,24 @@ analyze_app = typer.Typer(
     no_args_is_help=True,
 )
 
-SPECS_HELP = score_help()
+#: where a help text lists the score registry; filled in when the help is shown
+#: (:class:`ScoreHelp`), so that building the command line imports no analysis module
+SPECS_HELP = "<<scores>>"
+
+
+class ScoreHelp(TyperCommand):
+    """A command whose help lists the score registry (:func:`scorebank.analysis.registry.score_help`
+    replaces :data:`SPECS_HELP` in its parameters' help when the help is formatted)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        if any(SPECS_HELP in (p.help or "") for p in self.params):
+            from scorebank.analysis.registry import score_help
+
+            text = score_help() if self.rich_markup_mode is None else escape(score_help())  # "forgetting[@E]"
+            for p in self.params:
+                if p.help:
+                    p.help = p.help.replace(SPECS_HELP, text)
+        return super().format_help(ctx, formatter)
 NEVER_HELP = ("Score of examples never classified correctly in a run: 'count' = presentations + 1 "
               "(default), 'inf' = Data Diet's convention.")
 
@@ -89,7 +106,7 @@ SCORED = OptionGroup({
 # ------------------------------------------------------------------------------ helpers
 def command(name: str):
     """Register an ``analyze`` subcommand, its option groups expanded (:func:`with_groups`)."""
-    return lambda function: analyze_app.command(name)(with_groups(function))
+    return lambda function: analyze_app.command(name, cls=ScoreHelp)(with_groups(function))
 
 
 def _store(ctx: typer.Context) -> str:

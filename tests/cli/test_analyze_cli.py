@@ -503,3 +503,22 @@ def test_non_finite_scores_are_one_line_failures(tmp_path):
               "--out", tmp_path / "m.json")
     assert res.exit_code == 1 and "'margin@4' is infinite" in res.output and not (tmp_path / "m.json").exists()
     assert run("analyze", bad.path, "margins", "--epochs", "0,3,6").exit_code == 0
+
+
+def test_score_help_is_generated_from_the_registry_when_shown():
+    import subprocess
+
+    from scorebank.analysis.registry import SCORES
+
+    for args in (["analyze", "s.zarr", "scores", "--help"], ["select", "--help"]):
+        res = run(*args)
+        text = " ".join(res.output.replace("│", " ").split())
+        assert res.exit_code == 0 and "<<scores>>" not in text, res.output
+        for entry in SCORES.entries():
+            assert f"{entry.value.syntax}: {entry.help}"[:30] in text, (args, entry.name)
+    # building the command line (and its top-level help) imports no analysis module
+    code = ("import sys; from typer.testing import CliRunner; from scorebank.cli.main import app; "
+            "assert CliRunner().invoke(app, ['--help']).exit_code == 0; "
+            "print(sorted(m for m in sys.modules if m.startswith('scorebank.analysis')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
