@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scorebank.pipeline.config import ScoreConfig, check_sgd_settings
+from scorebank.pipeline.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, ScoreConfig, check_sgd_settings
 from scorebank.pipeline.datasets import ImageData
 from scorebank.pipeline.models import norm_product
 from scorebank.pipeline.retrain import StoreData, check_group_name, load_store_data
@@ -190,19 +190,21 @@ def resolve_compress_config(store_config: ScoreConfig, *, run: int, schedule: st
                          weight_decay=sc.weight_decay if weight_decay is None else weight_decay,
                          eval_batch_size=sc.eval_batch_size if eval_batch_size is None else eval_batch_size)
     _check(schedule in SCHEDULES, f"unknown --schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    _check(_int(run) and run >= 0, f"--run must be a non-negative seed, got {run!r}")
+    _check(_int(run) and 0 <= run <= MAX_SEED, f"--run must be a non-negative seed, got {run!r}")
     _check(_int(keep) and keep >= 1, f"--keep must be an integer >= 1, got {keep!r}")
-    _check(_int(epochs) and epochs >= 1, f"--epochs must be an integer >= 1, got {epochs!r}")
-    _check(_int(max_epochs_per_stage) and max_epochs_per_stage >= 1,
-           f"--max-epochs-per-stage must be an integer >= 1, got {max_epochs_per_stage!r}")
+    _check(_int(epochs) and 1 <= epochs <= MAX_EPOCHS,
+           f"--epochs must be an integer >= 1, got {epochs!r}; the maximum is {MAX_EPOCHS}")
+    _check(_int(max_epochs_per_stage) and 1 <= max_epochs_per_stage <= MAX_EPOCHS,
+           f"--max-epochs-per-stage must be an integer >= 1, got {max_epochs_per_stage!r}; the maximum is {MAX_EPOCHS}")
     _check(_int(min_epochs_per_stage) and 1 <= min_epochs_per_stage <= max_epochs_per_stage,
            f"--min-epochs-per-stage must be an integer in 1..--max-epochs-per-stage "
            f"({max_epochs_per_stage!r}), got {min_epochs_per_stage!r}")
-    _check(batch_size is None or (_int(batch_size) and batch_size >= 1),
-           f"--batch-size must be an integer >= 1 (or omitted for full-batch gradient descent), got {batch_size!r}")
+    _check(batch_size is None or (_int(batch_size) and 1 <= batch_size <= MAX_BATCH_SIZE),
+           f"--batch-size must be an integer >= 1 (or omitted for full-batch gradient descent), got {batch_size!r}; "
+           f"the maximum is {MAX_BATCH_SIZE}")
     check_sgd_settings(sc.lr if cfg.lr is None else cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
-    _check(_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1,
-           f"--eval-batch-size must be an integer >= 1, got {cfg.eval_batch_size!r}")
+    _check(_int(cfg.eval_batch_size) and 1 <= cfg.eval_batch_size <= MAX_BATCH_SIZE,
+           f"--eval-batch-size must be an integer >= 1, got {cfg.eval_batch_size!r}; the maximum is {MAX_BATCH_SIZE}")
     return cfg
 
 

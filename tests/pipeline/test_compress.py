@@ -176,6 +176,11 @@ def test_run_without_separation_is_refused(tmp_path, data):
     (dict(run=7), "--run 7 is not a run of"),
     (dict(schedule="gradual"), "unknown --schedule 'gradual'"),
     (dict(batch_size=0), "--batch-size must be an integer >= 1"),
+    (dict(epochs=10**12), "--epochs must be an integer >= 1, got 1000000000000; the maximum is 100000"),
+    (dict(schedule="continuous", max_epochs_per_stage=10**9), "--max-epochs-per-stage must be an integer >= 1, got "
+                                                              "1000000000; the maximum is 100000"),
+    (dict(batch_size=10**9), "got 1000000000; the maximum is 1000000"),
+    (dict(eval_batch_size=10**9), "--eval-batch-size must be an integer >= 1, got 1000000000; the maximum is 1000000"),
     (dict(min_epochs_per_stage=5, max_epochs_per_stage=2), "--min-epochs-per-stage must be an integer in 1..--max"),
     (dict(lr=-0.1), "--lr must be a positive number, got -0.1"),
     (dict(lr="fast"), "--lr must be a positive number, got 'fast'"),
