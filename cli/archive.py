@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from scorebank.cli.common import console, err_console, handle_errors, print_json
 from scorebank.cli.options import JsonOutput, Quiet
@@ -136,12 +135,8 @@ def inspect_command(
                             + (f", checkpoints: {len(manifest['checkpoints'])}" if manifest.get("checkpoints") else "")),
                 ("checksums", f"verified ({n_members} members, {_size(n_bytes)})" if verify
                  else "checked per member on read (--verify checks all now)")]
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(justify="right", style="bold", no_wrap=True)
-        grid.add_column(overflow="fold")  # long values wrap under themselves, within the terminal
-        for key, value in rows:
-            grid.add_row(key, plain(value))
-        console.print(grid, highlight=False)
+        for key, value in rows:  # one line each (soft wrap): a fingerprint stays copyable
+            console.print(f"[bold]{key:>11}[/]  {plain(value)}", highlight=False, soft_wrap=True)
         from scorebank.cli.info import print_summary
 
         print_summary(archive, summary)

@@ -96,7 +96,7 @@ def test_inspect_prints_metadata_and_runs(archive, stores):
     for fragment in ("creator  Lab A", "license  CC-BY-4.0", f"fingerprint  {fingerprint}",
                      "dataset  digits (120 examples)", "checked per member on read"):
         assert fragment in result.stdout, fragment
-    rows = [re.match(r"\W+(\d+)\s+\W+complete\s", line) for line in result.stdout.splitlines()]
+    rows = [re.match(r"\W*(\d+)\s+\W*complete\s", line) for line in result.stdout.splitlines()]
     assert [int(m.group(1)) for m in rows if m] == [0, 1]
 
 
