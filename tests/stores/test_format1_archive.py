@@ -24,17 +24,10 @@ ARC, OUT = "{archive}", "{out}"  # placeholders in the arguments and the answers
 VOLATILE = ("created",)  # keys whose value is the time a command ran
 
 
-def _select_fraction() -> str:
-    """``select``'s kept-fraction option: renamed ``--fraction`` -> ``--keep`` (same values)."""
-    from scorebank.cli.main import app
-    from typer.testing import CliRunner
-
-    text = CliRunner().invoke(app, ["select", "--help"], terminal_width=200).stdout
-    return "--keep" if "--keep " in text else "--fraction"
-
-
-def cases(fraction: str = "--fraction") -> dict[str, list[str]]:
-    """``{case id: scorebank arguments}``; a case writing ``{out}/NAME`` also compares that file."""
+def cases() -> dict[str, list[str]]:
+    """``{case id: scorebank arguments}``; a case writing ``{out}/NAME`` also compares that file.
+    ``select --keep`` was ``--fraction`` when the answers were captured (renamed, same values)."""
+    keep = "--keep"
     analyze = ["analyze", ARC]
     out = {
         "inspect": ["inspect", ARC, "--json"],
@@ -57,12 +50,12 @@ def cases(fraction: str = "--fraction") -> dict[str, list[str]]:
         "curves": analyze + ["curves", "--json"],
         "manifests": analyze + ["manifests", "--json"],
     }
-    for strategy, extra in {"keep-highest": ["--score", "el2n@1", fraction, "0.5"],
-                            "keep-lowest": ["--score", "forgetting", fraction, "0.3", "--class-balanced"],
-                            "window": ["--score", "grand@0", fraction, "0.4", "--offset", "0.1"],
-                            "random": [fraction, "0.2", "--seed", "3"],
+    for strategy, extra in {"keep-highest": ["--score", "el2n@1", keep, "0.5"],
+                            "keep-lowest": ["--score", "forgetting", keep, "0.3", "--class-balanced"],
+                            "window": ["--score", "grand@0", keep, "0.4", "--offset", "0.1"],
+                            "random": [keep, "0.2", "--seed", "3"],
                             "smallest-margin": ["--score", "nmargin@3", "--count", "17"],
-                            "stratified": ["--score", "el2n@1", fraction, "0.5", "--bins", "4"]}.items():
+                            "stratified": ["--score", "el2n@1", keep, "0.5", "--bins", "4"]}.items():
         out[f"select-{strategy}"] = ["select", ARC, "--strategy", strategy, *extra, "--name", f"f1-{strategy}",
                                      "--no-record", "--out", f"{OUT}/{strategy}.json", "--json"]
     return out
@@ -150,7 +143,7 @@ def test_every_case_was_captured(expected):
 
 @pytest.mark.parametrize("case", sorted(cases()))
 def test_command_answers_as_the_first_release_did(case, expected, tmp_path):
-    args = cases(_select_fraction())[case]
+    args = cases()[case]
     want = expected["cases"][case]
     assert want["exit_code"] == 0
     _contains(want, run_case(args, tmp_path), case)
