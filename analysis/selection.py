@@ -27,6 +27,10 @@ order by score"), and keep ``round(F * n)`` examples (rounding half up):
     left)``.  Each stratum's examples are then drawn uniformly without replacement,
     strata in increasing order, with one generator seeded with ``S``.
 
+Each strategy is an entry of the registry :data:`STRATEGIES` (the parameters it uses, the
+function choosing what it keeps, whether it ranks by a score and which scores it accepts);
+adding one is one decorated function.
+
 ``class_balanced=True`` applies the rule within each class (training label) separately,
 with ``n`` the class size (and ``F = K / N`` for ``smallest-margin``); random draws use
 one generator across classes in label order.
@@ -36,7 +40,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,13 +48,37 @@ import numpy as np
 from scorebank.analysis import access
 from scorebank.analysis.registry import ScoreOptions
 from scorebank.analysis.scores import NMARGIN, ScoreSpec, average_score, parse_score
+from scorebank.core.registry import Registry
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError
 
-STRATEGIES = ("keep-highest", "keep-lowest", "window", "random", "smallest-margin", "stratified")
-_USES = {"keep-highest": {"fraction"}, "keep-lowest": {"fraction"}, "window": {"fraction", "offset"},
-         "random": {"fraction", "seed"}, "smallest-margin": {"count"},
-         "stratified": {"fraction", "bins", "hard_cutoff", "seed"}}
+
+@dataclass(frozen=True)
+class Strategy:
+    """A selection strategy (an entry of :data:`STRATEGIES`): the rule parameters it
+    ``uses``, ``keep(rule, scores, n, n_total, rng, where)`` giving the positions (0..n-1)
+    kept from one group of ``n`` examples (``where`` names the group in messages), whether
+    it ranks by a score, the score names it accepts (None: any) and whether its manifest
+    records which end is hard."""
+
+    uses: frozenset[str]
+    keep: Callable[..., np.ndarray]
+    uses_score: bool = True
+    scores: tuple[str, ...] | None = None
+    records_hard_end: bool = False
+
+
+#: Every strategy, in display order.
+STRATEGIES: Registry[Strategy] = Registry("strategy", "--strategy")
+
+
+def _strategy(name: str, *, help: str, uses: set[str], **options) -> Callable:
+    """Decorator registering ``keep`` as the strategy ``name``."""
+    def deco(keep: Callable) -> Callable:
+        STRATEGIES.add(name, Strategy(frozenset(uses), keep, **options), help=help)
+        return keep
+    return deco
+
 #: How messages name each parameter (the CLI options); a caller whose command line spells one
 #: differently passes ``options`` (``scorebank select`` says ``--keep`` for ``fraction``).
 OPTIONS = {"fraction": "--fraction", "offset": "--offset", "count": "--count", "seed": "--seed",
@@ -87,14 +115,19 @@ class Rule:
         return dict(self.options).get(name, OPTIONS[name])
 
     @property
+    def kind(self) -> Strategy:
+        """The registry entry of the strategy."""
+        return STRATEGIES.get(self.strategy)
+
+    @property
     def uses_score(self) -> bool:
-        return self.strategy != "random"
+        return self.kind.uses_score
 
     def parameters(self) -> dict:
         """Every parameter of the rule, defaults filled in (for the manifest)."""
-        out = {k: getattr(self, k) for k in sorted(_USES[self.strategy])}
+        out = {k: getattr(self, k) for k in sorted(self.kind.uses)}
         out["class_balanced"] = self.class_balanced
-        if self.strategy == "stratified":
+        if self.kind.records_hard_end:
             out["hard_end"] = "high" if self.high_is_hard else "low"
         return out
 
@@ -110,37 +143,39 @@ def make_rule(strategy: str, *, fraction: float | None = None, offset: float | N
         raise InvalidArgumentError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     given = {k: v for k, v in dict(fraction=fraction, offset=offset, count=count, seed=seed, bins=bins,
                                    hard_cutoff=hard_cutoff).items() if v is not None}
-    extra = sorted(set(given) - _USES[strategy])
+    uses = STRATEGIES.get(strategy).uses
+    extra = sorted(set(given) - uses)
     if extra:
         raise InvalidArgumentError(
             f"--strategy {strategy} does not take {', '.join(opt[k] for k in extra)}; it uses "
-            f"{', '.join(opt[k] for k in sorted(_USES[strategy]))}")
-    if "fraction" in _USES[strategy]:
+            f"{', '.join(opt[k] for k in sorted(uses))}")
+    if "fraction" in uses:
         if fraction is None:
             raise InvalidArgumentError(f"--strategy {strategy} needs {opt['fraction']} F with 0 < F <= 1")
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise InvalidArgumentError(f"{opt['fraction']} {fraction!r} is outside (0, 1]; give e.g. 0.5")
-    if strategy == "window":
+    if "offset" in uses:
         offset = 0.0 if offset is None else offset
         if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset < 1:
             raise InvalidArgumentError(f"--offset {offset!r} is outside [0, 1); give e.g. 0.1")
         if offset + fraction > 1 + 1e-12:
             raise InvalidArgumentError(
-                f"window --offset {offset!r} {opt['fraction']} {fraction!r} runs past the end of the "
+                f"{strategy} --offset {offset!r} {opt['fraction']} {fraction!r} runs past the end of the "
                 f"sorted data (offset + fraction = {offset + fraction:g} > 1); lower one of them")
-    if strategy == "smallest-margin":
+    if "count" in uses:
         if count is None:
-            raise InvalidArgumentError("--strategy smallest-margin needs --count K (examples to keep)")
+            raise InvalidArgumentError(f"--strategy {strategy} needs --count K (examples to keep)")
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
             raise InvalidArgumentError(f"--count {count!r} must be a positive integer")
-    if strategy in ("random", "stratified"):
+    if "seed" in uses:
         seed = 0 if seed is None else seed
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise InvalidArgumentError(f"--seed {seed!r} must be a non-negative integer")
-    if strategy == "stratified":
+    if "bins" in uses:
         bins = DEFAULT_BINS if bins is None else bins
         if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
             raise InvalidArgumentError(f"--bins {bins!r} must be a positive integer (default {DEFAULT_BINS})")
+    if "hard_cutoff" in uses:
         hard_cutoff = 0.0 if hard_cutoff is None else hard_cutoff
         if (isinstance(hard_cutoff, bool) or not isinstance(hard_cutoff, (int, float))
                 or not 0 <= hard_cutoff < 1):
@@ -183,22 +218,44 @@ def strata(scores: np.ndarray, bins: int) -> np.ndarray:
 
 def _apply(rule: Rule, scores: np.ndarray | None, n: int, n_total: int, rng: np.random.Generator,
            where: str) -> np.ndarray:
-    """Positions (0..n-1) kept from one group of ``n`` examples."""
-    if rule.strategy == "random":
-        m = round_half_up(rule.fraction * n)
-        return np.sort(rng.choice(n, m, replace=False)) if m else np.zeros(0, dtype=np.int64)
+    """Positions (0..n-1) kept from one group of ``n`` examples, by the rule's strategy."""
+    return rule.kind.keep(rule, scores, n, n_total, rng, where)
+
+
+@_strategy("keep-highest", uses={"fraction"}, help="the highest-scoring round(F * n) (Data Diet's pruning)")
+def _keep_highest(rule, scores, n, n_total, rng, where):
+    return ascending_order(scores)[n - round_half_up(rule.fraction * n):]
+
+
+@_strategy("keep-lowest", uses={"fraction"}, help="the lowest-scoring round(F * n)")
+def _keep_lowest(rule, scores, n, n_total, rng, where):
+    return ascending_order(scores)[:round_half_up(rule.fraction * n)]
+
+
+@_strategy("window", uses={"fraction", "offset"},
+           help="drop the round(O * n) lowest, keep the next round(F * n) (Data Diet's sliding window)")
+def _window(rule, scores, n, n_total, rng, where):
+    start = round_half_up(rule.offset * n)
+    return ascending_order(scores)[start:min(n, start + round_half_up(rule.fraction * n))]
+
+
+@_strategy("random", uses={"fraction", "seed"}, uses_score=False, help="a uniformly random round(F * n), the baseline")
+def _random(rule, scores, n, n_total, rng, where):
+    m = round_half_up(rule.fraction * n)
+    return np.sort(rng.choice(n, m, replace=False)) if m else np.zeros(0, dtype=np.int64)
+
+
+@_strategy("smallest-margin", uses={"count"}, scores=(NMARGIN, S.MARGIN),
+           help="the K smallest margins (margins paper Sec. 5)")
+def _smallest_margin(rule, scores, n, n_total, rng, where):
+    m = rule.count if n == n_total else round_half_up(rule.count * n / n_total)
+    return ascending_order(scores)[:m]
+
+
+@_strategy("stratified", uses={"fraction", "bins", "hard_cutoff", "seed"}, records_hard_end=True,
+           help="coverage-centric coreset selection (Zheng et al. 2023, Alg. 1)")
+def _stratified(rule, scores, n, n_total, rng, where):
     order = ascending_order(scores)
-    if rule.strategy == "keep-highest":
-        return order[n - round_half_up(rule.fraction * n):]
-    if rule.strategy == "keep-lowest":
-        return order[:round_half_up(rule.fraction * n)]
-    if rule.strategy == "window":
-        start = round_half_up(rule.offset * n)
-        return order[start:min(n, start + round_half_up(rule.fraction * n))]
-    if rule.strategy == "smallest-margin":
-        m = rule.count if n == n_total else round_half_up(rule.count * n / n_total)
-        return order[:m]
-    # stratified
     cut = round_half_up(rule.hard_cutoff * n)
     keep = order[:n - cut] if rule.high_is_hard else order[cut:]
     budget = round_half_up(rule.fraction * n)
@@ -288,10 +345,11 @@ def select(store: access.StoreLike, strategy: str, *, score: str | ScoreSpec | N
         raise InvalidArgumentError(f"--strategy {strategy} needs --score, e.g. --score el2n@20")
     if not rule.uses_score and spec is not None:
         raise InvalidArgumentError(f"--strategy random uses no score; drop --score {str(spec)!r}")
-    if strategy == "smallest-margin" and spec.name not in (S.MARGIN, NMARGIN):
+    allowed = STRATEGIES.get(strategy).scores
+    if allowed is not None and spec.name not in allowed:
         raise InvalidArgumentError(
-            f"--strategy smallest-margin keeps the smallest margins; use --score nmargin@E or "
-            f"margin@E, not {str(spec)!r}")
+            f"--strategy {strategy} ranks by {' or '.join(allowed)}; use --score "
+            f"{' or '.join(f'{a}@E' for a in allowed)}, not {str(spec)!r}")
     ds = access.open_store(store)
     n = int(ds.sizes[S.EXAMPLE])
     if rule.count is not None and rule.count > n:
