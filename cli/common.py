@@ -40,9 +40,13 @@ def fail(message: str, code: int) -> None:
 def handle_errors() -> Iterator[None]:
     """Map scorebank errors to a one-line message and exit status 2 (bad argument) or
     1 (failure); operating-system errors (permission denied, disk full, ...) are failures
-    too.  Anything else is a bug and keeps its traceback."""
+    too; Ctrl-C says so and exits 130 (commands that train say where: cli/progress.py).
+    Anything else is a bug and keeps its traceback."""
     try:
         yield
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
     except InvalidArgumentError as exc:
         fail(str(exc), 2)
     except ScorebankError as exc:

@@ -20,7 +20,8 @@ from scorebank.cli.options import resolve_late_help
 #: ``scorebank --help`` lists the commands in this order (a user's first hour: score, look,
 #: analyse, select and retrain, share); commands missing here follow in registration order.
 COMMAND_ORDER = ("score", "info", "analyze", "select", "retrain", "prune-curve", "compress", "easy-hard",
-                 "difficulty-accuracy", "export", "inspect", "import", "merge", "bench", "analyze-bench")
+                 "difficulty-accuracy", "holdout", "memorization", "export", "inspect", "import", "merge", "bench",
+                 "analyze-bench")
 
 
 class App(TyperGroup):
@@ -78,10 +79,13 @@ def _one_line_usage_errors() -> Iterator[None]:
 
 
 def _plain_flags(params) -> None:
-    """Flags take no value: show no ``<bool>`` placeholder for them."""
+    """Flags take no value: show no ``<bool>`` placeholder for them; arguments are named in
+    capitals (``STORE``), as usage lines conventionally do."""
     for p in params:
         if getattr(p, "is_flag", False) and p.metavar is None:
             p.metavar = ""
+        elif p.param_type_name == "argument" and p.metavar is None:
+            p.metavar = p.name.upper()
 
 
 def _unwrap(text: str | None) -> str | None:

@@ -163,7 +163,7 @@ def test_every_config_option_is_a_config_field():
 
 @pytest.mark.parametrize("args, message", [
     (["compress", "s.zarr"], "error: Missing option '--run'; see 'scorebank compress --help'"),
-    (["info"], "error: Missing argument 'store'; see 'scorebank info --help'"),
+    (["info"], "error: Missing argument 'STORE'; see 'scorebank info --help'"),
     (["scor"], "error: No such command 'scor'. Did you mean 'score'?; see 'scorebank --help'"),
     (["score", "--bogus"], "error: No such option: --bogus; see 'scorebank score --help'"),
     (["score", "--epochs", "x"], "error: Invalid value for '--epochs'"),

@@ -207,3 +207,27 @@ def test_compress_a_separated_run(tmp_path):
 
     assert ds.stage_size.values.tolist() == [200, *continuous_sizes(200, 100)]
     assert "recorded compress/run0-continuous-keep100" in r.output and fig.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_retrain_ctrl_c_names_group_seed_and_epoch_then_resumes(work, monkeypatch):
+    from scorebank.cli import progress
+
+    store = work / "s.zarr"
+    deliver = progress.RunProgress.__call__
+
+    def ctrl_c_after_epoch_1(self, event, prefix=""):
+        deliver(self, event, prefix)
+        if event.kind == "epoch" and event.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress.RunProgress, "__call__", ctrl_c_after_epoch_1)
+    args = ["retrain", store, "--manifest", work / "keep.json", "--seeds", "0", "--epochs", "2", "--quiet"]
+    r = invoke(*args)
+    assert r.exit_code == 130, r.output
+    assert r.output.strip().splitlines()[-1] == ("interrupted: keep-el2n seed 0 at epoch 1; run the same command "
+                                                 "to resume")
+    monkeypatch.undo()
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert "resuming keep-el2n seed 0 from epoch 1" in r.output
+    assert xr.open_zarr(store, group="retrain/keep-el2n").completed.values.all()
