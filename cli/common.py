@@ -1,5 +1,6 @@
 """Helpers shared by the CLI commands: error-to-exit-code mapping, the Dask client built
-from ``--scheduler``, progress bars and printing.  Library code never imports this."""
+from ``--scheduler`` and printing (progress of training runs: :mod:`scorebank.cli.progress`).
+Library code never imports this."""
 
 from __future__ import annotations
 
@@ -7,14 +8,11 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
-
 from rich.text import Text
 
 from scorebank.cli.text import visible
@@ -80,21 +78,6 @@ def dask_scheduler(address: str | None) -> Iterator[Any]:
         raise ScorebankError(f"cannot connect to Dask scheduler {address!r}: {exc}") from None
     with client:
         yield client
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, total: int | None, *, enabled: bool = True
-                 ) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar; yields ``advance(n)``.  Disabled (a no-op) when ``enabled``
-    is False or stderr is not a terminal and ``total`` is unknown."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
 
 
 def print_json(obj: Any) -> None:
