@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 
@@ -104,6 +105,20 @@ MAX_BATCH_SIZE = 1_000_000
 MAX_WIDTH = 16_384
 MAX_LIMIT = 100_000_000
 MAX_CLIP_COUNT = MAX_BATCH_SIZE // 2
+
+
+def check_seeds(seeds, example: str = "0-2") -> tuple[int, ...]:
+    """Seeds given as a sequence (the library's callers): a non-empty tuple of integers in
+    0..:data:`MAX_SEED`, at most :data:`MAX_SEEDS` of them, in the given order."""
+    out = tuple(seeds)
+    if not out:
+        raise InvalidArgumentError(f"no seeds given; pass e.g. --seeds {example}")
+    bad = [s for s in out if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s <= MAX_SEED]
+    if bad:
+        raise InvalidArgumentError(f"seed {bad[0]!r} is not an integer in 0..{MAX_SEED}")
+    if len(out) > MAX_SEEDS:
+        raise InvalidArgumentError(f"{len(out)} seeds given; at most {MAX_SEEDS}")
+    return tuple(int(s) for s in out)
 
 
 def parse_epoch_list(text: str, option: str) -> tuple[int, ...]:

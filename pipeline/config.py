@@ -10,7 +10,7 @@ import math
 
 from scorebank.core.config import (DEFAULTS, MAX_BATCH_SIZE, MAX_CLIP_COUNT, MAX_EPOCHS,  # noqa: F401
                                    MAX_LIMIT, MAX_SEED, MAX_WIDTH, NON_IDENTITY_FIELDS, Schedule, ScoreConfig,
-                                   _check, _int, _real, check_sgd_settings, parse_epoch_list, parse_seeds)
+                                   _check, _int, _real, check_seeds, check_sgd_settings, parse_epoch_list, parse_seeds)
 from scorebank.core.errors import InvalidArgumentError
 from scorebank.pipeline.datasets import DATASETS
 from scorebank.pipeline.models import MODELS

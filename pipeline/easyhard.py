@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from scorebank.core.config import check_seeds
 from scorebank.pipeline.lifecycle import MemorySlot, ProgressEvent, drive_run
 from scorebank.pipeline.retrain import RETRAIN_SEED_OFFSET, check_group_name, load_store_data, retrain_config
 from scorebank.pipeline.training import Trainer, clean_pass
@@ -90,8 +91,7 @@ def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshol
     from scorebank.analysis import access
     from scorebank.analysis.difficulty import difficulty
 
-    if not seeds:
-        raise InvalidArgumentError("no seeds given; pass e.g. --seeds 0-2")
+    seeds = check_seeds(seeds)
     identity = root_attrs(require_store_directory(store, "easy-hard"), IDENTITY_ATTRS)  # checked again when writing
     ds = access.open_store(store)
     completed = access.completed_runs(ds)

@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from scorebank.core.config import recording_fields, short_value
+from scorebank.core.config import check_seeds, recording_fields, short_value
 from scorebank.pipeline.config import ScoreConfig, resolve_config
 from scorebank.pipeline.datasets import ImageData, load_dataset
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
@@ -382,12 +382,7 @@ def _refuse_mismatch(name: str, old_spec: RetrainSpec, old_idx: np.ndarray, job:
 
 
 def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
-    out = tuple(int(s) for s in seeds)
-    if not out:
-        raise InvalidArgumentError("no seeds given; pass e.g. --seeds 0-3")
-    if min(out) < 0:
-        raise InvalidArgumentError(f"seeds must be non-negative, got {min(out)!r}")
-    return out
+    return check_seeds(seeds, "0-3")
 
 
 def _store_data(store, job: RetrainJob, device: str, data) -> StoreData:

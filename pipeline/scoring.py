@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scorebank.pipeline.config import ScoreConfig
+from scorebank.pipeline.config import ScoreConfig, check_seeds
 from scorebank.pipeline.datasets import ImageData, apply_label_noise, load_dataset
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
 from scorebank.pipeline.models import check_model_size
@@ -107,8 +107,7 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
     all runs finished if any run diverged (it is marked ``failed`` with its epoch in the
     store's ``runs`` attribute).  ``data`` may be passed to skip loading (tests); it must be
     what ``config`` names."""
-    if not seeds:
-        raise InvalidArgumentError("no seeds given; pass e.g. --seeds 0-2")
+    seeds = check_seeds(seeds)
     dev = resolve_device(device)
     path = Path(store)
     exists = path.exists()

@@ -125,3 +125,16 @@ def test_short_differences():
     a, b = resolve_config(epochs=20), resolve_config(epochs=50, lr=0.1)
     assert a.describe_differences(b) == ("epochs: store has 20, asked 50; lr: store has 0.05, asked 0.1; "
                                          "record_epochs: store has 0..20 (21), asked 0..50 (51)")
+
+
+def test_library_seed_sequences_are_checked():
+    import numpy as np
+
+    from scorebank.core.config import check_seeds
+
+    assert check_seeds((np.int64(3), 1)) == (3, 1)
+    for bad, message in [((), "no seeds given"), ((-1,), "seed -1 is not an integer in 0..2147483647"),
+                         ((2**40,), "seed 1099511627776 is not"), ((True,), "seed True is not"),
+                         (("3",), "seed '3' is not")]:
+        with pytest.raises(InvalidArgumentError, match=message):
+            check_seeds(bad)
