@@ -18,8 +18,8 @@ import pytest
 from scorebank.stores import schema as S
 from scorebank.stores.archive import ArchiveError, export_archive, import_archive
 from scorebank.stores.errors import ScorebankError, StoreNotFoundError
-from scorebank.stores.location import (ALLOWED_CODECS, CorruptStoreError, NewerFormatError, UnsafeStoreError, open_group,
-                                       open_scores, zstd_content_size)
+from scorebank.stores.location import (ALLOWED_CODECS, CorruptStoreError, NewerFormatError, UnsafeStoreError,
+                                       open_group, open_scores, zstd_content_size)
 from scorebank.stores.merge import merge_stores
 from scorebank.stores.summary import summarize
 
