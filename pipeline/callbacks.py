@@ -153,8 +153,10 @@ def _hf_class() -> type:
 
         def _post(self, module, args, kwargs, output):
             batch, self._batch = self._batch, None
-            if batch is None or not module.training:
-                return
+            if batch is not None and module.training:
+                self._guarded(self._observe, batch, output)
+
+        def _observe(self, batch: dict, output) -> None:
             if batch["index"] is None:
                 raise ShapeError(f"HFRecorder: training batches carry no {self.index_key!r} column; add one "
                                  "(dataset.map(lambda e, i: {'index': i}, with_indices=True)) and set "
@@ -162,22 +164,34 @@ def _hf_class() -> type:
             logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", output)
             self._rec.observe(self._epoch, batch["index"], logits.detach(), batch["labels"])
 
+        def _guarded(self, fn, *args) -> None:
+            """The Trainer has no exception hook: on an error, close the run (status
+            ``interrupted`` or ``failed``) and release the store before raising."""
+            try:
+                fn(*args)
+            except BaseException as exc:
+                self._close(exc)
+                raise
+
+        def _close(self, exc: BaseException | None = None) -> None:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+            self._rec.end(exc)
+
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self._handles = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
                              model.register_forward_hook(self._post, with_kwargs=True)]
-            self._rec.begin(model)
+            self._guarded(self._rec.begin, model)
 
         def on_epoch_begin(self, args, state, control, **kwargs):
             self._epoch = int(round(state.epoch or 0)) + 1
 
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
-            self._rec.end_epoch(self._epoch, model)
+            self._guarded(self._rec.end_epoch, self._epoch, model)
 
         def on_train_end(self, args, state, control, **kwargs):
-            for h in self._handles:
-                h.remove()
-            self._handles = []
-            self._rec.end()
+            self._close()
 
     return HFRecorder
 

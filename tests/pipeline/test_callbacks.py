@@ -204,3 +204,44 @@ def test_hf_callback(tmp_path, digits):
     assert xr.open_zarr(tmp_path / "hf.zarr").attrs["runs"]["0"]["model"] == f"{HFNet.__module__}.HFNet"
     hf_fit(tmp_path / "other.zarr", 1, data, dd)
     check_commands(tmp_path, tmp_path / "hf.zarr", tmp_path / "other.zarr")
+
+
+class NoIndex(IndexedDicts):
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        del item["index"]
+        return item
+
+
+class LossOnly(LitNet):
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx)["loss"]
+
+
+def test_callback_errors_are_one_line_and_release_the_store(tmp_path, digits):
+    from scorebank.pipeline.record import ShapeError
+
+    data, dd = digits
+    rec = new_recorder(tmp_path / "hf.zarr", data, dd)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), num_train_epochs=1, use_cpu=True,
+                                          report_to=[], save_strategy="no", remove_unused_columns=False,
+                                          disable_tqdm=True)
+    trainer = transformers.Trainer(model=HFNet(0), args=args, train_dataset=NoIndex(dd.train_x, dd.train_y),
+                                   callbacks=[HFRecorder(rec, seed=0, train=dd.train_x)])
+    with pytest.raises(ShapeError, match="carry no 'index' column"):
+        trainer.train()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    loader = torch.utils.data.DataLoader(IndexedDataset(torch.utils.data.TensorDataset(dd.train_x, dd.train_y)),
+                                         batch_size=32)
+    fit = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False,
+                     callbacks=[LightningRecorder(other := new_recorder(tmp_path / "pl.zarr", data, dd), seed=1,
+                                                  train=dd.train_x)])
+    with pytest.raises(ShapeError, match="must return {'loss': loss, 'logits': logits}"):
+        fit.fit(LossOnly(1), loader)
+    for store, seed in ((rec, 0), (other, 1)):  # epoch 0 was written, then the run stopped
+        ds = xr.open_zarr(store.path)
+        assert ds.attrs["runs"][str(seed)]["status"] == "interrupted"
+        assert ds.completed.values.tolist() == [[True, False, False]]
+        with store.run(seed=seed) as run:  # the store is not left locked
+            assert run.completed_epochs == (0,)
