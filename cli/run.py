@@ -70,11 +70,10 @@ def presets_command() -> None:
     from scorebank.pipeline.experiment import presets
 
     with handle_errors():
-        table = compact_table("preset", "reproduces", "stages")
         for exp in presets():
-            table.add_row(plain(exp.name), plain(exp.reproduces),
-                          ", ".join(s.kind for s in exp.stages if s.kind != "report"))
-        console.print(table)
+            console.print(f"[bold]{plain(exp.name)}[/]: {plain(exp.title)}", highlight=False)
+            console.print(f"  reproduces: {plain(exp.reproduces)}", highlight=False)
+            console.print(f"  stages: {', '.join(plain(s.name) for s in exp.stages)}", highlight=False)
         console.print("run one with: scorebank run --preset NAME [--out DIR] [--dry-run]", highlight=False)
 
 
