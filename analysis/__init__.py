@@ -20,29 +20,48 @@ selection          subset selection strategies behind ``scorebank select``
 plots              figures (matplotlib Agg)
 bench              synthetic store and benchmark
 =================  =====================================================================
+
+Importing this package is cheap: the names below are imported from their module on first
+use (PEP 562), so a command needing one analysis does not pay for the others' imports.
 """
 
-from scorebank.analysis.access import NEVER, completed_runs, open_store, parse_runs, resolve_runs
-from scorebank.analysis.correlation import sensitivity_curve, spearman, spearman_matrix
-from scorebank.analysis.curves import training_curves
-from scorebank.analysis.difficulty import difficulty, threshold_epochs
-from scorebank.analysis.difficulty_levels import accuracy_by_difficulty
-from scorebank.analysis.distribution import margin_distribution, sorted_margins
-from scorebank.analysis.forgetting import ForgettingSummary, forgetting, forgetting_summary
-from scorebank.analysis.noise import noise_detection
-from scorebank.analysis.overlap import (final_set_retention, margin_overlaps, pairwise_overlap,
-                                        smallest_margin_sets)
-from scorebank.analysis.scores import (SCORES, ScoreSpec, average_score, average_scores, parse_score,
-                                       run_scores, score_quantiles, write_scores_csv)
-from scorebank.analysis.selection import STRATEGIES, Selection, make_rule, select, select_indices, to_manifest
-from scorebank.analysis.separation import data_separation, final_epochs, final_train_accuracy
+from __future__ import annotations
 
-__all__ = [
-    "NEVER", "SCORES", "STRATEGIES", "ForgettingSummary", "ScoreSpec", "Selection", "accuracy_by_difficulty",
-    "average_score", "average_scores", "completed_runs", "data_separation", "difficulty", "final_epochs",
-    "final_set_retention", "final_train_accuracy", "forgetting", "forgetting_summary", "make_rule",
-    "margin_distribution", "margin_overlaps", "noise_detection", "open_store", "pairwise_overlap",
-    "parse_runs", "parse_score", "resolve_runs", "run_scores", "score_quantiles", "select", "select_indices",
-    "sensitivity_curve", "smallest_margin_sets", "sorted_margins", "spearman", "spearman_matrix",
-    "threshold_epochs", "to_manifest", "training_curves", "write_scores_csv",
-]
+import importlib
+
+#: public name -> the module of scorebank.analysis defining it
+_EXPORTS = {
+    **dict.fromkeys(('NEVER', 'completed_runs', 'open_store', 'parse_runs', 'resolve_runs'), "access"),
+    **dict.fromkeys(('sensitivity_curve', 'spearman', 'spearman_matrix'), "correlation"),
+    **dict.fromkeys(('training_curves',), "curves"),
+    **dict.fromkeys(('difficulty', 'threshold_epochs'), "difficulty"),
+    **dict.fromkeys(('accuracy_by_difficulty',), "difficulty_levels"),
+    **dict.fromkeys(('margin_distribution', 'sorted_margins'), "distribution"),
+    **dict.fromkeys(('ForgettingSummary', 'forgetting', 'forgetting_summary'), "forgetting"),
+    **dict.fromkeys(('noise_detection',), "noise"),
+    **dict.fromkeys(('final_set_retention', 'margin_overlaps', 'pairwise_overlap', 'smallest_margin_sets'), "overlap"),
+    **dict.fromkeys(('SCORES', 'ScoreSpec', 'average_score', 'average_scores', 'parse_score', 'run_scores', 'score_quantiles', 'write_scores_csv'), "scores"),
+    **dict.fromkeys(('STRATEGIES', 'Selection', 'make_rule', 'select', 'select_indices', 'to_manifest'), "selection"),
+    **dict.fromkeys(('data_separation', 'final_epochs', 'final_train_accuracy'), "separation"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scorebank.analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"scorebank.analysis.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+# functions named like their module: bound now, else importing the module (as other
+# modules do) would leave the package attribute pointing at the module
+from scorebank.analysis.difficulty import difficulty  # noqa: E402, F401
+from scorebank.analysis.forgetting import forgetting  # noqa: E402, F401
