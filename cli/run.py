@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from scorebank.cli.common import console, handle_errors
-from scorebank.cli.options import Device
+from scorebank.cli.common import console, err_console, handle_errors
+from scorebank.cli.options import Device, Quiet
+from scorebank.cli.progress import INTERRUPTED_EXIT
 from scorebank.cli.tables import compact_table
 from scorebank.cli.text import plain
 from scorebank.core.errors import InvalidArgumentError
@@ -26,6 +27,7 @@ def run_command(
                                                                     "(replacing what it wrote); repeatable."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (what is done, what remains) and exit."),
     device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Run a staged experiment: stores, stages (score, analyses, select, retrain, prune-curve, compress,
     easy-hard) and the report, skipping what is done.
@@ -51,18 +53,58 @@ def run_command(
                           highlight=False)
             return
 
-        def show(ev) -> None:
-            head = f"[{ev.index + 1}/{ev.total}] {plain(ev.stage.name)} ({ev.stage.kind})"
-            if ev.kind == "skip":
-                console.print(f"{head}: done, skipped", highlight=False)
-            elif ev.kind == "start":
-                console.print(f"{head}: running", highlight=False)
-            else:
-                console.print(f"{head}: finished in {ev.seconds:.1f} s", highlight=False)
-
-        run_experiment(exp, where, device=device, rerun=rerun or (), progress=show)
+        with _StageProgress(enabled=not quiet) as show:
+            run_experiment(exp, where, device=device, rerun=rerun or (), progress=show)
         console.print(f"results: {plain(where / 'results.json')}; report: {plain(where / 'report' / 'index.html')}",
                       highlight=False)
+
+
+class _StageProgress:
+    """One line per stage (started, skipped, finished) and, while a stage trains, a status
+    line with its latest run event; Ctrl-C says how to resume and exits with status 130."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.status = None
+        self.stage = None
+
+    def __enter__(self) -> "_StageProgress":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop()
+        if exc_type is KeyboardInterrupt:
+            where = "" if self.stage is None else f" in stage {plain(self.stage.name)}"
+            err_console.print(f"interrupted{where}; run the same command to resume (finished stages are skipped)",
+                              highlight=False)
+            raise typer.Exit(INTERRUPTED_EXIT)
+
+    def _stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def __call__(self, ev) -> None:
+        head = f"[{ev.index + 1}/{ev.total}] {plain(ev.stage.name)} ({ev.stage.kind})"
+        if ev.kind == "run":
+            if self.enabled:
+                r = ev.run_event
+                text = plain(r.describe()) if r.kind in ("resume", "skip", "failed") else (
+                    f"{plain(r.group + ' ') if r.group else ''}seed {r.seed}: {r.done}/{r.total}")
+                if self.status is None:
+                    self.status = err_console.status(f"{head}: {text}")
+                    self.status.start()
+                else:
+                    self.status.update(f"{head}: {text}")
+            return
+        self._stop()
+        self.stage = ev.stage if ev.kind == "start" else None
+        if ev.kind == "skip":
+            console.print(f"{head}: done, skipped", highlight=False)
+        elif ev.kind == "start":
+            console.print(f"{head}: running", highlight=False)
+        else:
+            console.print(f"{head}: finished in {ev.seconds:.1f} s", highlight=False)
 
 
 def presets_command() -> None:

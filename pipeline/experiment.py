@@ -380,6 +380,7 @@ class Context:
     device: str = "auto"
     rerun: frozenset[str] = frozenset()
     ledger: dict = field(default_factory=dict)
+    relay: Callable[[Any], None] | None = None  # the running stage's training events (ProgressEvent)
 
     def store_path(self, stage: Stage) -> Path:
         p = Path(self.experiment.stores[stage.store])
@@ -402,13 +403,16 @@ class PlanRow:
 
 @dataclass(frozen=True)
 class StageEvent:
-    """Progress of :func:`run_experiment`: ``kind`` is "start", "skip" or "done"."""
+    """Progress of :func:`run_experiment`: ``kind`` is "start", "skip", "done", or "run" for
+    a training event of the running stage (``run_event``: a
+    :class:`scorebank.pipeline.lifecycle.ProgressEvent`)."""
 
     kind: str
     index: int
     total: int
     stage: Stage
     seconds: float = 0.0
+    run_event: Any = None
 
 
 def _read_ledger(out: Path) -> dict:
@@ -554,8 +558,10 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, *, device: st
             continue
         if progress:
             progress(StageEvent("start", i, total, stage))
+            ctx.relay = lambda ev, i=i, stage=stage: progress(StageEvent("run", i, total, stage, run_event=ev))
         t0 = time.perf_counter()
         results = STAGES.get(stage.kind).run(ctx, stage)
+        ctx.relay = None
         definition = _definition(ctx, stage)
         ctx.ledger.setdefault("stages", {})[stage.name] = jsonable(
             {"definition": definition, "inputs": _inputs(ctx, stage), "results": results,
@@ -636,7 +642,8 @@ def _score_run(ctx: Context, stage: Stage) -> dict:
 
     cfg = _score_config(stage)
     path = ctx.store_path(stage)
-    score(cfg, tuple(stage.opt("seeds")), path, device=ctx.device, overwrite=stage.name in ctx.rerun)
+    score(cfg, tuple(stage.opt("seeds")), path, device=ctx.device, overwrite=stage.name in ctx.rerun,
+          progress=ctx.relay)
     return _score_summary(path)
 
 
@@ -925,7 +932,7 @@ def _retrain_run(ctx: Context, stage: Stage) -> dict:
     results = retrain_manifest(path, manifest, stage.opt("seeds"), name=stage.name,
                                baseline=stage.options.get("baseline"), baseline_seed=stage.opt("baseline-seed", 0),
                                overrides=_overrides(stage), budget=stage.opt("budget", "steps"), device=ctx.device,
-                               overwrite=stage.name in ctx.rerun)
+                               overwrite=stage.name in ctx.rerun, progress=ctx.relay)
     return {"groups": [r.to_dict() for r in retrain_summary(path, [r.group for r in results])]}
 
 
@@ -978,7 +985,8 @@ def _prune_run(ctx: Context, stage: Stage) -> dict:
                         window_fraction=stage.options.get("keep"), runs=_runs(stage), seed=stage.opt("seed", 0),
                         class_balanced=stage.opt("class-balanced", False), prefix=stage.opt("prefix", stage.name),
                         overrides=_overrides(stage), budget=stage.opt("budget", "steps"), device=ctx.device,
-                        overwrite=stage.name in ctx.rerun)
+                        overwrite=stage.name in ctx.rerun,
+                        progress=None if ctx.relay is None else (lambda ev: ctx.relay(ev.event)))
     write_table(curve, ctx.file(stage, ".csv"), ctx.file(stage, ".json"))
     plot_curve(curve, ctx.file(stage, ".png"))
     return {**curve.to_dict(), "store": ctx.experiment.stores[stage.store]}
@@ -1011,7 +1019,7 @@ def _compress_run(ctx: Context, stage: Stage) -> dict:
     path = ctx.store_path(stage)
     kw = {k.replace("-", "_"): v for k, v in stage.options.items()}
     cfg = resolve_compress_config(read_store_config(path), **kw)
-    res = compress(str(path), cfg, name=stage.name, device=ctx.device, overwrite=True)
+    res = compress(str(path), cfg, name=stage.name, device=ctx.device, overwrite=True, progress=ctx.relay)
     traj = res.trajectory
     plot_compression(traj, ctx.file(stage, ".png"), title=f"run {cfg.run}, {cfg.schedule} compression to {cfg.keep}")
     rows = traj.stage_end_rows()
@@ -1040,7 +1048,7 @@ def _easy_hard_run(ctx: Context, stage: Stage) -> dict:
     res = easy_hard(str(ctx.store_path(stage)), seeds=stage.opt("seeds"), threshold=stage.opt("threshold", 0.5),
                     run=stage.options.get("run"), test_fraction=stage.opt("test-fraction", 0.17),
                     split_seed=stage.opt("split-seed", 0), overrides=_overrides(stage), device=ctx.device,
-                    name=stage.name)
+                    name=stage.name, progress=ctx.relay)
     mean, gap = res["mean_accuracy"], res["generalization_gap"].mean("seed")
     return {"accuracy": {str(t): {str(e): float(mean.sel(trained_on=t, evaluated_on=e))
                                   for e in mean.evaluated_on.values} for t in mean.trained_on.values},
