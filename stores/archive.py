@@ -837,7 +837,8 @@ def _manifest(group, shown: str, *, creator: str | None, license: str | None, la
     return {
         "format": ARCHIVE_FORMAT,
         "format_version": ARCHIVE_VERSION,
-        "store_format": attrs.get(S.ATTR_FORMAT),
+        "store_format": S.store_format(attrs),  # the format written (which variables it has)
+        "reader_format": attrs.get(S.ATTR_FORMAT),  # the oldest reader format that reads it
         "scorebank_version": scorebank_version(),
         "created": _now_iso(),
         "creator": creator,

@@ -16,15 +16,18 @@ from scorebank.stores.location import (MissingVariableError, NewerFormatError, o
 from scorebank.stores.merge import merge_stores
 
 FORMAT1 = Path(__file__).resolve().parents[1] / "data" / "format1.scorebank.zip"
-TOY = S.Variable("toy_score", (S.RUN, S.EPOCH, S.EXAMPLE), "float32", "a hypothetical format-2 score", since=2)
+CURRENT = S.FORMAT_VERSION  # this release's format
+NEW = CURRENT + 1  # a hypothetical next format
+TOY = S.Variable("toy_score", (S.RUN, S.EPOCH, S.EXAMPLE), "float32", "a hypothetical next-format score",
+                 since=NEW)
 
 
 @pytest.fixture
 def format2(monkeypatch):
-    """The schema as a release that added TOY in format 2 would declare it."""
+    """The schema as the next release, which adds TOY in format NEW, would declare it."""
     monkeypatch.setattr(S, "VARIABLES", S.VARIABLES + (TOY,))
     monkeypatch.setattr(S, "BY_NAME", {**S.BY_NAME, TOY.name: TOY})
-    monkeypatch.setattr(S, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(S, "FORMAT_VERSION", NEW)
     return monkeypatch
 
 
@@ -42,9 +45,12 @@ def _like_format1(path: Path, seeds=(7,)) -> Path:
 
 
 def test_schema_variables_by_format(format2):
-    assert TOY not in S.variables(format_version=1)
+    assert TOY not in S.variables(format_version=CURRENT)
     assert TOY in S.variables()
-    assert S.variables(format_version=1) == tuple(v for v in S.VARIABLES if v is not TOY and v.feature is None)
+    for version in range(1, NEW + 1):
+        assert S.variables(format_version=version) == tuple(v for v in S.VARIABLES
+                                                            if v.since <= version and v.feature is None)
+    assert {S.MARGIN, S.EL2N, S.LOSS, S.CORRECT, S.LABEL} <= {v.name for v in S.variables(format_version=1)}
 
 
 def test_format1_archive_opens_with_a_format2_reader_and_lacks_the_new_variable(format2):
@@ -54,7 +60,7 @@ def test_format1_archive_opens_with_a_format2_reader_and_lacks_the_new_variable(
     with pytest.raises(MissingVariableError) as exc:
         require_variables(ds, [S.MARGIN, TOY.name], "analyze toy")
     assert str(exc.value) == ("analyze toy needs 'toy_score', but store format 1 has no 'toy_score' "
-                              "(added in format 2): re-score with a newer scorebank")
+                              f"(added in format {NEW}): re-score with a newer scorebank")
     require_variables(ds, [S.MARGIN, S.GRAND], "analyze toy")  # present: no error
     group, _ = open_group(FORMAT1)
     assert TOY.name not in group
@@ -63,17 +69,17 @@ def test_format1_archive_opens_with_a_format2_reader_and_lacks_the_new_variable(
 def test_a_new_store_has_the_new_variable_and_records_both_formats(format2, tmp_path):
     path = _like_format1(tmp_path / "new.zarr")
     attrs = zarr.open_group(path, mode="r").attrs
-    assert (attrs[S.ATTR_FORMAT], attrs[S.ATTR_WRITER_FORMAT]) == (S.READER_FORMAT, 2) == (1, 2)
+    assert (attrs[S.ATTR_FORMAT], attrs[S.ATTR_WRITER_FORMAT]) == (S.READER_FORMAT, NEW)
     ds = open_scores(path)
     assert ds[TOY.name].dims == TOY.dims and ds[TOY.name].dtype == np.float32
     assert np.isnan(ds[TOY.name].values).all()
     require_variables(ds, [TOY.name], "analyze toy")
 
 
-def test_a_format2_store_opens_in_a_format1_reader(format2, tmp_path):
+def test_a_next_format_store_opens_in_this_reader(format2, tmp_path):
     path = _like_format1(tmp_path / "new.zarr")
-    format2.undo()  # back to this release's schema: format 1
-    assert S.FORMAT_VERSION == 1 and TOY.name not in S.BY_NAME
+    format2.undo()  # back to this release's schema
+    assert S.FORMAT_VERSION == CURRENT and TOY.name not in S.BY_NAME
     ds = open_scores(path)
     assert {v.name for v in S.variables(frozenset(ds.attrs[S.ATTR_FEATURES]))} <= set(ds.variables)
     assert TOY.name in ds.variables  # an array it does not know is simply extra
@@ -119,3 +125,13 @@ def test_a_feature_variable_missing_is_explained(tmp_path):
     with pytest.raises(MissingVariableError, match="the store has no 'grand': it is recorded only in stores "
                                                    "made with the 'grand' feature"):
         require_variables(open_scores(path), [S.GRAND], "analyze noise grand@0")
+
+
+def test_an_archive_manifest_names_the_written_and_the_reader_format(format2, tmp_path):
+    from scorebank.stores.archive import ArchiveStore, export_archive
+
+    path = _like_format1(tmp_path / "new.zarr")
+    archive = export_archive(path, tmp_path / "new.scorebank.zip").path
+    manifest = ArchiveStore(archive).manifest
+    assert (manifest["store_format"], manifest["reader_format"]) == (NEW, S.READER_FORMAT)
+    assert TOY.name in manifest["recorded"]["variables"]
