@@ -560,8 +560,13 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, *, device: st
             progress(StageEvent("start", i, total, stage))
             ctx.relay = lambda ev, i=i, stage=stage: progress(StageEvent("run", i, total, stage, run_event=ev))
         t0 = time.perf_counter()
-        results = STAGES.get(stage.kind).run(ctx, stage)
-        ctx.relay = None
+        try:
+            results = STAGES.get(stage.kind).run(ctx, stage)
+        except ConfigMismatchError as exc:  # what the stage wrote before differs (an earlier stage changed)
+            raise StageChangedError(f"{experiment.source}: stage {stage.name!r} would change what it wrote before "
+                                    f"({exc}); pass --rerun {stage.name} to replace it") from None
+        finally:
+            ctx.relay = None
         definition = _definition(ctx, stage)
         ctx.ledger.setdefault("stages", {})[stage.name] = jsonable(
             {"definition": definition, "inputs": _inputs(ctx, stage), "results": results,
@@ -918,8 +923,22 @@ def _groups_done(path: Path, names: Sequence[str], seeds: Sequence[int]) -> bool
 
 
 def _retrain_done(ctx: Context, stage: Stage) -> bool:
-    names, _ = _retrain_groups(ctx, stage)
-    return _groups_done(ctx.store_path(stage), names, stage.opt("seeds"))
+    """Every group has every seed, and was trained on the manifest the select stage records
+    now (a changed selection makes the groups stale: :class:`ConfigMismatchError`)."""
+    from scorebank.pipeline.retrain import read_retrain
+    from scorebank.stores.manifest import read_store_manifest, store_manifest_names
+
+    names, ref = _retrain_groups(ctx, stage)
+    path = ctx.store_path(stage)
+    if not _groups_done(path, names, stage.opt("seeds")):
+        return False
+    if _manifest_name(ref) not in store_manifest_names(str(path)):
+        return False
+    _, indices, _ = read_retrain(path, stage.name)
+    if not np.array_equal(indices, read_store_manifest(str(path), _manifest_name(ref)).indices):
+        raise ConfigMismatchError(f"retrain group {stage.name!r} was trained on another subset than select stage "
+                                  f"{ref.name!r} records now")
+    return True
 
 
 def _retrain_run(ctx: Context, stage: Stage) -> dict:

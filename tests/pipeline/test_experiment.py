@@ -258,3 +258,16 @@ def test_changed_score_configuration_is_refused(ran, tmp_path):
     assert rows["score"].status == "changed" and "epochs: " in rows["score"].detail
     with pytest.raises(StageChangedError, match="stage 'score' changed since it ran"):
         X.run_experiment(changed, copy, device="cpu")
+
+
+def test_a_changed_selection_makes_its_retrain_stale(ran, tmp_path):
+    exp, out, doc, _ = ran
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    changed = parse_experiment(TINY.replace("keep = 0.5", "keep = 0.4"), "tiny.toml")
+    with pytest.raises(StageChangedError, match="stage 'again' would change what it wrote before .*pass --rerun again"):
+        X.run_experiment(changed, copy, device="cpu", rerun=["pick"])
+    assert {r.stage.name: r.status for r in X.plan(changed, copy)}["again"] == "changed"
+    again = X.run_experiment(changed, copy, device="cpu", rerun=["again"])
+    (row,) = again["stages"]["again"]["results"]["groups"]
+    assert row["subset_size"] == again["stages"]["pick"]["results"]["n_kept"] == 80
