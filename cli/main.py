@@ -98,7 +98,8 @@ def _unwrap(text: str | None) -> str | None:
 
 def _finish_help(command, ctx: typer.Context, *, late: bool) -> None:
     command.help = _unwrap(command.help)
-    _plain_flags([*command.params, command.get_help_option(ctx)] if command.get_help_option(ctx) else command.params)
+    help_option = command.get_help_option(ctx)
+    _plain_flags([*command.params, *([help_option] if help_option is not None else [])])
     if late:
         for p in command.params:
             if getattr(p, "help", None):
