@@ -20,8 +20,8 @@ from scorebank.cli.options import resolve_late_help
 #: ``scorebank --help`` lists the commands in this order (a user's first hour: score, look,
 #: analyse, select and retrain, share); commands missing here follow in registration order.
 COMMAND_ORDER = ("score", "info", "analyze", "select", "retrain", "prune-curve", "compress", "easy-hard",
-                 "difficulty-accuracy", "holdout", "memorization", "export", "inspect", "import", "merge", "bench",
-                 "analyze-bench")
+                 "difficulty-accuracy", "holdout", "memorization", "run", "presets", "report", "export",
+                 "inspect", "import", "merge", "import-dynamics", "bench", "analyze-bench")
 
 
 class App(TyperGroup):
@@ -148,8 +148,12 @@ from scorebank.cli import analyze as _analyze  # noqa: E402
 from scorebank.cli import archive as _archive  # noqa: E402
 from scorebank.cli import bench as _bench  # noqa: E402
 from scorebank.cli import easyhard as _easyhard  # noqa: E402
+from scorebank.cli import holdout as _holdout  # noqa: E402
+from scorebank.cli import import_dynamics as _import_dynamics  # noqa: E402
 from scorebank.cli import info as _info  # noqa: E402
+from scorebank.cli import report as _report  # noqa: E402
 from scorebank.cli import retrain as _retrain  # noqa: E402
+from scorebank.cli import run as _run  # noqa: E402
 from scorebank.cli import score as _score  # noqa: E402
 from scorebank.cli import select as _select  # noqa: E402
 
@@ -161,6 +165,10 @@ _analyze.register(app)
 _select.register(app)
 _archive.register(app)
 _easyhard.register(app)
+_holdout.register(app)
+_run.register(app)
+_report.register(app)
+_import_dynamics.register(app)
 # --- end of command registration -------------------------------------------------------
 
 
