@@ -786,11 +786,23 @@ class _ZipWriterStore(Store):
 # ------------------------------------------------------------------------------ export
 @dataclass(frozen=True)
 class ExportResult:
+    """What ``export`` wrote: the archive's path, the sha256 of the file, its manifest and
+    its description (:meth:`ArchiveStore.describe`, the numbers ``inspect`` reports)."""
+
     path: Path
-    members: int
-    bytes: int
-    sha256: str  # of the whole archive file
+    sha256: str
     manifest: dict = field(repr=False)
+    described: dict = field(repr=False)
+
+    @property
+    def members(self) -> int:
+        """Members of the archive, its manifest included."""
+        return self.described["n_members"]
+
+    @property
+    def bytes(self) -> int:
+        """Size of the archive file."""
+        return self.described["file_bytes"]
 
 
 def config_hash(config_json: str | None) -> str:
@@ -936,12 +948,16 @@ def export_archive(source: str | os.PathLike, out: str | os.PathLike, *, creator
             while piece := f.read(8 << 20):
                 sha.update(piece)
             os.fsync(f.fileno())
-        size = tmp.stat().st_size
+        written = ArchiveStore(tmp)  # read back as inspect will: the same description
+        try:
+            described = written.describe()
+        finally:
+            written.close()
         os.replace(tmp, out_path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return ExportResult(out_path, len(manifest["members"]) + 1, size, sha.hexdigest(), manifest)
+    return ExportResult(out_path, sha.hexdigest(), manifest, described)
 
 
 # ------------------------------------------------------------------------------ import
