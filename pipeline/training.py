@@ -100,6 +100,16 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     return out.permute(0, 3, 1, 2).contiguous()  # (b, c, h, w)
 
 
+def margin_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """f_y - max_{j != y} f_j per example ``(batch,)`` in float32: the margin of the margins
+    paper on a clean pass, AUM's margin M_t(x, y) (Pleiss et al. 2020) on a training step's
+    logits."""
+    logits = logits.detach().float()
+    true = logits.gather(1, labels[:, None]).squeeze(1)  # (batch,)
+    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)  # (batch,)
+    return true - other
+
+
 def correct_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """f_y > max_{j != y} f_j (a tie counts as wrong), so ``correct == (margin > 0)``."""
     true = logits.gather(1, labels[:, None]).squeeze(1)  # (batch,)
@@ -253,6 +263,7 @@ class Trainer:
         self.epoch = 0
         n = data.train_x.shape[0]
         self._inflight = torch.zeros(n, dtype=torch.bool, device=device)
+        self._inflight_margin = torch.full((n,), float("nan"), device=device)
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -270,11 +281,14 @@ class Trainer:
         self.epoch = int(state["epoch"])
 
     # ------------------------------------------------------------- epochs
-    def train_epoch(self, record: bool = True) -> tuple[np.ndarray | None, bool]:
-        """Run epoch ``self.epoch + 1``; returns (in-flight train_correct (N,), diverged).
+    def train_epoch(self, record: bool = True) -> tuple[dict[str, np.ndarray] | None, bool]:
+        """Run epoch ``self.epoch + 1``; returns (in-flight ``{train_correct, train_margin}``
+        (N,) each, diverged).  Both come from the logits of the training step's own forward
+        pass (train mode, augmented input, before the update); an example presented twice in
+        the epoch keeps its last presentation, one never presented reads False / NaN.
 
-        ``record=False`` skips the in-flight statistics (correctness and the loss sum that
-        detects divergence) and returns ``(None, False)``: the plain epoch of the benchmark."""
+        ``record=False`` skips the in-flight statistics (correctness, margin and the loss sum
+        that detects divergence) and returns ``(None, False)``: the plain epoch of the benchmark."""
         cfg, data = self.config, self.data
         e = self.epoch + 1
         for group in self.optimizer.param_groups:
@@ -289,6 +303,7 @@ class Trainer:
             perm = pool[perm]
         if record:
             self._inflight.zero_()
+            self._inflight_margin.fill_(float("nan"))
         loss_sum = torch.zeros((), device=self.device)
         self.model.train()
         for start in range(0, n, cfg.batch_size):
@@ -298,13 +313,16 @@ class Trainer:
                 xb = augment_batch(xb, g_aug)
             logits = train_step(self.model, self.optimizer, self.estimator, xb, yb)
             if record:
-                self._inflight[idx] = correct_from_logits(logits, yb)
+                margin = margin_from_logits(logits, yb)  # (batch,)
+                self._inflight_margin[idx] = margin
+                self._inflight[idx] = margin > 0  # == correct_from_logits (a tie counts as wrong)
                 loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
         self.epoch = e
         if not record:
             return None, False
         diverged = not bool(torch.isfinite(loss_sum))
-        return self._inflight.cpu().numpy(), diverged
+        return {S.TRAIN_CORRECT: self._inflight.cpu().numpy(),
+                S.TRAIN_MARGIN: self._inflight_margin.cpu().numpy()}, diverged
 
     def measure(self, record: bool, grand: bool) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """The end-of-epoch measurements: clean pass (if ``record``), GraNd (if ``grand``),
@@ -349,7 +367,7 @@ class Trainer:
         if diverged:
             return EpochResult(self.epoch, {}, {}, diverged=True)
         result = self.measure_epoch()
-        result.per_example[S.TRAIN_CORRECT] = inflight
+        result.per_example.update(inflight)
         return result
 
 

@@ -38,6 +38,7 @@ EL2N = "el2n"
 LOSS = "loss"
 CORRECT = "correct"
 TRAIN_CORRECT = "train_correct"
+TRAIN_MARGIN = "train_margin"
 GRAND = "grand"
 NORM_PRODUCT = "norm_product"
 TRAIN_ACCURACY = "train_accuracy"
@@ -87,7 +88,7 @@ RUN_COORD_DTYPES = {SEED: "int64", SOURCE: "string", SOURCE_CREATOR: "string", C
 #   against the names they know): bump FORMAT_VERSION and set READER_FORMAT to it.
 ATTR_FORMAT = "scorebank_format"  # the oldest reader format that reads the store
 ATTR_WRITER_FORMAT = "scorebank_writer_format"  # the format the store was written in
-FORMAT_VERSION = 1  # the format this version writes; it reads every store whose ATTR_FORMAT <= this
+FORMAT_VERSION = 2  # the format this version writes; it reads every store whose ATTR_FORMAT <= this
 READER_FORMAT = 1  # written as ATTR_FORMAT: the oldest reader format that reads what we write
 MIN_FORMAT = 1  # the oldest format this version reads (every format ever written)
 
@@ -211,6 +212,11 @@ VARIABLES: tuple[Variable, ...] = (
              "classified correctly when presented in a minibatch during epoch e (train mode, "
              "augmented input, before that step's update); forgetting events are counted on it; "
              "False at epoch 0 and where `completed` is False"),
+    Variable(TRAIN_MARGIN, _REX, "float32",
+             "in-flight margin f_y(x) - max_{j != y} f_j(x) on the logits of the training step that "
+             "presented the example during epoch e (train mode, augmented input, before that step's "
+             "update; the same forward pass as train_correct); AUM (Pleiss et al. 2020) averages it "
+             "over epochs; NaN at epoch 0 and where `completed` is False", "logit", since=2),
     Variable(GRAND, _REX, "float32",
              "GraNd: L2 norm of the example's cross-entropy gradient w.r.t. all trainable "
              "parameters (Data Diet Def. 2.1), BatchNorm in eval mode, un-augmented input",
