@@ -138,3 +138,19 @@ def test_a_coordinate_chunk_of_zeros_is_not_stored_and_still_accepted(tmp_path):
     assert not (path / S.RUN / "c").exists() and not (path / S.EXAMPLE / "c").exists()
     ds = open_scores(path)
     assert ds[S.RUN].values.tolist() == [0] and ds.sizes[S.EXAMPLE] == 1
+
+
+def test_a_store_directory_declaring_examples_it_does_not_store_is_refused(tmp_path):
+    from scorebank.stores.create import create_store
+
+    path = tmp_path / "dir.zarr"
+    create_store(path, n_epochs=1, labels=np.arange(N) % 3, true_labels=np.arange(N) % 3,
+                 original_index=np.arange(N), seeds=(0,), features=frozenset(), attrs={})
+    doc = json.loads((path / "zarr.json").read_text())
+    for meta in doc["consolidated_metadata"]["metadata"].values():
+        if meta["node_type"] == "array" and S.EXAMPLE in meta["dimension_names"]:
+            meta["shape"] = [1 << 31 if d == S.EXAMPLE else n for d, n in zip(meta["dimension_names"], meta["shape"])]
+    (path / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(UnsafeStoreError, match="coordinate 'example' declares 2147483648 values but neither chunk "
+                                               "'example/c/1' nor 'example/c/2' is stored"):
+        open_scores(path)
