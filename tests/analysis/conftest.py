@@ -92,6 +92,9 @@ def build_store(path, *, seeds=(0, 1, 2), epochs=6, n=40, classes=3, seed=0, gra
                                              np.nan).astype(np.float32)
     arrays[S.COMPLETED] = completed
     arrays[S.RECORDED] = recorded
+    for var in S.variables(frozenset(features)):  # variables of newer formats: given, else random
+        if var.name not in arrays:
+            arrays[var.name] = _other_variable(var, overrides.pop(var.name, None), rng, completed, n)
     if overrides:
         raise ValueError(f"unknown overrides {sorted(overrides)}")
 
@@ -106,7 +109,7 @@ def build_store(path, *, seeds=(0, 1, 2), epochs=6, n=40, classes=3, seed=0, gra
     ds = xr.Dataset(data_vars, coords={S.RUN: np.asarray(seeds, np.int64), S.EPOCH: np.arange(e),
                                        S.EXAMPLE: np.arange(n),
                                        S.ORIGINAL_INDEX: (S.EXAMPLE, np.arange(n) * 10)})
-    ds.attrs = {S.ATTR_FORMAT: S.FORMAT_VERSION,
+    ds.attrs = {**S.format_attrs(),
                 S.ATTR_CONFIG: json.dumps({"epochs": epochs, "grand_epochs": list(grand_epochs),
                                            "record_epochs": [int(x) for x in np.flatnonzero(recorded.any(0))]}),
                 S.ATTR_DATASET: "toy", S.ATTR_FINGERPRINT: f"toy-{seed}-{n}",
@@ -118,6 +121,23 @@ def build_store(path, *, seeds=(0, 1, 2), epochs=6, n=40, classes=3, seed=0, gra
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         ds.to_zarr(path, zarr_format=3, consolidated=True, encoding=encoding, mode="w-")
     return BuiltStore(Path(path), arrays, tuple(seeds), statuses)
+
+
+def _other_variable(var, given, rng, completed, n):
+    """A schema variable the builder has no model for (added by a later format): ``given``,
+    else standard normal floats (False booleans) where its epoch is completed, the fill
+    value elsewhere (NaN at epoch 0 for in-flight values, which are not presented then)."""
+    r, e = completed.shape
+    shape = {S.RUN: r, S.EPOCH: e, S.EXAMPLE: n}
+    values = np.asarray(given) if given is not None else rng.normal(size=tuple(shape[d] for d in var.dims))
+    values = values.astype(var.dtype)
+    if var.dims[:2] == (S.RUN, S.EPOCH):
+        mask = completed.copy()
+        if given is None:
+            mask[:, 0] = False
+        values = np.where(mask.reshape(mask.shape + (1,) * (values.ndim - 2)), values,
+                          np.asarray(var.fill_value, dtype=var.dtype))
+    return values
 
 
 def forgetting_reference(tc: np.ndarray, presented: np.ndarray, never: str = "count"):

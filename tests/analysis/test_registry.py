@@ -32,19 +32,20 @@ def test_prob_low_end_is_hard_in_select_and_noise(make_store):
 
 
 def test_a_score_on_a_variable_newer_than_the_store_format_is_refused_in_one_line(store, monkeypatch):
-    """A future entry reading a variable added in format 2 (e.g. an in-flight margin for
-    aum@E): on a format-1 store the registry's variables say so before anything is read."""
+    """A future entry reading a variable added in a later format: on a store of the current
+    format the registry's variables say so before anything is read."""
     from scorebank.analysis.registry import SCORES, ScoreKind, at_epoch, clean_pass
     from scorebank.core.registry import Entry
     from scorebank.stores.location import MissingVariableError
 
-    newer = S.Variable("inflight_margin", (S.RUN, S.EPOCH, S.EXAMPLE), "float32", "toy", since=2)
+    now = S.FORMAT_VERSION  # the format the test store is written in
+    newer = S.Variable("inflight_margin", (S.RUN, S.EPOCH, S.EXAMPLE), "float32", "toy", since=now + 1)
     monkeypatch.setitem(S.BY_NAME, newer.name, newer)
     kind = ScoreKind("toy", lambda ds, seeds, epoch, options: at_epoch(ds, newer.name, seeds, epoch),
                      high_is_hard=False, variables=(newer.name,), available=clean_pass)
     monkeypatch.setattr(SCORES, "_entries", {**SCORES._entries, "toy": Entry("toy", kind, "a toy")})
-    with pytest.raises(MissingVariableError, match=r"^score 'toy@3' needs 'inflight_margin', but store format 1 "
-                                                   r"has no 'inflight_margin' \(added in format 2\)") as info:
+    with pytest.raises(MissingVariableError, match=rf"^score 'toy@3' needs 'inflight_margin', but store format {now} "
+                                                   rf"has no 'inflight_margin' \(added in format {now + 1}\)") as info:
         average_score(store.path, "toy@3")
     assert "\n" not in str(info.value)
 
