@@ -23,7 +23,7 @@ def run_command(
     preset: Optional[str] = typer.Option(None, help="Run a shipped experiment (see 'scorebank presets')."),
     out: Optional[Path] = typer.Option(None, help="Output directory (stores, results.json, report/); default: "
                                                   "./NAME, the experiment's name."),
-    rerun: Optional[list[str]] = typer.Option(None, "--rerun", help="Run this stage again even if done or changed "
+    rerun: Optional[list[str]] = typer.Option(None, "--rerun", metavar="STAGE", help="Run this stage again even if done or changed "
                                                                     "(replacing what it wrote); repeatable."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (what is done, what remains) and exit."),
     device: Device = "auto",
@@ -43,14 +43,16 @@ def run_command(
         where = out if out is not None else Path(exp.name)
         if dry_run:
             rows = plan(exp, where, rerun=rerun or ())
-            table = compact_table("stage", "kind", "store", "status", "detail")
+            table = compact_table("stage", "kind", "store", "status", "detail", fold=(0, 4))
             for r in rows:
                 table.add_row(plain(r.stage.name), r.stage.kind, plain(r.stage.store or ""),
                               STATUS_SHOWN[r.status], plain(r.detail))
             console.print(table)
             done = sum(r.status == "done" for r in rows)
-            console.print(f"{done} of {len(rows)} stages done, {len(rows) - done} to run; output in {plain(where)}",
-                          highlight=False)
+            changed = [r.stage.name for r in rows if r.status == "changed"]
+            console.print(f"{done} of {len(rows)} stages done, {len(rows) - done - len(changed)} to run"
+                          + (f", {len(changed)} changed (refused unless --rerun {plain(changed[0])} ...)" if changed
+                             else "") + f"; output in {plain(where)}", highlight=False)
             return
 
         with _StageProgress(enabled=not quiet) as show:
