@@ -38,7 +38,9 @@ done when the output directory's ledger (``experiment-state.json``) holds their 
 the same definition and the same scoring state of the store (configuration and run
 statuses).  The ledger also keeps every stage's definition, so a stage whose definition
 changed since it ran is refused (:class:`StageChangedError`) unless it is named in
-``rerun`` (which replaces what it wrote).  ``results.json`` gathers every number the stages
+``rerun`` (which replaces what it wrote); so is a stage whose earlier output no longer
+matches its inputs (a retrain trained on another subset than its select stage now records).
+The ``report`` stage (added last when the file has none) is redone when the results change.  ``results.json`` gathers every number the stages
 produced, next to the published ones.
 """
 
@@ -51,7 +53,7 @@ import math
 import os
 import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path

@@ -6,7 +6,6 @@ import warnings
 from html.parser import HTMLParser
 
 import numpy as np
-import pytest
 import zarr
 from sklearn.metrics import roc_curve as sk_roc_curve
 
