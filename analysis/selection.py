@@ -119,10 +119,6 @@ class Rule:
         """The registry entry of the strategy."""
         return STRATEGIES.get(self.strategy)
 
-    @property
-    def uses_score(self) -> bool:
-        return self.kind.uses_score
-
     def parameters(self) -> dict:
         """Every parameter of the rule, defaults filled in (for the manifest)."""
         out = {k: getattr(self, k) for k in sorted(self.kind.uses)}
@@ -130,6 +126,12 @@ class Rule:
         if self.kind.records_hard_end:
             out["hard_end"] = "high" if self.high_is_hard else "low"
         return out
+
+
+def _given(value, message: str) -> None:
+    """InvalidArgumentError(``message``) when a parameter the strategy needs is missing."""
+    if value is None:
+        raise InvalidArgumentError(message)
 
 
 def make_rule(strategy: str, *, fraction: float | None = None, offset: float | None = None,
@@ -150,8 +152,7 @@ def make_rule(strategy: str, *, fraction: float | None = None, offset: float | N
             f"--strategy {strategy} does not take {', '.join(opt[k] for k in extra)}; it uses "
             f"{', '.join(opt[k] for k in sorted(uses))}")
     if "fraction" in uses:
-        if fraction is None:
-            raise InvalidArgumentError(f"--strategy {strategy} needs {opt['fraction']} F with 0 < F <= 1")
+        _given(fraction, f"--strategy {strategy} needs {opt['fraction']} F with 0 < F <= 1")
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise InvalidArgumentError(f"{opt['fraction']} {fraction!r} is outside (0, 1]; give e.g. 0.5")
     if "offset" in uses:
@@ -163,8 +164,7 @@ def make_rule(strategy: str, *, fraction: float | None = None, offset: float | N
                 f"{strategy} --offset {offset!r} {opt['fraction']} {fraction!r} runs past the end of the "
                 f"sorted data (offset + fraction = {offset + fraction:g} > 1); lower one of them")
     if "count" in uses:
-        if count is None:
-            raise InvalidArgumentError(f"--strategy {strategy} needs --count K (examples to keep)")
+        _given(count, f"--strategy {strategy} needs {opt['count']} K (examples to keep)")
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
             raise InvalidArgumentError(f"--count {count!r} must be a positive integer")
     if "seed" in uses:
@@ -280,7 +280,7 @@ def select_indices(rule: Rule, scores: np.ndarray | None, labels: np.ndarray) ->
     :func:`select`."""
     labels = np.asarray(labels)
     n_total = labels.size
-    if rule.uses_score:
+    if rule.kind.uses_score:
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != labels.shape:
             raise InvalidArgumentError(f"{scores.size} scores for {labels.size} examples")
@@ -341,9 +341,9 @@ def select(store: access.StoreLike, strategy: str, *, score: str | ScoreSpec | N
     rule = make_rule(strategy, fraction=fraction, offset=offset, count=count, seed=seed, bins=bins,
                      hard_cutoff=hard_cutoff, class_balanced=class_balanced,
                      high_is_hard=True if spec is None else spec.high_is_hard, options=options)
-    if rule.uses_score and spec is None:
+    if rule.kind.uses_score and spec is None:
         raise InvalidArgumentError(f"--strategy {strategy} needs --score, e.g. --score el2n@20")
-    if not rule.uses_score and spec is not None:
+    if not rule.kind.uses_score and spec is not None:
         raise InvalidArgumentError(f"--strategy random uses no score; drop --score {str(spec)!r}")
     allowed = STRATEGIES.get(strategy).scores
     if allowed is not None and spec.name not in allowed:
