@@ -280,6 +280,12 @@ def _check_indices(idx: torch.Tensor, n: int, what: str) -> torch.Tensor:
     return idx.long()
 
 
+def _defer_checks(device: torch.device) -> bool:
+    """Whether :meth:`Run.observe` gathers its checks on ``device`` for the epoch's
+    :meth:`Run.record_epoch` instead of reading them per batch (a device sync)."""
+    return device.type != "cpu"
+
+
 def _check_logits(logits: torch.Tensor, batch: int, classes: int, what: str) -> None:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -550,13 +556,15 @@ class Run:
         counts = st["counts"]
         counts.index_add_(0, idx, st["ones"][:idx.shape[0]])
         seen = counts[idx]  # (batch,): 1 unless an example came twice this epoch
-        mismatch, repeated, nonfinite = (y != stored).any(), (seen != 1).any(), ~torch.isfinite(logits).all()
-        if dev.type == "cpu":  # checks cost no device sync here: refuse the batch before keeping it
-            if bool(mismatch | repeated | nonfinite):
+        # (3,): labels that differ from the store's, repeated examples, non-finite logits
+        flags = torch.stack(((y != stored).sum(), (seen != 1).sum(), (~torch.isfinite(logits)).sum()))
+        if not _defer_checks(dev):  # checks cost no device sync here: refuse the batch before keeping it
+            if bool(flags.any()):
                 counts.index_add_(0, idx, -st["ones"][:idx.shape[0]])  # undo: the batch is refused
-                self._refuse_batch(what, epoch, idx, y, stored, seen, bool(mismatch), bool(repeated))
+                mismatch, repeated, _ = flags.tolist()
+                self._refuse_batch(what, epoch, idx, y, stored, seen, mismatch > 0, repeated > 0)
         else:  # no device sync per batch: the flags are checked by record_epoch
-            st["flags"] += torch.stack((mismatch, repeated, nonfinite)).long()
+            st["flags"] += flags
         st["correct"][idx] = correct_from_logits(logits, y)
         self._epoch = int(epoch)
 
@@ -600,7 +608,7 @@ class Run:
     def _raise_flags(self, what: str) -> None:
         """Raise what :meth:`observe` found on an accelerator since the last record."""
         st = self._state
-        if not st or st["flags"].device.type == "cpu":
+        if not st or not _defer_checks(st["flags"].device):
             return
         mismatches, repeats, nonfinite = (int(v) for v in st["flags"].tolist())
         if mismatches:

@@ -345,3 +345,34 @@ def test_dict_batches_and_label_noise(tmp_path):
     assert values["pristine_accuracy"] == pytest.approx((margin[~corrupt] > 0).mean())
     assert values["pristine_loss"] == pytest.approx(loss[~corrupt].mean(), rel=1e-5)
     assert values["test_accuracy"] == pytest.approx((reference_scores(model.net, x, true)[0] > 0).mean())
+
+
+def test_accelerator_checks_are_raised_by_record_epoch(tmp_path, monkeypatch):
+    """On an accelerator observe() reads no flag per batch; record_epoch raises what it found
+    before writing (exercised on the CPU by taking that path)."""
+    from scorebank.pipeline import record
+
+    monkeypatch.setattr(record, "_defer_checks", lambda device: True)
+    rec, model, x, y = small(tmp_path)
+    with rec.run(seed=0) as run:
+        run.record_epoch(0, model, x)
+        logits = model(x).detach()
+        run.observe(1, torch.arange(10), logits[:10], y[:10])
+        run.observe(1, torch.arange(5, 15), logits[5:15], y[5:15])  # 5..9 again: no error yet
+        before = store_state(rec.path)
+        with pytest.raises(ExampleIndexError, match="example 5 was observed 2 times in epoch 1"):
+            run.record_epoch(1, model, x)
+        assert_unchanged(rec.path, before)
+    with rec.run(seed=1) as run:
+        run.record_epoch(0, model, x)
+        run.observe(1, torch.arange(4), logits[:4], (y[:4] + 1) % K)
+        with pytest.raises(LabelMismatchError, match="4 observed label"):
+            run.record_epoch(1, model, x)
+    with rec.run(seed=2) as run:
+        run.record_epoch(0, model, x)
+        bad = logits[:4].clone()
+        bad[0, 0] = float("inf")
+        run.observe(1, torch.arange(4), bad, y[:4])
+        with pytest.raises(RunFailedError, match="non-finite logits in epoch 1"):
+            run.record_epoch(1, model, x)
+    assert xr.open_zarr(rec.path).attrs["runs"]["2"]["status"] == "failed"
