@@ -44,23 +44,36 @@ analyze_app = typer.Typer(
     no_args_is_help=True,
 )
 
-#: where a help text lists the score registry; filled in when the help is shown
-#: (:class:`ScoreHelp`), so that building the command line imports no analysis module
+#: where a help text lists a registry of scorebank.analysis; filled in when the help is
+#: shown (:class:`ScoreHelp`), so that building the command line imports no analysis module
 SPECS_HELP = "<<scores>>"
+STRATEGIES_HELP = "<<strategies>>"
+
+
+def _registry_help(placeholder: str) -> str:
+    """The text :class:`ScoreHelp` puts in place of ``placeholder``."""
+    if placeholder == SPECS_HELP:
+        from scorebank.analysis.registry import score_help
+
+        return score_help()
+    from scorebank.analysis.selection import STRATEGIES
+
+    return STRATEGIES.help_text()
 
 
 class ScoreHelp(TyperCommand):
-    """A command whose help lists the score registry (:func:`scorebank.analysis.registry.score_help`
-    replaces :data:`SPECS_HELP` in its parameters' help when the help is formatted)."""
+    """A command whose help lists the score registry or the selection strategies: the
+    placeholders :data:`SPECS_HELP` and :data:`STRATEGIES_HELP` in its parameters' help are
+    replaced by the registries' help texts when the help is formatted."""
 
     def format_help(self, ctx, formatter) -> None:
-        if any(SPECS_HELP in (p.help or "") for p in self.params):
-            from scorebank.analysis.registry import score_help
-
-            text = score_help() if self.rich_markup_mode is None else escape(score_help())  # "forgetting[@E]"
-            for p in self.params:
-                if p.help:
-                    p.help = p.help.replace(SPECS_HELP, text)
+        for placeholder in (SPECS_HELP, STRATEGIES_HELP):
+            params = [p for p in self.params if placeholder in (p.help or "")]
+            if params:
+                text = _registry_help(placeholder)
+                text = text if self.rich_markup_mode is None else escape(text)  # "forgetting[@E]"
+                for p in params:
+                    p.help = p.help.replace(placeholder, text)
         return super().format_help(ctx, formatter)
 NEVER_HELP = ("Score of examples never classified correctly in a run: 'count' = presentations + 1 "
               "(default), 'inf' = Data Diet's convention.")

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from scorebank.cli.analyze import SPECS_HELP, ScoreHelp
+from scorebank.cli.analyze import SPECS_HELP, STRATEGIES_HELP, ScoreHelp
 from scorebank.cli.common import SCHEDULER_HELP, dask_scheduler, handle_errors
 from scorebank.cli.output import Grid, emit, fmt
 from scorebank.cli.text import plain
@@ -24,7 +24,7 @@ OPTIONS = {"fraction": "--keep"}
 def select_command(
     store: str = typer.Argument(..., help="Store path (a directory to record the manifest in; archives/URLs need --no-record)."),
     score: Optional[str] = typer.Option(None, help="Score spec averaged over runs, e.g. el2n@20, grand@0, forgetting, nmargin@200.  Not used by random.  " + SPECS_HELP),
-    strategy: str = typer.Option(..., help="keep-highest, keep-lowest, window, random, smallest-margin or stratified."),
+    strategy: str = typer.Option(..., help="How to choose.  " + STRATEGIES_HELP),
     keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of examples KEPT, in (0, 1] (all strategies but smallest-margin)."),
     fraction: Optional[float] = typer.Option(None, "--fraction", hidden=True, help="Renamed --keep."),
     offset: Optional[float] = typer.Option(None, help="window: fraction of lowest scores dropped first, in [0, 1)."),

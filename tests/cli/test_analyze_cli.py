@@ -516,6 +516,11 @@ def test_score_help_is_generated_from_the_registry_when_shown():
         assert res.exit_code == 0 and "<<scores>>" not in text, res.output
         for entry in SCORES.entries():
             assert f"{entry.value.syntax}: {entry.help}"[:30] in text, (args, entry.name)
+    from scorebank.analysis.selection import STRATEGIES
+
+    text = " ".join(run("select", "--help").output.replace("│", " ").split())
+    assert "<<strategies>>" not in text
+    assert all(f"{e.name}: {e.help}"[:25] in text for e in STRATEGIES.entries()), text
     # building the command line (and its top-level help) imports no analysis module
     code = ("import sys; from typer.testing import CliRunner; from scorebank.cli.main import app; "
             "assert CliRunner().invoke(app, ['--help']).exit_code == 0; "
