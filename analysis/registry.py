@@ -234,3 +234,48 @@ def _forgetting(ds, seeds, epoch, options):
        help="softmax probability of the training label, exp(-loss) (the data maps' confidence at one epoch)")
 def _prob(ds, seeds, epoch, options):
     return np.exp(-at_epoch(ds, S.LOSS, seeds, epoch))
+
+
+def _inflight_recorded(ds: xr.Dataset, seeds: Sequence[int]) -> np.ndarray:
+    """(run, epoch) bool: the in-flight values (train_correct, train_margin) were written."""
+    return access.completed_mask(ds, seeds)
+
+
+@score("aum", high_is_hard=False, variables=(S.TRAIN_MARGIN,),
+       help="AUM, the area under the margin (Pleiss et al. 2020): mean over epochs 1..E of the in-flight "
+            "margin train_margin (logits of the training step that presented the example)")
+def _aum(ds, seeds, epoch, options):
+    m = epochs_through(ds, S.TRAIN_MARGIN, seeds, epoch, f"aum@{epoch}", available=_inflight_recorded)
+    return m.mean(axis=1)  # (run, epoch, example) -> (run, example)
+
+
+def _label_probability(ds, seeds, epoch, what):
+    """p_e(y | x) = exp(-loss) at the clean pass after epochs 1..E: (run, epoch, example)."""
+    return np.exp(-epochs_through(ds, S.LOSS, seeds, epoch, what))
+
+
+@score("confidence", high_is_hard=False, variables=(S.LOSS,),
+       help="data maps' confidence (Swayamdipta et al. 2020): mean over epochs 1..E of the clean-pass "
+            "probability of the label, exp(-loss)")
+def _confidence(ds, seeds, epoch, options):
+    return _label_probability(ds, seeds, epoch, f"confidence@{epoch}").mean(axis=1)
+
+
+@score("variability", high_is_hard=True, variables=(S.LOSS,),
+       help="data maps' variability: population standard deviation over epochs 1..E of the clean-pass "
+            "probability of the label (high = ambiguous)")
+def _variability(ds, seeds, epoch, options):
+    return _label_probability(ds, seeds, epoch, f"variability@{epoch}").std(axis=1)  # ddof=0, as np.std
+
+
+@score("correctness", high_is_hard=False, variables=(S.CORRECT,),
+       help="data maps' correctness: fraction of epochs 1..E whose clean pass classified the example correctly")
+def _correctness(ds, seeds, epoch, options):
+    return epochs_through(ds, S.CORRECT, seeds, epoch, f"correctness@{epoch}").mean(axis=1)
+
+
+@score(S.INPUT_NORM, high_is_hard=True, variables=(S.INPUT_NORM,), epoch=EPOCH_NONE,
+       help="L2 norm of the normalised, un-augmented input as the network sees it (what GraNd at "
+            "initialisation tracks, Kirsch 2023)")
+def _input_norm(ds, seeds, epoch, options):
+    return per_example(ds, S.INPUT_NORM, seeds)

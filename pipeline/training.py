@@ -77,6 +77,12 @@ def to_device_data(data: ImageData, labels: np.ndarray, device: torch.device) ->
                       data.num_classes, tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
+def input_norms(data: DeviceData) -> np.ndarray:
+    """(N,) float32: the L2 norm of each normalised, un-augmented training input as the network
+    sees it (Kirsch 2023: what GraNd at initialisation largely tracks)."""
+    return torch.linalg.vector_norm(data.train_x.flatten(1).double(), dim=1).float().cpu().numpy()  # (N, CHW) -> (N,)
+
+
 def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
     """(CPU generator for the permutation, device generator for augmentation) of one epoch."""
     base = (seed * 1_000_003 + epoch * 7919 + 0x5C0BE) % (2**63 - 1)

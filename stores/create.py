@@ -49,10 +49,12 @@ def consolidate(path: str | os.PathLike) -> None:
 
 def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, true_labels: np.ndarray,
                  original_index: np.ndarray, seeds: tuple[int, ...], features: frozenset[str],
-                 attrs: Mapping) -> None:
+                 attrs: Mapping, per_example: Mapping[str, np.ndarray] | None = None) -> None:
     """Create an empty store for epochs ``0..n_epochs`` and the given runs, atomically.
 
-    ``attrs`` are added to the root attributes (configuration JSON, data set, ...)."""
+    ``attrs`` are added to the root attributes (configuration JSON, data set, ...);
+    ``per_example`` gives the values of other ``(example,)`` variables of the schema known at
+    creation (e.g. ``input_norm``); those not given read their fill value (NaN)."""
     path = Path(path)
     if path.exists():
         raise StoreExistsError(f"{str(path)!r} already exists")
@@ -84,6 +86,8 @@ def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, 
                 arr[:] = np.asarray(true_labels, dtype=np.int64)
             elif var.name == S.CORRUPTED:
                 arr[:] = np.asarray(labels) != np.asarray(true_labels)
+            elif var.dims == (S.EXAMPLE,) and var.name in (per_example or {}):
+                arr[:] = np.asarray(per_example[var.name], dtype=var.dtype)
         root.attrs.update({
             **S.format_attrs(),
             S.ATTR_VERSION: scorebank_version(),

@@ -54,6 +54,7 @@ RECORDED = "recorded"
 LABEL = "label"
 TRUE_LABEL = "true_label"
 CORRUPTED = "corrupted"
+INPUT_NORM = "input_norm"
 
 # ---------------------------------------------------------------- provenance coordinates
 # Coordinates on ``run`` that merged stores (:mod:`scorebank.stores.merge`) carry.
@@ -236,6 +237,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(LABEL, _X, "int64", "label used for training (after label noise)"),
     Variable(TRUE_LABEL, _X, "int64", "label in the data set"),
     Variable(CORRUPTED, _X, "bool", "label != true_label (label noise changed it)"),
+    Variable(INPUT_NORM, _X, "float32",
+             "L2 norm of the example's input as the network sees it: normalised by the training set's "
+             "per-channel mean and std, un-augmented; written when the store is created (NaN when the "
+             "writer had no images, e.g. an imported or recorder-made store)", since=2),
 )
 
 BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
