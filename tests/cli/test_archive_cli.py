@@ -75,7 +75,7 @@ def test_export_prints_the_archive_checksum_and_how_to_open_it(stores, tmp_path)
 def test_export_shows_a_progress_bar_unless_quiet(stores, tmp_path):
     result = run("export", str(stores["a"]), str(tmp_path / "bar.scorebank.zip"))
     assert result.exit_code == 0, result.output
-    assert "exporting" in result.stderr and "19/19" in result.stderr
+    assert "exporting" in result.stderr and re.search(r"\b(\d+)/\1\b", result.stderr), result.stderr  # done/total
 
 
 def test_export_argument_errors_exit_2_and_failures_exit_1(stores, tmp_path):
