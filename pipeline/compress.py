@@ -322,7 +322,7 @@ def compress(store: str | os.PathLike, config: CompressConfig, *, name: str | No
     _check_keep(config.keep, n)
     start = starting_point(path, config.run)
     if compression_exists(path, name) and not overwrite:
-        raise StoreExistsError(f"compression {S.COMPRESS_GROUP}/{name!r} already exists in {str(path)!r}; "
+        raise StoreExistsError(f"compression {f'{S.COMPRESS_GROUP}/{name}'!r} already exists in {str(path)!r}; "
                                "choose another --name or pass --overwrite")
     sd = data if isinstance(data, StoreData) else load_store_data(path, device=device, data=data)
     state = load_checkpoint(path / start["checkpoint"])
@@ -469,7 +469,7 @@ def write_compression(writer: StoreWriter, name: str, config: CompressConfig, st
     gdir = writer.path / S.COMPRESS_GROUP / name
     if (gdir / "zarr.json").is_file():
         if compression_exists(writer.path, name) and not overwrite:
-            raise StoreExistsError(f"compression {S.COMPRESS_GROUP}/{name!r} already exists; pass --overwrite")
+            raise StoreExistsError(f"compression {f'{S.COMPRESS_GROUP}/{name}'!r} already exists; pass --overwrite")
         del parent[name]
     if gdir.exists():  # leftovers without metadata
         shutil.rmtree(gdir)
