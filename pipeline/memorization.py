@@ -28,7 +28,8 @@ group="memorization")``) with
 
 and the attributes ``memorization`` (the :class:`MemorizationSpec` as JSON) and ``models``
 (``{"<m>": status}``).  Resume: a model is the unit of work, one run of the shared run
-lifecycle (:mod:`scorebank.pipeline.subset_training`; progress events with ``group``
+lifecycle (:mod:`scorebank.pipeline.subset_training`; the group's bookkeeping is
+:mod:`scorebank.pipeline.subset_group`; progress events with ``group``
 ``"memorization"`` and ``seed`` = m); its values are written (each chunk atomically) and then
 ``completed``.  Re-running skips completed (and diverged) models and trains the others from
 scratch; a larger ``--subsets`` adds models.  The estimate arrays
@@ -38,12 +39,8 @@ are added (they describe the models they were computed from).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,17 +48,17 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from scorebank.pipeline.config import ScoreConfig
 from scorebank.pipeline.datasets import ImageData
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome
+from scorebank.pipeline.subset_group import (NO_VALUE, GroupSpec, Tally, read_group_spec, set_unit_status,
+                                             training_group, unit_status)
 from scorebank.pipeline.subset_training import (StoreTraining, SubsetSlot, check_count, load_store_training,
                                                 predict_correct, train_subset_model)
 from scorebank.stores import heldout as H
 from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
-from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, RunFailedError
+from scorebank.stores.errors import InvalidArgumentError, RunFailedError
 from scorebank.stores.heldout import drop_estimates
-from scorebank.stores.zarrstore import StoreWriter, consolidate, now_iso, scorebank_version
 
 GROUP = H.MEMORIZATION_GROUP
 MODEL, EXAMPLE, TEST_EXAMPLE = H.MODEL, S.EXAMPLE, H.TEST_EXAMPLE
@@ -73,47 +70,16 @@ MEMORIZATION_SEED_OFFSET = 3_000_000
 MAX_MODELS = 100_000
 _SUBSET_SALT = 0x3E30
 
-#: fill value of the coordinate arrays: never a valid value, so every chunk of them is stored
-_NO_VALUE = -1
-
 
 @dataclass(frozen=True)
-class MemorizationSpec:
+class MemorizationSpec(GroupSpec):
     """What determines the group's values, except the number of models."""
 
     keep: float
     subset_size: int
-    training: ScoreConfig
-    dataset_fingerprint: str
-    n_examples: int
     n_test: int
     seed_offset: int = MEMORIZATION_SEED_OFFSET
     format: int = MEMORIZATION_FORMAT
-
-    def to_json(self) -> str:
-        out = dataclasses.asdict(self)
-        out["training"] = json.loads(self.training.to_json())
-        return json.dumps(out, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "MemorizationSpec":
-        raw = json.loads(text)
-        raw["training"] = ScoreConfig.from_json(json.dumps(raw["training"]))
-        return cls(**{k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(cls)}})
-
-    def differences(self, other: "MemorizationSpec") -> dict[str, tuple]:
-        diff = {f"training.{k}": v for k, v in self.training.differences(other.training).items()}
-        for f in dataclasses.fields(self):
-            if f.name != "training" and getattr(self, f.name) != getattr(other, f.name):
-                diff[f.name] = (getattr(self, f.name), getattr(other, f.name))
-        return diff
-
-
-@dataclass(frozen=True)
-class MemorizationOutcome:
-    trained: int
-    skipped: int
-    failed: tuple[int, ...]
 
 
 def check_keep(keep) -> float:
@@ -142,44 +108,32 @@ def subset_mask(n_examples: int, size: int, model: int) -> np.ndarray:
 
 
 def read_spec(store: str | os.PathLike) -> MemorizationSpec | None:
-    meta = Path(store) / GROUP / "zarr.json"
-    if not meta.is_file():
-        return None
-    attrs = json.loads(meta.read_text()).get("attributes", {})
-    return MemorizationSpec.from_json(attrs[ATTR_SPEC]) if ATTR_SPEC in attrs else None
+    """The spec of the store's memorization group, or None when it has none."""
+    return read_group_spec(store, GROUP, ATTR_SPEC, MemorizationSpec)
 
 
 def _chunk(n: int) -> int:
     return max(1, min(n, S.PER_EXAMPLE_CHUNK))
 
 
-def _create_group(writer: StoreWriter, spec: MemorizationSpec) -> None:
-    """An empty (zero models) group, built under a temporary name and renamed into place."""
-    tmp_name = f".{GROUP}.{uuid.uuid4().hex[:8]}.partial"
+def _create_arrays(group: zarr.Group, spec: MemorizationSpec) -> None:
+    """The arrays of an empty (zero models) memorization group."""
     n, t = spec.n_examples, spec.n_test
-    try:
-        group = writer.root.create_group(tmp_name)
-        create_array(group, MODEL, dims=(MODEL,), shape=(0,), dtype="int64", chunks=(1024,), fill_value=_NO_VALUE)
-        create_array(group, EXAMPLE, dims=(EXAMPLE,), data=np.arange(n, dtype=np.int64), fill_value=_NO_VALUE,
-                     chunks=(_chunk(n),))
-        create_array(group, TEST_EXAMPLE, dims=(TEST_EXAMPLE,), data=np.arange(t, dtype=np.int64), fill_value=_NO_VALUE,
-                     chunks=(_chunk(t),))
-        create_array(group, IN_SUBSET, dims=(MODEL, EXAMPLE), shape=(0, n), dtype="bool", chunks=(1, _chunk(n)),
-                     attributes={"description": "the example is in the model's random training subset"})
-        create_array(group, CORRECT, dims=(MODEL, EXAMPLE), shape=(0, n), dtype="bool", chunks=(1, _chunk(n)),
-                     attributes={"description": "clean-pass correctness (w.r.t. `label`) after training; "
-                                                "False where `completed` is False"})
-        create_array(group, TEST_CORRECT, dims=(MODEL, TEST_EXAMPLE), shape=(0, t), dtype="bool",
-                     chunks=(1, _chunk(t)), attributes={"description": "correctness on the test example after "
-                                                                       "training"})
-        create_array(group, COMPLETED, dims=(MODEL,), shape=(0,), dtype="bool", chunks=(1024,),
-                     attributes={"description": "the model's correctness is written"})
-        group.attrs.update({ATTR_SPEC: spec.to_json(), ATTR_MODELS: {}, S.ATTR_CREATED: now_iso(),
-                            S.ATTR_VERSION: scorebank_version()})
-        os.rename(writer.path / tmp_name, writer.path / GROUP)
-    except BaseException:
-        shutil.rmtree(writer.path / tmp_name, ignore_errors=True)
-        raise
+    create_array(group, MODEL, dims=(MODEL,), shape=(0,), dtype="int64", chunks=(1024,), fill_value=NO_VALUE)
+    create_array(group, EXAMPLE, dims=(EXAMPLE,), data=np.arange(n, dtype=np.int64), fill_value=NO_VALUE,
+                 chunks=(_chunk(n),))
+    create_array(group, TEST_EXAMPLE, dims=(TEST_EXAMPLE,), data=np.arange(t, dtype=np.int64), fill_value=NO_VALUE,
+                 chunks=(_chunk(t),))
+    create_array(group, IN_SUBSET, dims=(MODEL, EXAMPLE), shape=(0, n), dtype="bool", chunks=(1, _chunk(n)),
+                 attributes={"description": "the example is in the model's random training subset"})
+    create_array(group, CORRECT, dims=(MODEL, EXAMPLE), shape=(0, n), dtype="bool", chunks=(1, _chunk(n)),
+                 attributes={"description": "clean-pass correctness (w.r.t. `label`) after training; "
+                                            "False where `completed` is False"})
+    create_array(group, TEST_CORRECT, dims=(MODEL, TEST_EXAMPLE), shape=(0, t), dtype="bool",
+                 chunks=(1, _chunk(t)), attributes={"description": "correctness on the test example after "
+                                                                   "training"})
+    create_array(group, COMPLETED, dims=(MODEL,), shape=(0,), dtype="bool", chunks=(1024,),
+                 attributes={"description": "the model's correctness is written"})
 
 
 def _add_models(path: Path, group: zarr.Group, models: int, spec: MemorizationSpec) -> None:
@@ -200,6 +154,13 @@ def _add_models(path: Path, group: zarr.Group, models: int, spec: MemorizationSp
     model[old:] = np.arange(old, models, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class MemorizationOutcome:
+    trained: int
+    skipped: int
+    failed: tuple[int, ...]
+
+
 def memorization(store: str | os.PathLike, subsets: int, keep: float = 0.7, *, device: str = "auto",
                  overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None,
                  data: ImageData | None = None) -> MemorizationOutcome:
@@ -214,52 +175,18 @@ def memorization(store: str | os.PathLike, subsets: int, keep: float = 0.7, *, d
     subsets = check_count(subsets, "--subsets", 1, MAX_MODELS)
     keep = check_keep(keep)
     st = load_store_training(store, "memorization", device=device, data=data)
-    spec = MemorizationSpec(keep, subset_size(st.n_examples, keep), st.config, st.fingerprint,
-                            st.n_examples, st.n_test)
-    old = read_spec(st.path)
-    if old is not None and not overwrite:
-        _refuse_mismatch(st.path, old, spec)
-    with StoreWriter(st.path) as writer:
-        if old is not None and overwrite:
-            shutil.rmtree(st.path / GROUP)
-            old = None
-        if old is None:
-            _create_group(writer, spec)
-        else:
-            _refuse_mismatch(st.path, read_spec(st.path), spec)
-        group = _open(st.path)
-        _add_models(st.path, group, subsets, spec)
-        consolidate(st.path)
-        group = _open(st.path)
-        trained, skipped, failed = 0, 0, []
-        try:
-            for m in range(subsets):
-                outcome = _train_model(group, st, spec, m, progress)
-                if outcome.status == S.RUN_FAILED:
-                    failed.append(m)
-                elif outcome.skipped:
-                    skipped += 1
-                else:
-                    trained += 1
-        finally:  # the status records, also after Ctrl-C
-            consolidate(st.path)
-    if failed:
-        raise RunFailedError(f"{len(failed)} subset model(s) diverged (non-finite loss): models {failed!r}; "
-                             "lower the store's learning rate; the other models are in the store")
-    return MemorizationOutcome(trained, skipped, tuple(failed))
-
-
-def _open(path: Path) -> zarr.Group:
-    return zarr.open_group(path / GROUP, mode="r+", zarr_format=3, use_consolidated=False)
-
-
-def _refuse_mismatch(path: Path, old: MemorizationSpec, new: MemorizationSpec) -> None:
-    diff = old.differences(new)
-    if diff:
-        listing = "; ".join(f"{k}: group has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
-        raise ConfigMismatchError(
-            f"the memorization group of {str(path)!r} was made with other settings ({listing}); "
-            "use the same --keep, or --overwrite to replace it")
+    spec = MemorizationSpec(training=st.config, dataset_fingerprint=st.fingerprint, n_examples=st.n_examples,
+                            keep=keep, subset_size=subset_size(st.n_examples, keep), n_test=st.n_test)
+    tally = Tally()
+    with training_group(st.path, GROUP, spec, spec_attr=ATTR_SPEC, status_attr=ATTR_MODELS, option="--keep",
+                        overwrite=overwrite, create_arrays=lambda group: _create_arrays(group, spec),
+                        grow=lambda group: _add_models(st.path, group, subsets, spec)) as group:
+        for m in range(subsets):
+            tally.add(m, _train_model(group, st, spec, m, progress))
+    if tally.failed:
+        raise RunFailedError(f"{len(tally.failed)} subset model(s) diverged (non-finite loss): models "
+                             f"{tally.failed!r}; lower the store's learning rate; the other models are in the store")
+    return MemorizationOutcome(tally.trained, tally.skipped, tuple(tally.failed))
 
 
 def _train_model(group: zarr.Group, st: StoreTraining, spec: MemorizationSpec, m: int, progress) -> RunOutcome:
@@ -272,13 +199,9 @@ def _train_model(group: zarr.Group, st: StoreTraining, spec: MemorizationSpec, m
         group[COMPLETED][m] = True  # last: the model is complete
 
     slot = SubsetSlot(m, is_done=lambda: bool(group[COMPLETED][m]),
-                      read_status=lambda: dict(group.attrs.get(ATTR_MODELS, {})).get(str(m), {}),
-                      write_status=lambda record: _set_model_status(group, m, record), on_finish=finish)
+                      read_status=lambda: unit_status(group, ATTR_MODELS, str(m)),
+                      write_status=lambda record: set_unit_status(group, ATTR_MODELS, str(m), record),
+                      on_finish=finish)
     subset = np.flatnonzero(np.asarray(group[IN_SUBSET][m, :]))  # (subset_size,)
     return train_subset_model(st, slot, subset, spec.seed_offset + m, group=GROUP, progress=progress)
 
-
-def _set_model_status(group: zarr.Group, m: int, record: dict) -> None:
-    models = dict(group.attrs.get(ATTR_MODELS, {}))
-    models[str(m)] = record
-    group.attrs[ATTR_MODELS] = models
