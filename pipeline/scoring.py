@@ -5,6 +5,13 @@ every unfinished run from its last checkpoint and skips finished ones, and the r
 equals an uninterrupted run bit for bit on CPU.  Each run goes through the shared
 lifecycle (:func:`scorebank.pipeline.lifecycle.drive_run`, which documents the crash-safe
 order of writes); the store's root arrays hold its values (:class:`_RootSlot`).
+
+With ``client=`` (a ``distributed.Client``) every run is one Dask task
+(:mod:`scorebank.pipeline.dispatch`): this process (the coordinator) checks the store,
+allocates the runs and holds the store's lock; each task writes its own run under the run's
+lock (:class:`~scorebank.stores.zarrstore.RunWriter`) and keeps its status in the run's
+record; the coordinator consolidates the records into the ``runs`` attribute at the end,
+also after a failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,17 +26,19 @@ import torch
 
 from scorebank.pipeline.config import ScoreConfig, check_seeds
 from scorebank.pipeline.datasets import ImageData, apply_label_noise, load_dataset
+from scorebank.pipeline.dispatch import Task, run_tasks
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
 from scorebank.pipeline.models import check_model_size
-from scorebank.pipeline.training import DeviceData, EpochResult, Trainer, new_model, resolve_device, to_device_data
+from scorebank.pipeline.training import (DeviceData, EpochResult, Trainer, input_norms, new_model, resolve_device,
+                                         to_device_data)
 from scorebank.stores import schema as S
 from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, RunFailedError, ScorebankError,
                                      StoreExistsError)
 from scorebank.stores.merge import ATTR_SOURCES
-from scorebank.stores.zarrstore import StoreWriter, create_store, is_scorebank_store, remove_store
+from scorebank.stores.zarrstore import RunWriter, StoreWriter, create_store, is_scorebank_store, remove_store
 
 __all__ = ["ProgressEvent", "RunOutcome", "MergedStoreError", "ModelBuildError", "read_store_config",
-           "prepare_labels", "score"]
+           "prepare_labels", "score", "score_run"]
 
 
 class MergedStoreError(InvalidArgumentError):
@@ -94,7 +103,8 @@ def probe_model(config: ScoreConfig, data: DeviceData, seed: int, device: torch.
 def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike, *,
           device: str = "auto", overwrite: bool = False,
           progress: Callable[[ProgressEvent], None] | None = None,
-          data: ImageData | None = None) -> list[RunOutcome]:
+          data: ImageData | None = None, client=None, gpus_per_run: int = 0,
+          threads: int | None = None) -> list[RunOutcome]:
     """Train ``seeds`` under ``config`` and record their scores into ``store``.
 
     Refuses (:class:`ConfigMismatchError`) an existing store made with a different
@@ -106,7 +116,13 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
     :func:`scorebank.pipeline.lifecycle.drive_run`; raises :class:`RunFailedError` after
     all runs finished if any run diverged (it is marked ``failed`` with its epoch in the
     store's ``runs`` attribute).  ``data`` may be passed to skip loading (tests); it must be
-    what ``config`` names."""
+    what ``config`` names.
+
+    ``client``: a ``distributed.Client``; each run is then one task on its workers
+    (:mod:`scorebank.pipeline.dispatch`: ``gpus_per_run`` worker resources ``GPU``,
+    ``threads`` torch threads per task), each worker loading the data itself unless
+    ``data`` was given.  The result equals the sequential one bit for bit on CPU at the same
+    torch thread count."""
     seeds = check_seeds(seeds)
     dev = resolve_device(device)
     path = Path(store)
@@ -115,6 +131,7 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
         raise StoreExistsError(f"{str(path)!r} exists and is not a scorebank store; choose another --store path")
     if exists and not overwrite:
         check_store_accepts(path, _store_attrs(path), config)
+    data_given = data is not None
     if data is None:
         data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download, limit=config.limit)
     labels = prepare_labels(config, data)
@@ -125,24 +142,68 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
     if not path.exists():
         create_store(path, n_epochs=config.epochs, labels=labels, true_labels=data.train_labels,
                      original_index=data.original_index, seeds=seeds, features=config.features,
+                     per_example={S.INPUT_NORM: input_norms(device_data)},
                      attrs={S.ATTR_CONFIG: config.to_json(), S.ATTR_DATASET: data.name,
                             S.ATTR_FINGERPRINT: data.fingerprint,
                             S.ATTR_CLASS_NAMES: list(data.class_names)})
-    outcomes = []
     with StoreWriter(path) as writer:
         check_store_accepts(path, dict(writer.root.attrs), config, data.fingerprint)  # under the lock
         writer.add_runs(seeds)
-        for seed in seeds:
-            slot = _RootSlot(writer, seed)
-            outcomes.append(drive_run(slot, lambda seed=seed: Trainer(config, device_data, seed, dev,
-                                                                      grand_fn=_grand_fn(config)),
-                                      total_epochs=config.epochs, device=dev, progress=progress))
+        try:
+            if client is None:
+                outcomes = [_drive(path, config, seed, device_data, dev, progress) for seed in seeds]
+            else:
+                given = data if data_given else None
+                outcomes = run_tasks([Task(score_run, (str(path), config, seed),
+                                           {"device": device, "data": given, "fingerprint": data.fingerprint})
+                                      for seed in seeds],
+                                     client=client, progress=progress, gpus_per_run=gpus_per_run, threads=threads)
+        except BaseException:
+            _consolidate(writer, best_effort=True)
+            raise
+        _consolidate(writer)
     failed = [o for o in outcomes if o.status == S.RUN_FAILED]
     if failed:
         what = ", ".join(f"seed {o.seed} at epoch {o.failed_epoch}" for o in failed)
         raise RunFailedError(f"{len(failed)} run(s) diverged (non-finite loss): {what}; "
                              "lower --lr or check the data; the other runs are in the store")
     return outcomes
+
+
+def score_run(store: str, config: ScoreConfig, seed: int, *, device: str = "auto", data: ImageData | None = None,
+              fingerprint: str | None = None, progress: Callable[[ProgressEvent], None] | None = None) -> RunOutcome:
+    """One scoring run as a task (:mod:`scorebank.pipeline.dispatch`): in a store whose
+    coordinator allocated run ``seed``, load the data (unless given), check it is the data
+    set the store describes (``fingerprint``), and take the run through its lifecycle under
+    the run's lock: resumed from its checkpoint when an earlier attempt was killed."""
+    dev = resolve_device(device)
+    if data is None:
+        data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download, limit=config.limit)
+    if fingerprint is not None and data.fingerprint != fingerprint:
+        raise ConfigMismatchError(
+            f"store {store!r} describes data set fingerprint {fingerprint!r} but {config.dataset!r} gives "
+            f"{data.fingerprint!r} on this worker; give every worker the same --data-dir contents")
+    device_data = to_device_data(data, prepare_labels(config, data), dev)
+    return _drive(Path(store), config, seed, device_data, dev, progress)
+
+
+def _drive(path: Path, config: ScoreConfig, seed: int, device_data: DeviceData, dev: torch.device,
+           progress: Callable[[ProgressEvent], None] | None) -> RunOutcome:
+    with RunWriter(path, seed, wait=True) as run:
+        return drive_run(_RootSlot(run), lambda: Trainer(config, device_data, seed, dev, grand_fn=_grand_fn(config)),
+                         total_epochs=config.epochs, device=dev, progress=progress)
+
+
+def _consolidate(writer: StoreWriter, best_effort: bool = False) -> None:
+    """The runs' records into the ``runs`` attribute; after a failure, best effort (the
+    failure is what the user must see; the next run of the command consolidates)."""
+    if not best_effort:
+        writer.consolidate_runs()
+        return
+    try:
+        writer.consolidate_runs()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _grand_fn(config: ScoreConfig):
@@ -154,21 +215,22 @@ def _grand_fn(config: ScoreConfig):
 
 
 class _RootSlot:
-    """A scoring run: its values in the store's root arrays, its status in the ``runs``
-    attribute, its checkpoint at ``checkpoints/run-<seed>.pt``."""
+    """A scoring run: its values in the store's root arrays, its status in its per-run
+    record (consolidated into the ``runs`` attribute by the coordinator), its checkpoint at
+    ``checkpoints/run-<seed>.pt``."""
 
-    def __init__(self, writer: StoreWriter, seed: int):
-        self.writer, self.seed = writer, seed
-        self.checkpoint = writer.checkpoint_path(seed)
+    def __init__(self, run: RunWriter):
+        self.run, self.seed = run, run.seed
+        self.checkpoint = run.checkpoint
 
     def status(self) -> dict:
-        return self.writer.runs.get(str(self.seed), {})
+        return self.run.status()
 
     def set_status(self, status: str, **info) -> None:
-        self.writer.set_run_status(self.seed, status, **info)
+        self.run.set_status(status, **info)
 
     def write(self, result: EpochResult) -> None:
-        self.writer.write_epoch(self.seed, result.epoch, result.per_example, result.per_epoch)
+        self.run.write_epoch(result.epoch, result.per_example, result.per_epoch)
 
     def finish(self) -> None:
         pass

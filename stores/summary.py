@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,19 @@ SUMMARY_ARRAYS = (S.RUN, S.EPOCH, S.EXAMPLE, S.COMPLETED, S.RECORDED, S.TRAIN_AC
 NOISE_ARRAYS = (S.PRISTINE_ACCURACY, S.CORRUPT_ACCURACY)
 
 
+def _live_runs(ds: xr.Dataset, runs_attr: dict) -> dict:
+    """The runs' status now for a local store directory (the per-run records of runs being
+    written; ``interrupted`` for a run whose owner is gone: ``zarrstore.live_runs``), else the
+    consolidated ``runs`` attribute."""
+    source = ds.encoding.get("source")
+    if isinstance(runs_attr, dict) and isinstance(source, str) and "://" not in source \
+            and os.path.isfile(os.path.join(source, "zarr.json")):
+        from scorebank.stores.zarrstore import live_runs
+
+        return live_runs(source, runs_attr)
+    return runs_attr
+
+
 def summarize(ds: xr.Dataset, shown: str | None = None) -> StoreSummary:
     """The store's summary.  ``ds`` is what :func:`~scorebank.stores.location.open_scores`
     returned; ``shown`` names the store in errors.  A store lacking an array the summary
@@ -81,7 +95,7 @@ def summarize(ds: xr.Dataset, shown: str | None = None) -> StoreSummary:
     recorded = values(S.RECORDED)
     train_acc = values(S.TRAIN_ACCURACY)
     test_acc = values(S.TEST_ACCURACY)
-    runs_attr = ds.attrs.get(S.ATTR_RUNS, {})
+    runs_attr = _live_runs(ds, ds.attrs.get(S.ATTR_RUNS, {}))
     seps = separation_epochs(train_acc, recorded & completed, epochs)
     pristine = values(S.PRISTINE_ACCURACY) if noisy else None
     corrupt = values(S.CORRUPT_ACCURACY) if noisy else None

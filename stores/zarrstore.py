@@ -4,6 +4,22 @@ Each epoch writes only its own
 chunks, and zarr writes every chunk atomically (temporary file + rename), so a ``kill -9``
 at any moment leaves a readable store.  Metadata is consolidated after every structural
 change so plain ``xarray.open_zarr(path)`` opens it quickly and without warnings.
+
+Ownership when several processes write one store (``score --workers N``):
+
+* the **coordinator** (the process the command runs in) holds the store-level lock
+  (:class:`StoreWriter`, ``.scorebank.lock``) for the whole command: it allocates the runs
+  (resizes the ``run`` dimension) once, and at the end consolidates every run's record into
+  the ``runs`` attribute (:meth:`StoreWriter.consolidate_runs`).  A second coordinator on the
+  same store is refused in one line (:class:`StoreLockedError`), and nobody can
+  ``--overwrite`` the store under running tasks;
+* each **run** is written only by the task that owns it, under a per-run lock
+  (:class:`RunWriter`: ``flock`` on ``checkpoints/run-<seed>.lock``), into the run's own
+  chunks (every array is chunked by one run along ``run``).  Its status lives in its own
+  record ``checkpoints/run-<seed>.json``, replaced atomically, never in an attribute
+  shared with other runs;
+* readers combine both (:func:`live_runs`): a run recorded ``running`` whose per-run lock
+  nobody holds lost its owner (``kill -9``, a lost worker) and shows as ``interrupted``.
 """
 
 from __future__ import annotations
@@ -107,6 +123,154 @@ def writer_active(path: str | os.PathLike) -> bool:
         return False
 
 
+def run_record_path(path: str | os.PathLike, seed: int) -> Path:
+    """The per-run status record of run ``seed`` (JSON, beside its checkpoint)."""
+    return Path(path) / S.CHECKPOINT_DIR / f"run-{seed}.json"
+
+
+def run_lock_path(path: str | os.PathLike, seed: int) -> Path:
+    """The file whose ``flock`` the owner of run ``seed`` holds while it writes the run."""
+    return Path(path) / S.CHECKPOINT_DIR / f"run-{seed}.lock"
+
+
+def _lock_held(lock: Path) -> bool:
+    try:
+        f = open(lock)
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def run_owner_active(path: str | os.PathLike, seed: int) -> bool:
+    """Whether a process holds run ``seed``'s per-run lock now (:class:`RunWriter`)."""
+    return _lock_held(run_lock_path(path, seed))
+
+
+def read_run_records(path: str | os.PathLike) -> dict[str, dict]:
+    """``{str(seed): record}`` of every per-run record in the store (none for stores written
+    before per-run records, or by writers that keep status in the ``runs`` attribute only).
+    A record that is not a JSON object (torn by hand, foreign file) is ignored."""
+    folder = Path(path) / S.CHECKPOINT_DIR
+    out: dict[str, dict] = {}
+    if not folder.is_dir():
+        return out
+    for f in folder.glob("run-*.json"):
+        seed = f.name[len("run-"):-len(".json")]
+        if not seed.lstrip("-").isdigit():
+            continue
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("status"), str):
+            out[str(int(seed))] = doc
+    return out
+
+
+def live_runs(path: str | os.PathLike, runs_attr: Mapping | None = None) -> dict[str, dict]:
+    """The status of every run as a reader should show it now: the consolidated ``runs``
+    attribute (``runs_attr``, read from the store when None), updated by the per-run
+    records; a run that says ``running`` while nobody owns it (no per-run lock held and, for
+    status kept in the attribute, no store writer) is shown ``interrupted`` (its owner was
+    killed; re-running the command resumes it)."""
+    if runs_attr is None:
+        runs_attr = root_attrs(path, (S.ATTR_RUNS,))[S.ATTR_RUNS] or {}
+    runs = {str(k): dict(v) for k, v in runs_attr.items() if isinstance(v, Mapping)}
+    records = read_run_records(path)
+    runs.update(records)
+    store_writer = None
+    for seed, info in runs.items():
+        if info.get("status") != S.RUN_RUNNING:
+            continue
+        if seed in records:
+            owned = run_owner_active(path, int(seed))
+        else:
+            store_writer = writer_active(path) if store_writer is None else store_writer
+            owned = store_writer
+        if not owned:
+            runs[seed] = {**info, "status": S.RUN_INTERRUPTED}
+    return runs
+
+
+class RunWriter:
+    """Writes one run of a store whose runs the coordinator has allocated
+    (:meth:`StoreWriter.add_runs`): the run's epochs into its own chunks and its status into
+    its own record (:func:`run_record_path`).  Use as a context manager: it holds the run's
+    lock (:func:`run_lock_path`); ``wait=True`` waits for a previous owner still running
+    (an orphaned task of a lost client) instead of refusing."""
+
+    def __init__(self, path: str | os.PathLike, seed: int, *, wait: bool = False):
+        self.path, self.seed, self.wait = Path(path), int(seed), wait
+        if not is_scorebank_store(self.path):
+            raise StoreNotFoundError(f"no scorebank store at {str(self.path)!r}")
+        self._lock_file = None
+        self.root = None
+        self.checkpoint = self.path / S.CHECKPOINT_DIR / f"run-{self.seed}.pt"
+
+    def __enter__(self) -> "RunWriter":
+        lock = run_lock_path(self.path, self.seed)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.close()
+            raise StoreLockedError(
+                f"run seed {self.seed} of store {str(self.path)!r} is being written by another scorebank "
+                "process; wait for it to finish") from None
+        self._lock_file = f
+        self.root = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
+        seeds = [int(s) for s in self.root[S.RUN][:]]
+        if self.seed not in seeds:
+            self.__exit__()
+            raise InvalidArgumentError(
+                f"store {str(self.path)!r} has no run seed {self.seed}; the coordinator allocates runs first")
+        self.index = seeds.index(self.seed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def status(self) -> dict:
+        """The run's record, else its entry in the consolidated ``runs`` attribute."""
+        record = read_run_record(self.path, self.seed)
+        if record is not None:
+            return record
+        return dict(self.root.attrs.get(S.ATTR_RUNS, {}).get(str(self.seed), {}))
+
+    def set_status(self, status: str, **info) -> None:
+        """Replace the run's record atomically with ``{"status": status, **info}``."""
+        with atomic_file(run_record_path(self.path, self.seed)) as tmp:
+            tmp.write_text(json.dumps({"status": status, **info}))
+
+    def write_epoch(self, epoch: int, per_example: Mapping[str, np.ndarray], per_epoch: Mapping[str, float]) -> None:
+        """Write one epoch of the run (its own chunks); ``completed`` is set last."""
+        r = self.index
+        for name, values in per_example.items():
+            self.root[name][r, epoch, :] = values
+        for name, value in per_epoch.items():
+            self.root[name][r, epoch] = value
+        self.root[S.COMPLETED][r, epoch] = True
+
+
+def read_run_record(path: str | os.PathLike, seed: int) -> dict | None:
+    """Run ``seed``'s record (:func:`run_record_path`), None when it has none."""
+    try:
+        doc = json.loads(run_record_path(path, seed).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("status"), str) else None
+
+
 class StoreWriter:
     """Writes a run's epochs into an existing store.  Use as a context manager: it holds
     an exclusive lock (``.scorebank.lock``) so two writers never interleave."""
@@ -197,6 +361,21 @@ class StoreWriter:
         self.root.attrs[S.ATTR_RUNS] = runs
         consolidate(self.path)
         self._open()
+
+    def consolidate_runs(self) -> None:
+        """Under the lock, after the owners of runs finished (or died): copy every per-run
+        record (:func:`read_run_records`) into the ``runs`` attribute, the consolidated view
+        every reader of the format knows, and consolidate the metadata.  A record still
+        ``running`` whose owner is gone is consolidated as ``interrupted``."""
+        runs = self.runs
+        records = read_run_records(self.path)
+        for seed, record in records.items():
+            if record.get("status") == S.RUN_RUNNING and not run_owner_active(self.path, int(seed)):
+                record = {**record, "status": S.RUN_INTERRUPTED}
+            runs[seed] = record
+        if runs != self.runs:
+            self.root.attrs[S.ATTR_RUNS] = runs
+            consolidate(self.path)
 
     def set_run_status(self, seed: int, status: str, **info) -> None:
         runs = self.runs
