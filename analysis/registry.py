@@ -279,3 +279,8 @@ def _correctness(ds, seeds, epoch, options):
             "initialisation tracks, Kirsch 2023)")
 def _input_norm(ds, seeds, epoch, options):
     return per_example(ds, S.INPUT_NORM, seeds)
+
+
+# Scores from models trained on subsets (`scorebank holdout`, `scorebank memorization`) are
+# entries too; their module registers them.
+from scorebank.analysis import heldout_scores  # noqa: E402,F401

@@ -193,3 +193,6 @@ def label_issues_command(
 def register(app: typer.Typer) -> None:
     app.command("holdout")(holdout_command)
     app.command("memorization")(memorization_command)
+    from scorebank.cli.analyze import analyze_app
+
+    analyze_app.command("label-issues")(label_issues_command)
