@@ -1,47 +1,19 @@
 """K-fold out-of-fold probabilities: the fold assignment, the stored probabilities against
 models trained independently, resume per fold, new seeds, and refused inputs."""
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 import zarr
 
-from scorebank.pipeline.config import resolve_config
-from scorebank.pipeline.datasets import load_dataset
 from scorebank.pipeline.holdout import HOLDOUT_SEED_OFFSET, MAX_FOLDS, fold_assignment, holdout, trainer_seed
-from scorebank.pipeline.scoring import prepare_labels, score
+from scorebank.pipeline.scoring import prepare_labels
 from scorebank.pipeline.training import Trainer, to_device_data
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError
 
-N, EPOCHS = 200, 2
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("digits", limit=N)
-
-
-@pytest.fixture(scope="module")
-def config():
-    return resolve_config(dataset="digits", limit=N, model="mlp", width=16, epochs=EPOCHS, batch_size=32, lr=0.05,
-                          label_noise=0.2)
-
-
-@pytest.fixture(scope="module")
-def base_store(tmp_path_factory, data, config):
-    path = tmp_path_factory.mktemp("holdout") / "s.zarr"
-    score(config, (0,), path, device="cpu", data=data)
-    return path
-
-
-@pytest.fixture
-def store(base_store, tmp_path):
-    path = tmp_path / "s.zarr"
-    shutil.copytree(base_store, path)
-    return path
+N, EPOCHS = 200, 2  # N: the examples of ``data`` (tests/conftest.py)
+STORE_CONFIG = dict(epochs=EPOCHS, label_noise=0.2)  # ``config``; ``store``: a copy of its store
 
 
 # ----------------------------------------------------------------------------- folds
