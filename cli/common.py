@@ -80,6 +80,49 @@ def dask_scheduler(address: str | None) -> Iterator[Any]:
         yield client
 
 
+#: Most --workers a LocalCluster is built with (processes on one machine).
+MAX_WORKERS = 256
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None, scheduler: str | None, gpus_per_run: int = 0) -> Iterator[Any]:
+    """Yield the ``distributed.Client`` that training commands (score, retrain, prune-curve,
+    easy-hard) hand to the library as ``client``, or None (runs one after another here).
+    ``workers``: a ``LocalCluster`` of that many processes with one thread each (each with
+    resource ``GPU=gpus_per_run`` when asked); ``scheduler``: an existing cluster's address.
+
+    With :func:`dask_scheduler`, the only place scorebank creates a Dask client."""
+    if workers is not None and scheduler is not None:
+        raise InvalidArgumentError(f"give --workers {workers!r} or --scheduler {scheduler!r}, not both")
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise InvalidArgumentError(f"--workers {workers!r} is out of range; give 1..{MAX_WORKERS}")
+    if not 0 <= gpus_per_run <= 64:
+        raise InvalidArgumentError(f"--gpus-per-run {gpus_per_run!r} is out of range; give 0..64")
+    if workers is None and scheduler is None:
+        if gpus_per_run:
+            raise InvalidArgumentError("--gpus-per-run asks Dask workers for GPUs; give --workers or --scheduler too")
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if workers is not None:
+        resources = {"GPU": gpus_per_run} if gpus_per_run else None
+        import logging
+
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                          resources=resources, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            yield client
+        return
+    if "://" not in scheduler and ":" not in scheduler:
+        raise InvalidArgumentError(f"--scheduler {scheduler!r} is not a scheduler address; give tcp://HOST:PORT")
+    try:
+        client = Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise ScorebankError(f"cannot connect to Dask scheduler {scheduler!r}: {exc}") from None
+    with client:
+        yield client
+
+
 def print_json(obj: Any) -> None:
     """Print strict JSON: NaN and infinities become null."""
     sys.stdout.write(json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default,

@@ -39,6 +39,7 @@ REGISTRIES = {
     "datasets": ("scorebank.pipeline.datasets", "DATASETS"),
     "models": ("scorebank.pipeline.models", "MODELS"),
     "optimizers": ("scorebank.pipeline.robust", "OPTIMIZERS"),
+    "dynamics_formats": ("scorebank.pipeline.import_dynamics", "FORMATS"),
 }
 _PLACEHOLDER = re.compile(r"<<(" + "|".join(REGISTRIES) + r")>>")
 
@@ -104,12 +105,14 @@ CONFIG_OPTIONS: dict[str, ConfigOption] = {
                                   "multiplied by FACTOR after each epoch E_i)."),
     "augment": ConfigOption(bool, "Pad-4 random crop and horizontal flip during training.", "--augment/--no-augment"),
     "eval_batch_size": ConfigOption(int, "Batch size of the clean pass, test evaluation and GraNd."),
+    "cifar_stem": ConfigOption(bool, "torchvision ResNets: a 3x3 stride-1 first convolution and no max-pool, for "
+                                     "32x32 inputs (other models refuse it).", "--cifar-stem/--no-cifar-stem"),
 }
 
 #: Fields a retrain on a store's examples may change (the rest define the examples and scores).
 OVERRIDABLE = ("model", "batchnorm", "init_std", "width", "optimizer", "clip_count", "epochs", "lr", "momentum",
                "nesterov", "weight_decay", "batch_size", "schedule", "augment", "eval_batch_size", "data_dir",
-               "download")
+               "download", "cifar_stem")
 
 
 def config_option(name: str, *, default: Any = ..., store_default: bool = False) -> tuple[Any, Any]:
@@ -190,6 +193,14 @@ Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cu
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Seeds = Annotated[str, typer.Option(help="Seeds, e.g. 0-9 or 0,3,5-7: one run, a fresh network, each.")]
+Workers = Annotated[Optional[int], typer.Option(
+    help="Run every run as a Dask task on a LocalCluster of N processes (one thread each) on this machine.")]
+Scheduler = Annotated[Optional[str], typer.Option(
+    "--scheduler", help="Run every run as a Dask task on the cluster whose scheduler is at this address "
+                        "(tcp://HOST:8786); start its workers with 'dask worker ADDRESS --nthreads 1'.")]
+GpusPerRun = Annotated[int, typer.Option(
+    help="GPUs each run asks of a Dask worker (worker resource GPU; with --scheduler start each worker with "
+         "'--resources GPU=1' and its own CUDA_VISIBLE_DEVICES).")]
 Budget = Annotated[str, typer.Option(help="steps: every epoch takes ceil(N_full / batch size) optimiser steps, as "
                                           "on the full data (Data Diet); epochs: an epoch is one pass over the "
                                           "subset.")]

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from scorebank.cli.common import console, handle_errors
-from scorebank.cli.options import Device, Quiet, Seeds, config_group, with_groups
+from scorebank.cli.common import console, dask_client, handle_errors
+from scorebank.cli.options import Device, GpusPerRun, Quiet, Scheduler, Seeds, Workers, config_group, with_groups
 from scorebank.cli.progress import RunProgress
 from scorebank.core.errors import InvalidArgumentError
 
@@ -25,12 +25,17 @@ def score_command(
     store: Path = typer.Option(Path("scores.zarr"), help="The Zarr store to create or extend."),
     device: Device = "auto",
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store made with another configuration."),
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    gpus_per_run: GpusPerRun = 0,
     quiet: Quiet = False,
 ) -> None:
     """Train several seeds and record per-example, per-epoch scores into a Zarr store.
 
     Re-running the same command continues unfinished runs, skips finished ones and adds new
-    seeds; a different configuration is refused unless --overwrite."""
+    seeds; a different configuration is refused unless --overwrite.  With --workers or
+    --scheduler every run is a Dask task (a killed worker's run resumes elsewhere from its
+    checkpoint); a second command on the same store is refused while the first runs."""
     from scorebank.pipeline.config import parse_seeds, resolve_config
     from scorebank.pipeline.scoring import score
 
@@ -42,8 +47,10 @@ def score_command(
         resolved = resolve_config(**config, record_every=record_every, record_epochs=record_epochs,
                                   grand_epochs=grand_epochs)
         seed_list = parse_seeds(seeds)
-        with RunProgress("scoring", len(seed_list) * (resolved.epochs + 1), enabled=not quiet) as bar:
-            outcomes = score(resolved, seed_list, store, device=device, overwrite=overwrite, progress=bar)
+        with dask_client(workers, scheduler, gpus_per_run) as client, \
+                RunProgress("scoring", len(seed_list) * (resolved.epochs + 1), enabled=not quiet) as bar:
+            outcomes = score(resolved, seed_list, store, device=device, overwrite=overwrite, progress=bar,
+                             client=client, gpus_per_run=gpus_per_run)
         skipped = [o.seed for o in outcomes if o.skipped]
         if skipped:
             console.print(f"already finished, skipped: seeds {', '.join(map(str, skipped))}")

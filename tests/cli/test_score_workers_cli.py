@@ -1,0 +1,49 @@
+"""``scorebank score --workers N / --scheduler ADDRESS``: runs as Dask tasks on a process
+LocalCluster built by the CLI; equal to the sequential command bit for bit (one torch thread
+on both sides); bad combinations are one-line usage errors (exit 2)."""
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+from scorebank.cli.main import app
+
+runner = CliRunner()
+TINY = ("--dataset", "digits", "--limit", "200", "--model", "mlp", "--width", "16", "--epochs", "2",
+        "--batch-size", "32", "--device", "cpu", "--quiet")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--workers", "0"), "--workers 0 is out of range; give 1..256"),
+    (("--workers", "2", "--scheduler", "tcp://127.0.0.1:1"), "give --workers 2 or --scheduler 'tcp://127.0.0.1:1', not both"),
+    (("--gpus-per-run", "1"), "--gpus-per-run asks Dask workers for GPUs; give --workers or --scheduler too"),
+    (("--scheduler", "nowhere"), "--scheduler 'nowhere' is not a scheduler address"),
+])
+def test_bad_dispatch_options_are_usage_errors(tmp_path, args, message):
+    r = invoke("score", *TINY, "--store", tmp_path / "s.zarr", *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_workers_2_equals_sequential_bit_for_bit(tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker's task
+    try:
+        par = invoke("score", *TINY, "--seeds", "0-3", "--workers", "2", "--store", tmp_path / "w.zarr")
+        seq = invoke("score", *TINY, "--seeds", "0-3", "--store", tmp_path / "s.zarr")
+    finally:
+        torch.set_num_threads(before)
+    assert par.exit_code == 0, par.output
+    assert seq.exit_code == 0, seq.output
+    w, s = (zarr.open_group(tmp_path / n, mode="r") for n in ("w.zarr", "s.zarr"))
+    assert sorted(n for n, _ in w.arrays()) == sorted(n for n, _ in s.arrays())
+    for name, arr in s.arrays():
+        np.testing.assert_array_equal(w[name][...], arr[...], err_msg=name)
+    assert w.attrs["runs"] == s.attrs["runs"]
