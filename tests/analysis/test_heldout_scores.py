@@ -13,22 +13,14 @@ from scorebank.analysis.noise import noise_detection, roc_auc  # noqa: E402
 from scorebank.analysis.scores import average_scores, parse_score  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    from scorebank.pipeline.config import resolve_config
-    from scorebank.pipeline.datasets import load_dataset
-    from scorebank.pipeline.holdout import holdout
-    from scorebank.pipeline.memorization import memorization
-    from scorebank.pipeline.scoring import score
+# runs 1 and 2, out-of-fold probabilities (3 folds, 1 seed) and 20 subset models keeping 70%
+STORE_CONFIG = dict(epochs=2, label_noise=0.2)
+STORE_BUILD = dict(seeds=(1, 2), holdout=(3, (0,)), memorization=(20, 0.7))
 
-    data = load_dataset("digits", limit=200)
-    cfg = resolve_config(dataset="digits", limit=200, model="mlp", width=16, epochs=2, batch_size=32, lr=0.05,
-                         label_noise=0.2)
-    path = tmp_path_factory.mktemp("heldout") / "s.zarr"
-    score(cfg, (1, 2), path, device="cpu", data=data)
-    holdout(path, 3, [0], device="cpu", data=data)
-    memorization(path, 20, 0.7, device="cpu", data=data)
-    return path
+
+@pytest.fixture
+def store(base_store):  # the shared store of tests/conftest.py (only read), not tests/analysis/conftest.py's
+    return base_store
 
 
 def test_registry_entries_say_which_end_is_hard():

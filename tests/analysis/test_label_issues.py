@@ -16,27 +16,14 @@ from scorebank.stores.errors import InvalidArgumentError, ScorebankError  # noqa
 from scorebank.stores.manifest import read_manifest, write_manifest  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def base_store(tmp_path_factory):
-    from scorebank.pipeline.config import resolve_config
-    from scorebank.pipeline.datasets import load_dataset
-    from scorebank.pipeline.holdout import holdout
-    from scorebank.pipeline.scoring import score
-
-    data = load_dataset("digits", limit=200)
-    cfg = resolve_config(dataset="digits", limit=200, model="mlp", width=16, epochs=3, batch_size=32, lr=0.05,
-                         label_noise=0.2)
-    path = tmp_path_factory.mktemp("cl") / "s.zarr"
-    score(cfg, (0,), path, device="cpu", data=data)
-    holdout(path, 3, [0, 1], device="cpu", data=data)
-    return path
+# ``base_store`` / ``store`` (tests/conftest.py): scored, then out-of-fold probabilities of 2 seeds, 3 folds
+STORE_CONFIG = dict(epochs=3, label_noise=0.2)
+STORE_BUILD = dict(holdout=(3, (0, 1)))
 
 
 @pytest.fixture
-def store(base_store, tmp_path):
-    path = tmp_path / "s.zarr"
-    shutil.copytree(base_store, path)
-    return path
+def store(module_store):  # not tests/analysis/conftest.py's
+    return module_store
 
 
 def stored(path):

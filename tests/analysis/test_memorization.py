@@ -93,26 +93,14 @@ def test_bad_top_k(k):
 
 
 # ----------------------------------------------------------------------------- in a store
-@pytest.fixture(scope="module")
-def base_store(tmp_path_factory):
-    from scorebank.pipeline.config import resolve_config
-    from scorebank.pipeline.datasets import load_dataset
-    from scorebank.pipeline.memorization import memorization
-    from scorebank.pipeline.scoring import score
-
-    data = load_dataset("digits", limit=200)
-    cfg = resolve_config(dataset="digits", limit=200, model="mlp", width=16, epochs=2, batch_size=32, lr=0.05)
-    path = tmp_path_factory.mktemp("mem") / "s.zarr"
-    score(cfg, (0,), path, device="cpu", data=data)
-    memorization(path, 4, 0.7, device="cpu", data=data)
-    return path
+# ``base_store`` / ``store`` (tests/conftest.py): scored, then 4 subset models keeping 70%
+STORE_CONFIG = dict(epochs=2)
+STORE_BUILD = dict(memorization=(4, 0.7))
 
 
 @pytest.fixture
-def store(base_store, tmp_path):
-    path = tmp_path / "s.zarr"
-    shutil.copytree(base_store, path)
-    return path
+def store(module_store):  # not tests/analysis/conftest.py's
+    return module_store
 
 
 def test_recorded_estimates_equal_the_estimator_on_the_records(store):
