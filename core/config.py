@@ -135,6 +135,11 @@ def parse_epoch_list(text: str, option: str) -> tuple[int, ...]:
 #: networks that only train (retrain, easy-hard) clear these fields (:func:`recording_fields`).
 RECORDING = "recording"
 
+#: Field metadata key marking a field added after stores were first written: while at its
+#: default it is left out of :meth:`ScoreConfig.to_json` and :meth:`ScoreConfig.identity`, so
+#: every configuration that predates it keeps its stored text and identity hash.
+ADDED_LATER = "added_later"
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
@@ -165,14 +170,20 @@ class ScoreConfig:
     record_epochs: tuple[int, ...] = field(default=(), metadata={RECORDING: True})  # clean-pass epochs
     grand_epochs: tuple[int, ...] = field(default=(), metadata={RECORDING: True})
     eval_batch_size: int = 1024
+    cifar_stem: bool = field(default=False, metadata={ADDED_LATER: True})  # torchvision ResNets: 3x3 stem
 
     # ---------------------------------------------------------------- derived
     @property
     def parsed_schedule(self) -> Schedule:
         return Schedule.parse(self.schedule)
 
+    def _fields(self) -> dict:
+        """``asdict`` without the :data:`ADDED_LATER` fields that are at their default."""
+        late = {f.name: f.default for f in dataclasses.fields(self) if f.metadata.get(ADDED_LATER)}
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in late and v == late[k])}
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self._fields(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ScoreConfig":
@@ -186,15 +197,15 @@ class ScoreConfig:
 
     def identity(self) -> dict:
         """The fields that must match for two invocations to write into one store."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NON_IDENTITY_FIELDS}
+        return {k: v for k, v in self._fields().items() if k not in NON_IDENTITY_FIELDS}
 
     def identity_hash(self) -> str:
         text = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def differences(self, other: "ScoreConfig") -> dict[str, tuple]:
-        a, b = self.identity(), other.identity()
-        return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+        a, b = self.identity(), other.identity()  # an ADDED_LATER field at its default is absent from one
+        return {k: (getattr(self, k), getattr(other, k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
     def describe_differences(self, other: "ScoreConfig", mine: str = "store has", theirs: str = "asked") -> str:
         """``"epochs: store has 20, asked 50; record_epochs: store has 0..20 (21), asked 0..50 (51)"``:

@@ -10,13 +10,14 @@ from scorebank.stores.errors import InvalidArgumentError
 
 
 def test_registered_models_and_their_texts():
-    assert list(MODELS) == ["mlp", "cnn5", "resnet18"]
-    assert MODELS.choices() == "mlp, cnn5 or resnet18"
+    assert list(MODELS) == ["mlp", "cnn5", "resnet18", "torchvision", "package.module"]
+    choices = "mlp, cnn5, resnet18, torchvision:NAME or package.module:factory"
+    assert MODELS.choices() == choices
     text = MODELS.help_text()
-    assert all(f"{name}: " in text for name in MODELS) and text.endswith(".")
-    with pytest.raises(InvalidArgumentError, match="unknown model 'vgg'; --model takes mlp, cnn5 or resnet18"):
+    assert all(f"{e.shown}: " in text for e in MODELS.entries()) and text.endswith(".")
+    with pytest.raises(InvalidArgumentError, match=f"unknown model 'vgg'; --model takes {choices}"):
         resolve_config(model="vgg")
-    with pytest.raises(InvalidArgumentError, match="--model takes mlp, cnn5 or resnet18"):
+    with pytest.raises(InvalidArgumentError, match=f"--model takes {choices}"):
         build_model("vgg", (1, 8, 8), 10)
 
 
@@ -24,7 +25,7 @@ def test_adding_a_model_is_one_entry(monkeypatch):
     monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # restored after the test
 
     @MODELS.register("linear", help="one linear layer")
-    def _linear(input_shape, num_classes, *, batchnorm=True, init_std=None, width=None):
+    def _linear(input_shape, num_classes, *, batchnorm=True, init_std=None, width=None, cifar_stem=False):
         c, h, w = input_shape
         return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
 
