@@ -1,7 +1,6 @@
 """Dynamic compression after data separation (margins paper Sec. 5, appendix C.5)."""
 
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import xarray as xr
 from scorebank.pipeline.compress import (NotSeparatedError, compress, continuous_sizes, continuous_stages,
                                          plot_compression, read_compression, resolve_compress_config)
 from scorebank.pipeline.config import resolve_config
-from scorebank.pipeline.datasets import load_dataset
 from scorebank.pipeline.models import norm_product
 from scorebank.pipeline.scoring import read_store_config, score
 from scorebank.pipeline.training import clean_pass, new_model, to_device_data
@@ -19,7 +17,7 @@ from scorebank.stores.errors import InvalidArgumentError, StoreExistsError
 from scorebank.stores.location import open_scores
 from scorebank.stores.summary import summarize
 
-N = 200
+N = 200  # the examples of ``data`` (tests/conftest.py)
 
 
 # ----------------------------------------------------------------------------- schedule arithmetic
@@ -54,27 +52,17 @@ def test_continuous_schedule_scales_with_the_data_set_size():
 
 
 # ----------------------------------------------------------------------------- stores
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("digits", limit=N)
-
-
-@pytest.fixture(scope="module")
-def separated_store(tmp_path_factory, data):
-    """One run that separates its 200 training examples at epoch 7 of 8."""
-    cfg = resolve_config(dataset="digits", limit=N, model="mlp", width=64, epochs=8, batch_size=20, lr=0.05)
-    path = tmp_path_factory.mktemp("compress") / "sep.zarr"
-    score(cfg, (0,), path, device="cpu", data=data)
-    (run,) = summarize(open_scores(path)).runs
-    assert run.separation_epoch is not None and run.separation_epoch <= 8
-    return path
+STORE_CONFIG = dict(width=64, epochs=8, batch_size=20)
+STORE_BUILD = dict(copy_to="sep.zarr")
 
 
 @pytest.fixture
-def store(separated_store, tmp_path):
-    path = tmp_path / "sep.zarr"
-    shutil.copytree(separated_store, path)
-    return path
+def store(store):
+    """A fresh copy (tests/conftest.py) of one run that separates its 200 training examples
+    at epoch 7 of 8."""
+    (run,) = summarize(open_scores(store)).runs
+    assert run.separation_epoch is not None and run.separation_epoch <= 8
+    return store
 
 
 def listing(path):

@@ -14,36 +14,16 @@ import xarray as xr
 import zarr
 
 from scorebank.pipeline import retrain as R
-from scorebank.pipeline.config import resolve_config
-from scorebank.pipeline.datasets import load_dataset
 from scorebank.pipeline.retrain import (RETRAIN_SEED_OFFSET, check_indices, random_subset, retrain,
                                         retrain_manifest, retrain_summary, step_budget)
-from scorebank.pipeline.scoring import score
 from scorebank.pipeline.training import to_device_data
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError
 from scorebank.stores.location import open_scores
 
-N, BATCH, EPOCHS = 200, 32, 3
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("digits", limit=N)
-
-
-@pytest.fixture(scope="module")
-def base_store(tmp_path_factory, data):
-    cfg = resolve_config(dataset="digits", limit=N, model="mlp", width=16, epochs=EPOCHS, batch_size=BATCH, lr=0.05)
-    path = tmp_path_factory.mktemp("retrain") / "s.zarr"
-    score(cfg, (0, 1), path, device="cpu", data=data)
-    return path
-
-
-@pytest.fixture
-def store(base_store, tmp_path):
-    path = tmp_path / "s.zarr"
-    shutil.copytree(base_store, path)
-    return path
+N, BATCH, EPOCHS = 200, 32, 3  # N: the examples of ``data`` (tests/conftest.py)
+# ``store`` (tests/conftest.py): a fresh copy of a store scored with runs 0 and 1
+STORE_CONFIG = dict(epochs=EPOCHS, batch_size=BATCH)
+STORE_BUILD = dict(seeds=(0, 1))
 
 
 def listing(path):
@@ -165,7 +145,7 @@ def test_interrupt_then_resume_equals_uninterrupted(store, tmp_path, data):
         retrain(other, subset, "third", (0, 1), device="cpu", data=data, progress=stop)
     ds = xr.open_zarr(other, group="retrain/third")
     assert ds.completed.values.tolist() == [[True] * 4, [True, True, True, False]]
-    assert ds.attrs["runs"]["1"]["status"] == "running"
+    assert ds.attrs["runs"]["1"]["status"] == "interrupted"  # its owner is gone
     res = retrain(other, subset, "third", (0, 1), device="cpu", data=data)
     assert [o.skipped for o in res.outcomes] == [True, False]
     a, b = xr.open_zarr(store, group="retrain/third"), xr.open_zarr(other, group="retrain/third")
