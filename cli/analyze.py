@@ -363,19 +363,59 @@ def difficulty_command(
         emit(doc, _difficulty_tables(per_run, hist, n, threshold), json_output=output["json_output"])
 
 
+NoisePlot = _plot_option("ROC and precision-recall curves of every score")
+NOISE_METRICS = ("roc_auc", "average_precision", "precision_at_noise_rate", "recall_at_noise_rate")
+
+
 @command("noise")
-def noise_command(ctx: typer.Context, scored: dict = SCORED) -> None:
-    """How well averaged scores find corrupted labels: ROC AUC, precision at the noise rate (Data Diet 4, E.2)."""
+def noise_command(ctx: typer.Context, scored: dict = SCORED, plot: NoisePlot = None) -> None:
+    """How well averaged scores find corrupted labels: ROC AUC, average precision, precision and recall at
+    the noise rate (Data Diet 4, E.2; AUM and confident-learning comparisons)."""
     from scorebank.analysis.noise import noise_detection
 
     with handle_errors(), dask_scheduler(scored["scheduler"]) as sched:
         res = noise_detection(_store(ctx), scored["specs"], **_averaging(scored), scheduler=sched)
-        rows = [{"score": str(s), "roc_auc": float(res["roc_auc"].sel(score=s)),
-                 "precision_at_noise_rate": float(res["precision_at_noise_rate"].sel(score=s))}
+        rows = [{"score": str(s), **{m: float(res[m].sel(score=s)) for m in NOISE_METRICS}}
                 for s in res["score"].values]
         doc = {"noise_rate": float(res["noise_rate"]), "n_corrupted": int(res["n_corrupted"]),
                "runs": res.attrs["runs"], "scores": rows}
-        emit(doc, _noise_tables(rows, doc), json_output=scored["json_output"])
+
+        def draw(where: Path) -> None:
+            from scorebank.analysis.noise_plots import plot_noise_curves
+
+            plot_noise_curves(res, where)
+        emit(doc, _noise_tables(rows, doc), json_output=scored["json_output"], figure=Figure(plot, draw))
+
+
+DataMapPlot = _plot_option("the data map (variability vs confidence, coloured by correctness)")
+
+
+@command("datamap")
+def datamap_command(
+    ctx: typer.Context,
+    epoch: Optional[int] = typer.Option(None, "--epoch", help="Map epochs 1..E (default: the store's last epoch)."),
+    runs: Runs = None,
+    plot: DataMapPlot = None,
+    output: dict = OUTPUT,
+) -> None:
+    """Data map (Swayamdipta et al. 2020): confidence, variability and correctness over epochs 1..E; the
+    easy-to-learn (33% most confident), ambiguous (33% most variable) and hard-to-learn (33% least
+    confident) regions."""
+    from scorebank.analysis.datamap import data_map, region_summary
+
+    with handle_errors(), dask_scheduler(output["scheduler"]) as sched:
+        res = data_map(_store(ctx), epoch, runs=_runs(runs), scheduler=sched)
+        rows = region_summary(res)
+        doc = {"epoch": res.attrs["epoch"], "runs": res.attrs["runs"], "fraction": res.attrs["fraction"],
+               "n_examples": int(res.sizes["example"]), "regions": rows,
+               "ambiguous_and_easy": int((res["ambiguous"] & res["easy-to-learn"]).sum()),
+               "ambiguous_and_hard": int((res["ambiguous"] & res["hard-to-learn"]).sum())}
+
+        def draw(where: Path) -> None:
+            from scorebank.analysis.datamap import plot_data_map
+
+            plot_data_map(res, where)
+        emit(doc, _datamap_tables(doc), json_output=output["json_output"], figure=Figure(plot, draw))
 
 
 @command("curves")
@@ -540,10 +580,22 @@ def _difficulty_tables(per_run, hist, n, threshold):
 
 
 def _noise_tables(rows, doc):
-    """ROC AUC and precision per score."""
-    yield Grid(("score", "ROC AUC", "precision at noise rate"),
-               [(r["score"], fmt(r["roc_auc"]), fmt(r["precision_at_noise_rate"])) for r in rows],
+    """ROC AUC, average precision, precision and recall at the noise rate per score."""
+    yield Grid(("score", "ROC AUC", "average precision", "precision at noise rate", "recall at noise rate"),
+               [(r["score"], *(fmt(r[m]) for m in NOISE_METRICS)) for r in rows],
                title=f"finding {doc['n_corrupted']} corrupted labels (noise rate {doc['noise_rate']:.4g})")
+
+
+def _datamap_tables(doc):
+    """One row per data-map region."""
+    noisy = any("corrupted" in r for r in doc["regions"])
+    yield Grid(("region", "size", "confidence", "variability", "correctness", *(("corrupted",) if noisy else ())),
+               [(r["region"], str(r["examples"]), fmt(r["confidence"]), fmt(r["variability"]), fmt(r["correctness"]),
+                 *((str(r["corrupted"]),) if noisy else ())) for r in doc["regions"]],
+               title=f"data map over epochs 1..{doc['epoch']}, mean over runs {doc['runs']} "
+                     f"({doc['n_examples']} examples; regions of {doc['fraction']:.0%} each)",
+               caption=f"ambiguous and easy-to-learn: {doc['ambiguous_and_easy']}; ambiguous and hard-to-learn: "
+                       f"{doc['ambiguous_and_hard']}")
 
 
 def _curves_tables(res, ep, seeds, noisy, all_epochs):

@@ -156,8 +156,8 @@ def _expect_noise(path):
 
     r = noise_detection(path, ["el2n@1", "forgetting"], never_learned="inf")
     return {"noise_rate": float(r["noise_rate"]), "n_corrupted": int(r["n_corrupted"]), "runs": [0, 1, 2],
-            "scores": [{"score": s, "roc_auc": float(r["roc_auc"].sel(score=s)),
-                        "precision_at_noise_rate": float(r["precision_at_noise_rate"].sel(score=s))}
+            "scores": [{"score": s, **{k: float(r[k].sel(score=s)) for k in (
+                "roc_auc", "average_precision", "precision_at_noise_rate", "recall_at_noise_rate")}}
                        for s in ("el2n@1", "forgetting")]}
 
 
