@@ -16,10 +16,17 @@ Names accepted by :func:`load_dataset`:
     zip of one (an optional single top-level folder wrapping them is allowed).  Classes
     are the sorted folder names (label ids 0..K-1); example order is sorted path order.
     Decoded arrays are cached as ``.npz`` (no pickle) next to ``data_dir``.
+``npz:PATH``
+    a NumPy ``.npz`` file (read with ``allow_pickle=False``) holding ``x_train``,
+    ``y_train``, ``x_test``, ``y_test`` and optionally ``class_names`` (strings); see
+    :func:`arrays_to_data` for the accepted shapes.  Example order = array order.
+``package.module:function``
+    a user function, imported from ``PYTHONPATH`` and called without arguments, returning
+    the same arrays as a dict or as an object with those attributes.
 
 The fingerprint (:attr:`ImageData.fingerprint`) is a sha256 over the training examples'
-order (original indices), labels and pixels, so two stores can be checked to describe the
-same examples.
+order (original indices), labels and pixels (or float32 features), so two stores can be
+checked to describe the same examples.
 """
 
 from __future__ import annotations
@@ -34,24 +41,25 @@ from pathlib import Path
 
 import numpy as np
 
-from scorebank.core.registry import Registry
+from scorebank.pipeline.outside import ImportPathRegistry, call_user, load_callable
 from scorebank.stores.errors import DataNotFoundError, InvalidArgumentError, ScorebankError
 
 #: Data set kinds by ``--dataset`` name.  An entry is a loader ``(argument, data_dir, download)
-#: -> ImageData`` (``argument``: the PATH of ``imagefolder:PATH``, else None); adding a data
-#: set is one entry (and a test).
-DATASETS: Registry = Registry("data set", "--dataset")
+#: -> ImageData`` (``argument``: the PATH of ``imagefolder:PATH``, the whole import path of
+#: ``package.module:function``, else None); adding a data set is one entry (and a test).
+DATASETS: ImportPathRegistry = ImportPathRegistry("data set", "--dataset")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
 
 @dataclass(frozen=True, eq=False)
 class ImageData:
-    """A data set with images as uint8 ``(N, C, H, W)`` arrays and int64 labels."""
+    """A data set with images as uint8 ``(N, C, H, W)`` arrays (or float32 features as
+    ``(N, D, 1, 1)``) and int64 labels."""
 
     name: str
-    train_images: np.ndarray  # (N, C, H, W) uint8
+    train_images: np.ndarray  # (N, C, H, W) uint8, or (N, D, 1, 1) float32 features
     train_labels: np.ndarray  # (N,) int64
-    test_images: np.ndarray  # (M, C, H, W) uint8
+    test_images: np.ndarray  # (M, C, H, W) uint8, or (M, D, 1, 1) float32
     test_labels: np.ndarray  # (M,) int64
     class_names: tuple[str, ...]
     original_index: np.ndarray = field(default=None)  # (N,) int64, index in the source set
@@ -76,7 +84,11 @@ class ImageData:
         h.update(np.asarray(self.train_images.shape, dtype="<i8").tobytes())
         h.update(np.ascontiguousarray(self.original_index, dtype="<i8").tobytes())
         h.update(np.ascontiguousarray(self.train_labels, dtype="<i8").tobytes())
-        h.update(np.ascontiguousarray(self.train_images, dtype=np.uint8).tobytes())
+        if self.train_images.dtype == np.uint8:
+            h.update(np.ascontiguousarray(self.train_images, dtype=np.uint8).tobytes())
+        else:  # float features: tagged, so no byte string is read both ways
+            h.update(b"float32")
+            h.update(np.ascontiguousarray(self.train_images, dtype="<f4").tobytes())
         return "sha256:" + h.hexdigest()
 
 
@@ -134,6 +146,23 @@ _torchvision_set("fashion-mnist", "FashionMNIST", "Fashion-MNIST via torchvision
                    help="a directory or zip with train/CLASS/ and test/CLASS/ image folders")
 def _load_imagefolder_entry(argument, data_dir, download) -> ImageData:
     return load_imagefolder(argument, cache_dir=data_dir)
+
+
+@DATASETS.register("npz", prefix=True, metavar="PATH",
+                   help="a NumPy .npz with x_train, y_train, x_test, y_test (uint8 images or float features), "
+                        "no pickle")
+def _load_npz_entry(argument, data_dir, download) -> ImageData:
+    return load_npz(argument)
+
+
+@DATASETS.register("package.module", prefix=True, metavar="function",
+                   help="your function () returning x_train, y_train, x_test, y_test as a dict or object, "
+                        "imported from PYTHONPATH")
+def _load_function_entry(argument, data_dir, download) -> ImageData:
+    function = load_callable(argument, "--dataset", (), "() -> {x_train, y_train, x_test, y_test}")
+    result = call_user(function, argument, "--dataset")
+    get = result.get if isinstance(result, dict) else (lambda key: getattr(result, key, None))
+    return arrays_to_data(argument, {k: get(k) for k in NPZ_KEYS + ("class_names",)}, f"--dataset {argument!r}")
 
 
 def _load_torchvision(name: str, cls, root: Path, download: bool) -> ImageData:
@@ -304,6 +333,99 @@ def _decode_split(p: Path, members: list[str], prefix: str, classes: list[str], 
     x = np.stack(arrays).transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
     y = np.array([classes.index(c) for _, c in files], dtype=np.int64)
     return np.ascontiguousarray(x), y
+
+
+# ------------------------------------------------------------------ arrays (npz, user functions)
+#: The arrays an ``npz:PATH`` file or a user data function provides (``class_names`` optional).
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(path: str | os.PathLike) -> ImageData:
+    """The data set in the ``.npz`` file ``path`` (``allow_pickle=False``: object arrays are
+    refused), validated by :func:`arrays_to_data`."""
+    p = Path(path).expanduser()
+    shown = f"--dataset npz:{os.fspath(path)!r}"
+    if not p.is_file():
+        raise DataNotFoundError(f"{shown}: no such file; give a .npz holding {', '.join(NPZ_KEYS)}")
+    try:
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise InvalidArgumentError(f"{shown} is a single .npy array, not an .npz of {', '.join(NPZ_KEYS)}")
+        with z:
+            arrays = {k: z[k] for k in NPZ_KEYS + ("class_names",) if k in z.files}
+    except InvalidArgumentError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:  # not npz, or object (pickled) arrays
+        if "pickle" in str(exc):
+            raise InvalidArgumentError(f"{shown} holds pickled (object) data or is no .npz, and scorebank never "
+                                       "unpickles; save plain numeric arrays with numpy.savez") from None
+        raise InvalidArgumentError(f"{shown} cannot be read as an .npz ({' '.join(str(exc).split())[:200]})") from None
+    return arrays_to_data(f"npz:{p.name}", arrays, shown)
+
+
+def _features_or_images(x, key: str, shown: str) -> np.ndarray:
+    """``x`` as uint8 ``(N, C, H, W)`` images or float32 ``(N, D, 1, 1)`` features.
+
+    uint8 ``(N, H, W)`` is one channel; 4-D uint8 is ``(N, C, H, W)`` when axis 1 has at
+    most 4 entries, else ``(N, H, W, C)`` when the last axis has at most 4; float ``(N, D)``
+    are features (finite values)."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8 and x.ndim == 3:
+        return np.ascontiguousarray(x[:, None])  # (N, H, W) -> (N, 1, H, W)
+    if x.dtype == np.uint8 and x.ndim == 4:
+        if x.shape[1] <= 4:
+            return np.ascontiguousarray(x)
+        if x.shape[3] <= 4:
+            return np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
+        raise InvalidArgumentError(f"{shown}: {key!r} has shape {x.shape!r}; images need at most 4 channels, "
+                                   "as (N, C, H, W) or (N, H, W, C)")
+    if np.issubdtype(x.dtype, np.floating) and x.ndim == 2:
+        x32 = x.astype(np.float32)
+        if not np.isfinite(x32).all():
+            raise InvalidArgumentError(f"{shown}: {key!r} holds non-finite values (NaN or inf, or beyond float32)")
+        return np.ascontiguousarray(x32[:, :, None, None])  # (N, D) -> (N, D, 1, 1)
+    raise InvalidArgumentError(f"{shown}: {key!r} is {x.dtype} with shape {x.shape!r}; give uint8 images (N, H, W), "
+                               "(N, H, W, C) or (N, C, H, W), or float features (N, D)")
+
+
+def _labels_array(y, key: str, n: int, shown: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.integer) or y.shape != (n,):
+        raise InvalidArgumentError(f"{shown}: {key!r} is {y.dtype} with shape {y.shape!r}; give ({n},) integer labels")
+    if n and y.min() < 0:
+        raise InvalidArgumentError(f"{shown}: {key!r} holds label {int(y.min())!r}; labels are 0..K-1")
+    return y.astype(np.int64)
+
+
+def arrays_to_data(name: str, arrays: dict, shown: str) -> ImageData:
+    """Validate ``x_train``, ``y_train``, ``x_test``, ``y_test`` (and optional ``class_names``)
+    and return them as :class:`ImageData` named ``name``: every failure is one
+    :class:`InvalidArgumentError` line naming ``shown`` and the array."""
+    missing = [k for k in NPZ_KEYS if arrays.get(k) is None]
+    if missing:
+        raise InvalidArgumentError(f"{shown} has no {', '.join(map(repr, missing))}; it needs {', '.join(NPZ_KEYS)}")
+    xtr = _features_or_images(arrays.get("x_train"), "x_train", shown)
+    xte = _features_or_images(arrays.get("x_test"), "x_test", shown)
+    if xtr.dtype != xte.dtype or xtr.shape[1:] != xte.shape[1:]:
+        raise InvalidArgumentError(f"{shown}: x_train examples are {xtr.dtype} {xtr.shape[1:]!r} but x_test's are "
+                                   f"{xte.dtype} {xte.shape[1:]!r}; give both alike")
+    if len(xtr) == 0:
+        raise InvalidArgumentError(f"{shown}: x_train is empty")
+    ytr = _labels_array(arrays.get("y_train"), "y_train", len(xtr), shown)
+    yte = _labels_array(arrays.get("y_test"), "y_test", len(xte), shown)
+    k = int(max(ytr.max(), yte.max() if len(yte) else 0)) + 1
+    names = arrays.get("class_names")
+    if names is None:
+        classes = tuple(str(c) for c in range(k))
+    else:
+        names = np.asarray(names)
+        if names.ndim != 1 or names.dtype.kind not in "US" or len(names) < k:
+            raise InvalidArgumentError(f"{shown}: class_names is {names.dtype} with shape {names.shape!r}; give "
+                                       f"at least {k} strings (labels go up to {k - 1})")
+        classes = tuple(c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names.tolist())
+    if len(classes) < 2:
+        raise InvalidArgumentError(f"{shown}: the labels name {len(classes)} class; a classifier needs at least 2")
+    return ImageData(name, xtr, ytr, xte, yte, classes)
 
 
 # ------------------------------------------------------------------ label noise
