@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from scorebank.cli.common import console, err_console, handle_errors
-from scorebank.cli.options import Device, Quiet
+from scorebank.cli.common import console, dask_client, err_console, handle_errors
+from scorebank.cli.options import Device, GpusPerRun, Quiet, Scheduler, Workers
 from scorebank.cli.progress import INTERRUPTED_EXIT
 from scorebank.cli.tables import compact_table
 from scorebank.cli.text import plain
@@ -27,13 +27,17 @@ def run_command(
                                                                     "(replacing what it wrote); repeatable."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (what is done, what remains) and exit."),
     device: Device = "auto",
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    gpus_per_run: GpusPerRun = 0,
     quiet: Quiet = False,
 ) -> None:
     """Run a staged experiment: stores, stages (score, analyses, select, retrain, prune-curve, compress,
     easy-hard) and the report, skipping what is done.
 
     Re-running skips finished stages; a stage whose definition changed since it ran is refused unless
-    --rerun STAGE.  Writes OUT/results.json and OUT/report/index.html."""
+    --rerun STAGE.  Writes OUT/results.json and OUT/report/index.html.  With --workers or --scheduler the
+    score stages' runs are Dask tasks."""
     from scorebank.pipeline.experiment import load_experiment, load_preset, plan, run_experiment
 
     with handle_errors():
@@ -55,8 +59,9 @@ def run_command(
                              else "") + f"; output in {plain(where)}", highlight=False)
             return
 
-        with _StageProgress(enabled=not quiet) as show:
-            run_experiment(exp, where, device=device, rerun=rerun or (), progress=show)
+        with dask_client(workers, scheduler, gpus_per_run) as client, _StageProgress(enabled=not quiet) as show:
+            run_experiment(exp, where, device=device, rerun=rerun or (), client=client, gpus_per_run=gpus_per_run,
+                           progress=show)
         console.print(f"results: {plain(where / 'results.json')}; report: {plain(where / 'report' / 'index.html')}",
                       highlight=False)
 

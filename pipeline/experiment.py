@@ -383,6 +383,8 @@ class Context:
     rerun: frozenset[str] = frozenset()
     ledger: dict = field(default_factory=dict)
     relay: Callable[[Any], None] | None = None  # the running stage's training events (ProgressEvent)
+    client: Any = None  # a distributed.Client: scoring runs are Dask tasks on its workers
+    gpus_per_run: int = 0
 
     def store_path(self, stage: Stage) -> Path:
         p = Path(self.experiment.stores[stage.store])
@@ -535,14 +537,16 @@ def _context(experiment: Experiment, out, *, rerun: Sequence[str] = (), device: 
 
 
 def run_experiment(experiment: Experiment, out: str | os.PathLike, *, device: str = "auto",
-                   rerun: Sequence[str] = (),
+                   rerun: Sequence[str] = (), client=None, gpus_per_run: int = 0,
                    progress: Callable[[StageEvent], None] | None = None) -> dict:
     """Run every stage that is not done (in file order), record each in the ledger, and write
     ``results.json`` and the report into ``out``; returns the results document.
 
     A stage whose definition changed since it ran raises :class:`StageChangedError` before
-    anything runs, unless named in ``rerun``."""
+    anything runs, unless named in ``rerun``.  ``client`` (a ``distributed.Client``) runs the
+    score stages' runs as Dask tasks (:func:`scorebank.pipeline.scoring.score`'s ``client``)."""
     ctx = _context(experiment, out, rerun=rerun, device=device)
+    ctx.client, ctx.gpus_per_run = client, gpus_per_run
     rows = [stage_status(ctx, s) for s in experiment.stages]
     changed = [r for r in rows if r.status == "changed"]
     if changed:
@@ -650,7 +654,7 @@ def _score_run(ctx: Context, stage: Stage) -> dict:
     cfg = _score_config(stage)
     path = ctx.store_path(stage)
     score(cfg, tuple(stage.opt("seeds")), path, device=ctx.device, overwrite=stage.name in ctx.rerun,
-          progress=ctx.relay)
+          progress=ctx.relay, client=ctx.client, gpus_per_run=ctx.gpus_per_run)
     return _score_summary(path)
 
 

@@ -64,7 +64,9 @@ def test_bad_arguments_exit_2_in_one_line(tmp_path):
     (tmp_path / "bad.toml").write_text(EXP.replace("epochs = 2", "epochs = 'two'"))
     line = one_line_error(invoke("run", tmp_path / "bad.toml"), 2)
     assert f"{tmp_path / 'bad.toml'}: stage 'score': key 'epochs' must be an integer, got str 'two'" in line
-    assert not (tmp_path / "cli").exists()
+    assert "--workers 0 is out of range" in one_line_error(
+        invoke("run", tmp_path / "e.toml", "--out", tmp_path / "o", "--workers", "0"), 2)
+    assert not (tmp_path / "cli").exists() and not (tmp_path / "o").exists()
 
 
 def test_dry_run_writes_nothing(tmp_path):
