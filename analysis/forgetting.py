@@ -105,16 +105,19 @@ def lazy_forgetting(ds: xr.Dataset, seeds: list[int], last_epoch: int | None = N
             f"run(s) {none!r} have no completed training epoch (>= 1), so no forgetting "
             "statistics; choose other --runs")
     x = access.select(ds, S.TRAIN_CORRECT, runs=access.run_positions(ds, seeds), epochs=pos)
+    # x (run, epoch, example) -> state (run, epoch block, 6, example): one row per quantity,
+    # so every quantity is a contiguous row of the block
     state = da.map_blocks(_block_state, x, presented, ep[pos].astype(np.int64), dtype=np.int32,
-                          new_axis=[3], chunks=(x.chunks[0], (1,) * len(x.chunks[1]), x.chunks[2], (_NSTATE,)),
+                          new_axis=[2], chunks=(x.chunks[0], (1,) * len(x.chunks[1]), (_NSTATE,), x.chunks[2]),
                           meta=np.empty((0, 0, 0, 0), dtype=np.int32))
     bounds = np.cumsum(x.chunks[1])[:-1]  # first position of every epoch block but the first
     joins = presented[:, bounds - 1] & presented[:, bounds]  # (run, blocks - 1)
     state = state.rechunk({1: -1})
+    # (run, all epoch blocks, 6, example) -> (run, 4, example)
     folded = da.map_blocks(_fold_states, state, joins, dtype=np.int32, drop_axis=[1],
-                           chunks=(state.chunks[0], state.chunks[2], (_NFOLDED,)),
+                           chunks=(state.chunks[0], (_NFOLDED,), state.chunks[3]),
                            meta=np.empty((0, 0, 0), dtype=np.int32))
-    events, ever_correct, last_correct, last_wrong = (folded[:, :, i] for i in range(_NFOLDED))
+    events, ever_correct, last_correct, last_wrong = (folded[:, i, :] for i in range(_NFOLDED))
     return LazyForgetting(list(seeds), ep[pos], presented, events, ever_correct.astype(bool),
                           last_correct.astype(bool), last_wrong.astype(np.int64))
 
@@ -126,49 +129,74 @@ _NSTATE = 6
 _NFOLDED = 4
 
 
+def _count_drops(xb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Per column of the (e, n) bool block ``xb``: how many rows ``i`` of ``pairs`` have
+    ``xb[i]`` True and ``xb[i + 1]`` False (forgetting events), counted one pair at a time
+    in the smallest unsigned type that holds ``len(pairs)`` (a few bytes per example,
+    instead of an int32 copy of the block)."""
+    acc = np.zeros(xb.shape[1], dtype=np.min_scalar_type(pairs.size))
+    drop = np.empty(xb.shape[1], dtype=bool)
+    for i in pairs:
+        np.greater(xb[i], xb[i + 1], out=drop)  # True > False: correct, then wrong
+        acc += drop
+    return acc
+
+
+def _last_false(seen: np.ndarray) -> np.ndarray:
+    """Per column of the (k, n) bool block ``seen``: 1 + the last row that is False, 0 if
+    none, in the smallest unsigned type that holds ``k`` (rows in order, so a running
+    maximum of ``(row + 1) * not seen[row]``)."""
+    k, n = seen.shape
+    acc = np.zeros(n, dtype=np.min_scalar_type(k))
+    wrong = np.empty(n, dtype=bool)
+    tmp = np.empty(n, dtype=acc.dtype)
+    for j in range(k):
+        np.logical_not(seen[j], out=wrong)
+        np.multiply(wrong, acc.dtype.type(j + 1), out=tmp)
+        np.maximum(acc, tmp, out=acc)
+    return acc
+
+
 def _block_state(x: np.ndarray, presented: np.ndarray, epoch_values: np.ndarray,
                  block_info=None) -> np.ndarray:
-    """Forgetting state of one (1 run, e epochs, n examples) block of train_correct."""
+    """Forgetting state of one (1 run, e epochs, n examples) block of train_correct:
+    (1, 1, 6, n), one row per quantity (:data:`_NSTATE`)."""
     (r0, _), (e0, e1), _ = block_info[0]["array-location"]
     xb = x[0]
     p_all = presented[r0]
     p = p_all[e0:e1]
     n = xb.shape[1]
-    out = np.zeros((1, 1, n, _NSTATE), dtype=np.int32)
+    out = np.zeros((1, 1, _NSTATE, n), dtype=np.int32)
     pairs = np.flatnonzero(p[:-1] & p[1:])
-    if pairs.size == xb.shape[0] - 1 and pairs.size:  # every pair: slices, no copies
-        out[0, 0, :, 0] = np.add.reduce(xb[:-1] & ~xb[1:], axis=0, dtype=np.int32)
-    elif pairs.size:
-        out[0, 0, :, 0] = np.add.reduce(xb[pairs] & ~xb[pairs + 1], axis=0, dtype=np.int32)
-    out[0, 0, :, 1] = xb[0]
-    out[0, 0, :, 2] = xb[-1]
+    if pairs.size:
+        out[0, 0, 0] = _count_drops(xb, pairs)
+    out[0, 0, 1] = xb[0]
+    out[0, 0, 2] = xb[-1]
     rows = np.flatnonzero(p)
     if rows.size:
         seen = xb if rows.size == xb.shape[0] else xb[rows]
-        out[0, 0, :, 3] = seen.any(axis=0)
+        out[0, 0, 3] = seen.any(axis=0)
         last = np.flatnonzero(p_all)[-1]
         if e0 <= last < e1:
-            out[0, 0, :, 4] = xb[last - e0]
-        wrong = ~seen[::-1]
-        has = wrong.any(axis=0)
-        latest = epoch_values[e0:e1][rows][::-1][wrong.argmax(axis=0)]
-        out[0, 0, :, 5] = np.where(has, latest, 0)
+            out[0, 0, 4] = xb[last - e0]
+        # the epoch of the last misclassified presentation, 0 if none
+        out[0, 0, 5] = np.concatenate(([0], epoch_values[e0:e1][rows]))[_last_false(seen)]
     return out
 
 
 def _fold_states(state: np.ndarray, joins: np.ndarray, block_info=None) -> np.ndarray:
-    """Combine the in-order states of all epoch blocks of one run: (1, blocks, n, 6) ->
-    (1, n, 4) events, ever correct, last correct, last wrong."""
+    """Combine the in-order states of all epoch blocks of one run: (1, blocks, 6, n) ->
+    (1, 4, n) events, ever correct, last correct, last wrong."""
     r0 = block_info[0]["array-location"][0][0]
     st = state[0]
-    out = np.empty((1, st.shape[1], _NFOLDED), dtype=np.int32)
-    events = st[:, :, 0].sum(axis=0, dtype=np.int32)
+    out = np.empty((1, _NFOLDED, st.shape[2]), dtype=np.int32)
+    events = st[:, 0].sum(axis=0, dtype=np.int32)
     for b in np.flatnonzero(joins[r0]):
-        events += st[b, :, 2] & (1 - st[b + 1, :, 1])
-    out[0, :, 0] = events
-    out[0, :, 1] = st[:, :, 3].max(axis=0)
-    out[0, :, 2] = st[:, :, 4].max(axis=0)
-    out[0, :, 3] = st[:, :, 5].max(axis=0)
+        events += st[b, 2] & (1 - st[b + 1, 1])
+    out[0, 0] = events
+    out[0, 1] = st[:, 3].max(axis=0)
+    out[0, 2] = st[:, 4].max(axis=0)
+    out[0, 3] = st[:, 5].max(axis=0)
     return out
 
 

@@ -237,6 +237,25 @@ def average_scores(store: access.StoreLike, specs: Sequence[str | ScoreSpec], *,
     ``runs`` defaults to every completed run.  The result has dimension ``example`` with
     coordinates ``original_index`` (when the store has it) and ``label``; attrs record
     the runs, the reduction and the never-learned convention of forgetting."""
+    lazy = lazy_average_scores(store, specs, runs=runs, reduce=reduce, never_learned=never_learned)
+    values = access.compute(*[v.data for v in lazy.data_vars.values()], scheduler=scheduler)
+    return checked_averages(lazy, values)
+
+
+def checked_averages(lazy: xr.Dataset, values: Sequence[np.ndarray]) -> xr.Dataset:
+    """:func:`lazy_average_scores` with its variables replaced by their computed ``values``
+    (in order), each checked against the registry's non-finite rule (:func:`check_finite`)."""
+    never_learned = lazy.attrs["never_learned"]
+    return lazy.copy(data={n: check_finite(np.asarray(v), n, never_learned=never_learned)
+                           for n, v in zip(lazy.data_vars, values)})
+
+
+def lazy_average_scores(store: access.StoreLike, specs: Sequence[str | ScoreSpec], *,
+                        runs: Iterable[int] | None = None, reduce: str = "mean",
+                        never_learned: str = "count") -> xr.Dataset:
+    """The Dataset :func:`average_scores` returns, its variables Dask graphs not yet
+    computed nor checked (compute them in one pass with whatever else needs them, then
+    :func:`checked_averages`)."""
     check_reduce(reduce)
     ds = access.open_store(store)
     parsed = [parse_score(s) for s in specs]
@@ -248,12 +267,10 @@ def average_scores(store: access.StoreLike, specs: Sequence[str | ScoreSpec], *,
         raise InvalidArgumentError(f"score(s) {dup!r} given more than once; name each score once")
     seeds = access.resolve_runs(ds, runs)
     lazy = [_reduce(lazy_run_scores(ds, s, seeds, never_learned=never_learned), reduce) for s in parsed]
-    values = access.compute(*[x.data for x in lazy], scheduler=scheduler)
     coords = {S.LABEL: (S.EXAMPLE, access.labels(ds))}
     if S.ORIGINAL_INDEX in ds.coords or S.ORIGINAL_INDEX in ds:
         coords[S.ORIGINAL_INDEX] = (S.EXAMPLE, np.asarray(ds[S.ORIGINAL_INDEX].values))
-    out = xr.Dataset({n: (S.EXAMPLE, check_finite(np.asarray(v), s, never_learned=never_learned)) for n, v, s in zip(names, values, parsed)},
-                     coords=coords)
+    out = xr.Dataset({n: (S.EXAMPLE, x.data) for n, x in zip(names, lazy)}, coords=coords)
     out.attrs.update(runs=list(seeds), reduce=reduce, never_learned=never_learned)
     return out
 
