@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from scorebank.cli.common import console, err_console, handle_errors, print_json
-from scorebank.cli.options import Device, JsonOutput, Seeds, given, override_group, with_groups
+from scorebank.cli.common import console, dask_client, err_console, handle_errors, print_json
+from scorebank.cli.options import (Device, GpusPerRun, JsonOutput, Scheduler, Seeds, Workers, given, override_group,
+                                   with_groups)
 from scorebank.cli.tables import compact_table
 
 
@@ -22,6 +23,9 @@ def easy_hard_command(
     seeds: Seeds = "0",
     training: dict = override_group("epochs", "lr", "optimizer"),
     device: Device = "auto",
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    gpus_per_run: GpusPerRun = 0,
     json_output: JsonOutput = False,
 ) -> None:
     """Train fresh networks on easy and on hard examples and evaluate each on both (Coherent Gradients Sec. 4.3).
@@ -34,10 +38,10 @@ def easy_hard_command(
     with handle_errors():
         overrides = given(training)
         seed_list = parse_seeds(seeds)
-        with err_console.status("easy/hard") as status:
+        with dask_client(workers, scheduler, gpus_per_run) as client, err_console.status("easy/hard") as status:
             result = easy_hard(store, seeds=seed_list, threshold=threshold, run=run, test_fraction=test_fraction,
                                split_seed=split_seed, overrides=overrides, device=device,
-                               progress=lambda m: status.update(m))
+                               progress=lambda m: status.update(m), client=client, gpus_per_run=gpus_per_run)
     mean = result["mean_accuracy"]
     gap = result["generalization_gap"].mean("seed")
     if json_output:

@@ -30,6 +30,7 @@ import torch
 import xarray as xr
 
 from scorebank.core.config import check_seeds
+from scorebank.pipeline.dispatch import Task, run_tasks
 from scorebank.pipeline.lifecycle import MemorySlot, ProgressEvent, drive_run
 from scorebank.pipeline.retrain import RETRAIN_SEED_OFFSET, check_group_name, load_store_data, retrain_config
 from scorebank.pipeline.training import Trainer, clean_pass
@@ -79,7 +80,8 @@ def split_easy_hard(hard: np.ndarray, test_fraction: float, seed: int) -> Split:
 def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshold: float = 0.5,
               run: int | None = None, test_fraction: float = 0.17, split_seed: int = 0,
               overrides: Mapping | None = None, device: str = "auto", name: str | None = None,
-              progress: Callable[[ProgressEvent], None] | None = None) -> xr.Dataset:
+              progress: Callable[[ProgressEvent], None] | None = None, client=None,
+              gpus_per_run: int = 0) -> xr.Dataset:
     """Run the easy/hard experiment and store it; returns the result Dataset with
     ``accuracy`` (seed, trained_on, evaluated_on), its mean over seeds ``mean_accuracy``
     (trained_on, evaluated_on), ``generalization_gap`` (seed, trained_on) and the part
@@ -87,7 +89,10 @@ def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshol
     completed run).  Each network goes through the shared run lifecycle
     (:func:`scorebank.pipeline.lifecycle.drive_run`, in memory: nothing is checkpointed) and
     reports :class:`~scorebank.pipeline.lifecycle.ProgressEvent` s with ``group`` =
-    ``"<name>/easy-train"`` or ``"<name>/hard-train"``."""
+    ``"<name>/easy-train"`` or ``"<name>/hard-train"``.  ``client``: a ``distributed.Client``;
+    every network is then one Dask task (:mod:`scorebank.pipeline.dispatch`; a killed
+    worker's network trains again from the start elsewhere) and this process writes the
+    result."""
     from scorebank.analysis import access
     from scorebank.analysis.difficulty import difficulty
 
@@ -107,24 +112,17 @@ def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshol
     config = retrain_config(sd.config, overrides)
     parts = split.parts()
     acc = np.full((len(seeds), 2, 4), np.nan)
-    for i, seed in enumerate(seeds):
-        for j, (group, train_idx) in enumerate((("easy", split.easy_train), ("hard", split.hard_train))):
-            pool = torch.as_tensor(train_idx, device=sd.device)
-            trainers: list[Trainer] = []
-
-            def make_trainer(seed=seed, pool=pool) -> Trainer:
-                trainers.append(Trainer(config, sd.device_data, RETRAIN_SEED_OFFSET + seed, sd.device, indices=pool))
-                return trainers[-1]
-
-            outcome = drive_run(MemorySlot(seed), make_trainer, total_epochs=config.epochs, device=sd.device,
-                                progress=progress, group=f"{name}/{group}-train")
-            if outcome.status == S.RUN_FAILED:
-                raise RunFailedError(
-                    f"the network of seed {seed} trained on {group}-train diverged (non-finite loss) in "
-                    f"epoch {outcome.failed_epoch}; lower --lr; nothing was written")
-            correct = clean_pass(trainers[0].model, sd.device_data.train_x, sd.device_data.train_y,
-                                 config.eval_batch_size)[S.CORRECT].cpu().numpy()
-            acc[i, j] = [correct[idx].mean() for idx in parts.values()]
+    networks = [(seed, group, train_idx) for seed in seeds
+                for group, train_idx in (("easy", split.easy_train), ("hard", split.hard_train))]
+    if client is None:
+        rows = [_network(sd, config, seed, group, train_idx, parts, name, progress)
+                for seed, group, train_idx in networks]
+    else:
+        rows = run_tasks([Task(network_task, (os.fspath(store), config, seed, group, train_idx, parts, name),
+                               {"device": str(sd.device)}) for seed, group, train_idx in networks],
+                         client=client, progress=progress, gpus_per_run=gpus_per_run)
+    for k, row in enumerate(rows):
+        acc[k // 2, k % 2] = row
     seeds_arr = np.asarray(seeds, dtype=np.int64)
     gap = np.stack([acc[:, 0, 0] - acc[:, 0, 1], acc[:, 1, 2] - acc[:, 1, 3]], axis=1)  # (seed, trained_on)
     result = xr.Dataset(
@@ -142,6 +140,35 @@ def easy_hard(store: str | os.PathLike, *, seeds: Sequence[int] = (0,), threshol
         result[key.replace("-", "_") + "_indices"] = ((key.replace("-", "_"),), idx.astype(np.int64))
     _write(store, name, result, identity)
     return result
+
+
+def _network(sd, config, seed: int, group: str, train_idx: np.ndarray, parts: dict[str, np.ndarray], name: str,
+             progress) -> list[float]:
+    """Train one network of seed ``seed`` on ``train_idx`` (``group``: easy or hard) and
+    return its clean-pass accuracy on each part, in the order of ``parts``."""
+    pool = torch.as_tensor(train_idx, device=sd.device)
+    trainers: list[Trainer] = []
+
+    def make_trainer() -> Trainer:
+        trainers.append(Trainer(config, sd.device_data, RETRAIN_SEED_OFFSET + seed, sd.device, indices=pool))
+        return trainers[-1]
+
+    outcome = drive_run(MemorySlot(seed), make_trainer, total_epochs=config.epochs, device=sd.device,
+                        progress=progress, group=f"{name}/{group}-train")
+    if outcome.status == S.RUN_FAILED:
+        raise RunFailedError(
+            f"the network of seed {seed} trained on {group}-train diverged (non-finite loss) in "
+            f"epoch {outcome.failed_epoch}; lower --lr; nothing was written")
+    correct = clean_pass(trainers[0].model, sd.device_data.train_x, sd.device_data.train_y,
+                         config.eval_batch_size)[S.CORRECT].cpu().numpy()
+    return [correct[idx].mean() for idx in parts.values()]
+
+
+def network_task(store: str, config, seed: int, group: str, train_idx: np.ndarray, parts: dict[str, np.ndarray],
+                 name: str, *, device: str = "auto", progress=None) -> list[float]:
+    """One easy/hard network as a Dask task: the store's data loaded on the worker
+    (fingerprint checked), then :func:`_network`."""
+    return _network(load_store_data(store, device=device), config, seed, group, train_idx, parts, name, progress)
 
 
 def _write(store: str | os.PathLike, name: str, result: xr.Dataset, identity: dict) -> None:

@@ -123,14 +123,21 @@ def writer_active(path: str | os.PathLike) -> bool:
         return False
 
 
-def run_record_path(path: str | os.PathLike, seed: int) -> Path:
+def run_folder(path: str | os.PathLike, group: str | None = None) -> Path:
+    """Where the runs of ``group`` (a Zarr path such as ``retrain/NAME``; None: the store's
+    root runs) keep their checkpoints, records and locks: ``checkpoints/[GROUP/]``."""
+    folder = Path(path) / S.CHECKPOINT_DIR
+    return folder / group if group else folder
+
+
+def run_record_path(path: str | os.PathLike, seed: int, group: str | None = None) -> Path:
     """The per-run status record of run ``seed`` (JSON, beside its checkpoint)."""
-    return Path(path) / S.CHECKPOINT_DIR / f"run-{seed}.json"
+    return run_folder(path, group) / f"run-{seed}.json"
 
 
-def run_lock_path(path: str | os.PathLike, seed: int) -> Path:
+def run_lock_path(path: str | os.PathLike, seed: int, group: str | None = None) -> Path:
     """The file whose ``flock`` the owner of run ``seed`` holds while it writes the run."""
-    return Path(path) / S.CHECKPOINT_DIR / f"run-{seed}.lock"
+    return run_folder(path, group) / f"run-{seed}.lock"
 
 
 def _lock_held(lock: Path) -> bool:
@@ -147,16 +154,16 @@ def _lock_held(lock: Path) -> bool:
         return False
 
 
-def run_owner_active(path: str | os.PathLike, seed: int) -> bool:
+def run_owner_active(path: str | os.PathLike, seed: int, group: str | None = None) -> bool:
     """Whether a process holds run ``seed``'s per-run lock now (:class:`RunWriter`)."""
-    return _lock_held(run_lock_path(path, seed))
+    return _lock_held(run_lock_path(path, seed, group))
 
 
-def read_run_records(path: str | os.PathLike) -> dict[str, dict]:
+def read_run_records(path: str | os.PathLike, group: str | None = None) -> dict[str, dict]:
     """``{str(seed): record}`` of every per-run record in the store (none for stores written
     before per-run records, or by writers that keep status in the ``runs`` attribute only).
     A record that is not a JSON object (torn by hand, foreign file) is ignored."""
-    folder = Path(path) / S.CHECKPOINT_DIR
+    folder = run_folder(path, group)
     out: dict[str, dict] = {}
     if not folder.is_dir():
         return out
@@ -203,18 +210,19 @@ class RunWriter:
     (:meth:`StoreWriter.add_runs`): the run's epochs into its own chunks and its status into
     its own record (:func:`run_record_path`).  Use as a context manager: it holds the run's
     lock (:func:`run_lock_path`); ``wait=True`` waits for a previous owner still running
-    (an orphaned task of a lost client) instead of refusing."""
+    (an orphaned task of a lost client) instead of refusing.  ``group``: the run belongs to
+    that group (``retrain/NAME``) rather than to the store's root; ``root`` is that group."""
 
-    def __init__(self, path: str | os.PathLike, seed: int, *, wait: bool = False):
-        self.path, self.seed, self.wait = Path(path), int(seed), wait
+    def __init__(self, path: str | os.PathLike, seed: int, *, group: str | None = None, wait: bool = False):
+        self.path, self.seed, self.group, self.wait = Path(path), int(seed), group, wait
         if not is_scorebank_store(self.path):
             raise StoreNotFoundError(f"no scorebank store at {str(self.path)!r}")
         self._lock_file = None
         self.root = None
-        self.checkpoint = self.path / S.CHECKPOINT_DIR / f"run-{self.seed}.pt"
+        self.checkpoint = run_folder(self.path, group) / f"run-{self.seed}.pt"
 
     def __enter__(self) -> "RunWriter":
-        lock = run_lock_path(self.path, self.seed)
+        lock = run_lock_path(self.path, self.seed, self.group)
         lock.parent.mkdir(parents=True, exist_ok=True)
         f = open(lock, "a+")
         try:
@@ -225,7 +233,8 @@ class RunWriter:
                 f"run seed {self.seed} of store {str(self.path)!r} is being written by another scorebank "
                 "process; wait for it to finish") from None
         self._lock_file = f
-        self.root = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
+        where = self.path / self.group if self.group else self.path
+        self.root = zarr.open_group(where, mode="r+", zarr_format=3, use_consolidated=False)
         seeds = [int(s) for s in self.root[S.RUN][:]]
         if self.seed not in seeds:
             self.__exit__()
@@ -242,14 +251,14 @@ class RunWriter:
 
     def status(self) -> dict:
         """The run's record, else its entry in the consolidated ``runs`` attribute."""
-        record = read_run_record(self.path, self.seed)
+        record = read_run_record(self.path, self.seed, self.group)
         if record is not None:
             return record
         return dict(self.root.attrs.get(S.ATTR_RUNS, {}).get(str(self.seed), {}))
 
     def set_status(self, status: str, **info) -> None:
         """Replace the run's record atomically with ``{"status": status, **info}``."""
-        with atomic_file(run_record_path(self.path, self.seed)) as tmp:
+        with atomic_file(run_record_path(self.path, self.seed, self.group)) as tmp:
             tmp.write_text(json.dumps({"status": status, **info}))
 
     def write_epoch(self, epoch: int, per_example: Mapping[str, np.ndarray], per_epoch: Mapping[str, float]) -> None:
@@ -262,10 +271,10 @@ class RunWriter:
         self.root[S.COMPLETED][r, epoch] = True
 
 
-def read_run_record(path: str | os.PathLike, seed: int) -> dict | None:
+def read_run_record(path: str | os.PathLike, seed: int, group: str | None = None) -> dict | None:
     """Run ``seed``'s record (:func:`run_record_path`), None when it has none."""
     try:
-        doc = json.loads(run_record_path(path, seed).read_text())
+        doc = json.loads(run_record_path(path, seed, group).read_text())
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) and isinstance(doc.get("status"), str) else None
@@ -362,20 +371,23 @@ class StoreWriter:
         consolidate(self.path)
         self._open()
 
-    def consolidate_runs(self) -> None:
+    def consolidate_runs(self, group: str | None = None) -> dict[str, dict]:
         """Under the lock, after the owners of runs finished (or died): copy every per-run
-        record (:func:`read_run_records`) into the ``runs`` attribute, the consolidated view
-        every reader of the format knows, and consolidate the metadata.  A record still
-        ``running`` whose owner is gone is consolidated as ``interrupted``."""
-        runs = self.runs
-        records = read_run_records(self.path)
-        for seed, record in records.items():
-            if record.get("status") == S.RUN_RUNNING and not run_owner_active(self.path, int(seed)):
+        record (:func:`read_run_records`) of ``group`` (None: the root runs) into its
+        ``runs`` attribute, the consolidated view every reader of the format knows, and
+        consolidate the metadata; returns that attribute.  A record still ``running`` whose
+        owner is gone is consolidated as ``interrupted``."""
+        node = self.root[group] if group else self.root
+        old = dict(node.attrs.get(S.ATTR_RUNS, {}))
+        runs = dict(old)
+        for seed, record in read_run_records(self.path, group).items():
+            if record.get("status") == S.RUN_RUNNING and not run_owner_active(self.path, int(seed), group):
                 record = {**record, "status": S.RUN_INTERRUPTED}
             runs[seed] = record
-        if runs != self.runs:
-            self.root.attrs[S.ATTR_RUNS] = runs
+        if runs != old:
+            node.attrs[S.ATTR_RUNS] = runs
             consolidate(self.path)
+        return runs
 
     def set_run_status(self, seed: int, status: str, **info) -> None:
         runs = self.runs
