@@ -92,7 +92,7 @@ def region_summary(result: xr.Dataset) -> list[dict]:
 def plot_data_map(result: xr.Dataset, path: str | os.PathLike) -> Path:
     """Variability (x) against confidence (y), one dot per example coloured by correctness
     (the fraction of epochs correct, in 6 bins as the paper's figure); corrupted examples of a
-    label-noise store circled in black; the region cuts dashed.  Right: histograms of the
+    label-noise store circled in red; the region cuts dashed and labelled.  Right: histograms of the
     three coordinates."""
     from matplotlib import colormaps
     from matplotlib.colors import BoundaryNorm
@@ -106,26 +106,32 @@ def plot_data_map(result: xr.Dataset, path: str | os.PathLike) -> Path:
     ax = fig.add_subplot(grid[:, 0])
     bounds = np.linspace(0, 1, 7)
     cmap = colormaps["viridis"].resampled(6)
-    size = float(np.clip(4000 / max(1, conf.size), 2, 18))
-    dots = ax.scatter(var, conf, c=corr, cmap=cmap, norm=BoundaryNorm(bounds, cmap.N), s=size, alpha=0.75,
+    size = float(np.clip(20000 / max(1, conf.size), 3, 30))
+    dots = ax.scatter(var, conf, c=corr, cmap=cmap, norm=BoundaryNorm(bounds, cmap.N), s=size, alpha=0.8,
                       linewidths=0)
     if S.CORRUPTED in result and result[S.CORRUPTED].values.any():
         c = result[S.CORRUPTED].values
-        ax.scatter(var[c], conf[c], s=size * 2.5, facecolors="none", edgecolors="black", linewidths=0.5,
+        ax.scatter(var[c], conf[c], s=size * 2.2, facecolors="none", edgecolors="red", linewidths=0.6,
                    label=f"corrupted label ({int(c.sum())})")
-        ax.legend(loc="lower right", fontsize=9)
+        ax.legend(loc="upper left", fontsize=9)
     fig.colorbar(dots, ax=ax, label="correctness (fraction of epochs correct)", ticks=bounds)
     easy, hard, amb = (result[n].values for n in ("easy-to-learn", "hard-to-learn", "ambiguous"))
-    if easy.any() and hard.any() and amb.any():
-        ax.axhline(conf[easy].min(), color="tab:red", ls="--", lw=1)
-        ax.axhline(conf[hard].max(), color="tab:blue", ls="--", lw=1)
-        ax.axvline(var[amb].min(), color="black", ls="--", lw=1)
-    box = dict(boxstyle="round,pad=0.3", fc="white", alpha=0.85)
-    ax.text(0.03, 0.97, f"easy-to-learn ({int(easy.sum())})", transform=ax.transAxes, va="top", color="tab:red",
-            bbox=box)
-    ax.text(0.03, 0.03, f"hard-to-learn ({int(hard.sum())})", transform=ax.transAxes, va="bottom",
-            color="tab:blue", bbox=box)
-    ax.text(0.97, 0.5, f"ambiguous ({int(amb.sum())})", transform=ax.transAxes, ha="right", bbox=box)
+    box = dict(boxstyle="round,pad=0.25", fc="white", alpha=0.85)
+    right = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    if easy.any():
+        ax.axhline(conf[easy].min(), color="tab:orange", ls="--", lw=1.2)
+        ax.annotate(f"easy-to-learn above ({int(easy.sum())})", (0.99, conf[easy].min()), xycoords=("axes fraction",
+                    "data"), xytext=(0, 4), textcoords="offset points", ha="right", va="bottom", color="tab:orange",
+                    bbox=box)
+    if hard.any():
+        ax.axhline(conf[hard].max(), color="tab:blue", ls="--", lw=1.2)
+        ax.annotate(f"hard-to-learn below ({int(hard.sum())})", (0.99, conf[hard].max()), xycoords=("axes fraction",
+                    "data"), xytext=(0, -4), textcoords="offset points", ha="right", va="top", color="tab:blue",
+                    bbox=box)
+    if amb.any():
+        ax.axvline(var[amb].min(), color="black", ls="--", lw=1.2)
+        ax.text(var[amb].min(), 0.02, f"ambiguous: right of the line ({int(amb.sum())})", transform=right,
+                ha="left", va="bottom", bbox=box)
     ax.set(xlabel="variability (std of p(y|x) over epochs)", ylabel="confidence (mean p(y|x) over epochs)",
            ylim=(-0.02, 1.02), xlim=(0, max(0.05, float(var.max()) * 1.05)),
            title=f"data map, epochs 1..{result.attrs['epoch']}, mean over runs {result.attrs['runs']}")

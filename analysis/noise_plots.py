@@ -34,7 +34,7 @@ def plot_noise_curves(result: xr.Dataset, path: str | os.PathLike) -> Path:
                title="ROC", xlim=(0, 1), ylim=(0, 1.01))
     pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.01))
     for ax in (roc_ax, pr_ax):
-        ax.legend(fontsize=8, loc="lower right" if ax is roc_ax else "lower left")
+        ax.legend(fontsize=8, loc="lower right" if ax is roc_ax else "center left")
         ax.grid(alpha=0.3)
     fig.suptitle(f"finding {int(result['n_corrupted'])} corrupted labels "
                  f"(noise rate {float(result['noise_rate']):.3g})")
