@@ -145,15 +145,9 @@ class HFNet(torch.nn.Module):
         return out
 
 
-class IndexedDicts(torch.utils.data.Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.x[i], "labels": self.y[i], "index": i}
+def hf_examples(x, y):
+    """Examples as the Trainer takes them (a list is a map-style data set): keyword inputs."""
+    return [{"pixel_values": xi, "labels": yi} for xi, yi in zip(x, y)]
 
 
 class Watch(transformers.TrainerCallback):
@@ -181,7 +175,8 @@ def hf_fit(path, seed, data, dd):
                                           remove_unused_columns=False, lr_scheduler_type="constant",
                                           optim="sgd", disable_tqdm=True, dataloader_num_workers=0)
     recorder = HFRecorder(rec, seed=seed, train=dd.train_x, test=(dd.test_x, dd.test_y))
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=IndexedDicts(dd.train_x, dd.train_y),
+    trainer = transformers.Trainer(model=model, args=args,
+                                   train_dataset=IndexedDataset(hf_examples(dd.train_x, dd.train_y)),
                                    callbacks=[recorder])
     original = recorder._pre
 
@@ -206,13 +201,6 @@ def test_hf_callback(tmp_path, digits):
     check_commands(tmp_path, tmp_path / "hf.zarr", tmp_path / "other.zarr")
 
 
-class NoIndex(IndexedDicts):
-    def __getitem__(self, i):
-        item = super().__getitem__(i)
-        del item["index"]
-        return item
-
-
 class LossOnly(LitNet):
     def training_step(self, batch, batch_idx):
         return super().training_step(batch, batch_idx)["loss"]
@@ -226,7 +214,7 @@ def test_callback_errors_are_one_line_and_release_the_store(tmp_path, digits):
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), num_train_epochs=1, use_cpu=True,
                                           report_to=[], save_strategy="no", remove_unused_columns=False,
                                           disable_tqdm=True)
-    trainer = transformers.Trainer(model=HFNet(0), args=args, train_dataset=NoIndex(dd.train_x, dd.train_y),
+    trainer = transformers.Trainer(model=HFNet(0), args=args, train_dataset=hf_examples(dd.train_x, dd.train_y),
                                    callbacks=[HFRecorder(rec, seed=0, train=dd.train_x)])
     with pytest.raises(ShapeError, match="carry no 'index' column"):
         trainer.train()

@@ -313,15 +313,9 @@ class KeywordNet(torch.nn.Module):
         return {"logits": self.net(features)}
 
 
-class DictData(torch.utils.data.Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return {"features": self.x[i], "labels": self.y[i]}
+def keyword_examples(x, y):
+    """Examples as dicts of keyword inputs and labels (a list is a map-style data set)."""
+    return [{"features": xi, "labels": yi} for xi, yi in zip(x, y)]
 
 
 def test_dict_batches_and_label_noise(tmp_path):
@@ -332,10 +326,11 @@ def test_dict_batches_and_label_noise(tmp_path):
     noisy[:6] = (noisy[:6] + 1) % K
     rec = Recorder.create(tmp_path / "n.zarr", labels=noisy, true_labels=true, epochs=1, inputs=x)
     model = KeywordNet()
-    loader = torch.utils.data.DataLoader(IndexedDataset(DictData(x, noisy)), batch_size=8, shuffle=True,
+    loader = torch.utils.data.DataLoader(IndexedDataset(keyword_examples(x, noisy)), batch_size=8, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
     with rec.run(seed=0) as run:
-        values = run.record_epoch(0, model, loader, test=torch.utils.data.DataLoader(DictData(x, true), batch_size=5))
+        values = run.record_epoch(0, model, loader,
+                                  test=torch.utils.data.DataLoader(keyword_examples(x, true), batch_size=5))
     margin, _, loss = reference_scores(model.net, x, noisy)
     ds = xr.open_zarr(rec.path)
     np.testing.assert_allclose(ds.margin.sel(run=0, epoch=0).values, margin, rtol=1e-5, atol=1e-6)
