@@ -13,7 +13,7 @@ from scorebank.core.config import (DEFAULTS, MAX_BATCH_SIZE, MAX_CLIP_COUNT, MAX
                                    _check, _int, _real, check_seeds, check_sgd_settings, parse_epoch_list, parse_seeds)
 from scorebank.core.errors import InvalidArgumentError
 from scorebank.pipeline.datasets import DATASETS
-from scorebank.pipeline.models import MODELS, model_builder
+from scorebank.pipeline.models import MODELS, check_cifar_stem, model_builder
 from scorebank.pipeline.robust import OPTIMIZERS, make_estimator
 
 
@@ -30,6 +30,8 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
            f"unknown model {cfg.model!r}; --model takes {MODELS.choices()}")
     model_builder(cfg.model)  # torchvision:NAME and package.module:factory: the name, import and signature
     _check(isinstance(cfg.cifar_stem, bool), f"--cifar-stem must be true or false, got {cfg.cifar_stem!r}")
+    if cfg.cifar_stem:
+        check_cifar_stem(cfg.model)
     _check(isinstance(cfg.optimizer, str) and cfg.optimizer in OPTIMIZERS,
            f"unknown optimizer {cfg.optimizer!r}; --optimizer takes {OPTIMIZERS.choices()}")
     _check(_int(cfg.epochs) and 0 <= cfg.epochs <= MAX_EPOCHS,

@@ -25,7 +25,7 @@ Names accepted by :func:`load_dataset`:
     the same arrays as a dict or as an object with those attributes.
 
 The fingerprint (:attr:`ImageData.fingerprint`) is a sha256 over the training examples'
-order (original indices), labels and pixels (or float32 features), so two stores can be
+order (original indices), labels and pixels (or float64 features), so two stores can be
 checked to describe the same examples.
 """
 
@@ -53,13 +53,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pg
 
 @dataclass(frozen=True, eq=False)
 class ImageData:
-    """A data set with images as uint8 ``(N, C, H, W)`` arrays (or float32 features as
+    """A data set with images as uint8 ``(N, C, H, W)`` arrays (or float64 features as
     ``(N, D, 1, 1)``) and int64 labels."""
 
     name: str
-    train_images: np.ndarray  # (N, C, H, W) uint8, or (N, D, 1, 1) float32 features
+    train_images: np.ndarray  # (N, C, H, W) uint8, or (N, D, 1, 1) float64 features
     train_labels: np.ndarray  # (N,) int64
-    test_images: np.ndarray  # (M, C, H, W) uint8, or (M, D, 1, 1) float32
+    test_images: np.ndarray  # (M, C, H, W) uint8, or (M, D, 1, 1) float64
     test_labels: np.ndarray  # (M,) int64
     class_names: tuple[str, ...]
     original_index: np.ndarray = field(default=None)  # (N,) int64, index in the source set
@@ -87,8 +87,8 @@ class ImageData:
         if self.train_images.dtype == np.uint8:
             h.update(np.ascontiguousarray(self.train_images, dtype=np.uint8).tobytes())
         else:  # float features: tagged, so no byte string is read both ways
-            h.update(b"float32")
-            h.update(np.ascontiguousarray(self.train_images, dtype="<f4").tobytes())
+            h.update(b"float64")
+            h.update(np.ascontiguousarray(self.train_images, dtype="<f8").tobytes())
         return "sha256:" + h.hexdigest()
 
 
@@ -364,11 +364,13 @@ def load_npz(path: str | os.PathLike) -> ImageData:
 
 
 def _features_or_images(x, key: str, shown: str) -> np.ndarray:
-    """``x`` as uint8 ``(N, C, H, W)`` images or float32 ``(N, D, 1, 1)`` features.
+    """``x`` as uint8 ``(N, C, H, W)`` images or float64 ``(N, D, 1, 1)`` features (float64
+    holds float32 and float64 inputs exactly, and the trainer's float32 conversion then copies:
+    a float32 array would be normalised in place by ``to_device_data`` on the CPU).
 
     uint8 ``(N, H, W)`` is one channel; 4-D uint8 is ``(N, C, H, W)`` when axis 1 has at
     most 4 entries, else ``(N, H, W, C)`` when the last axis has at most 4; float ``(N, D)``
-    are features (finite values)."""
+    are features (finite float32 values: the network sees float32)."""
     x = np.asarray(x)
     if x.dtype == np.uint8 and x.ndim == 3:
         return np.ascontiguousarray(x[:, None])  # (N, H, W) -> (N, 1, H, W)
@@ -380,10 +382,9 @@ def _features_or_images(x, key: str, shown: str) -> np.ndarray:
         raise InvalidArgumentError(f"{shown}: {key!r} has shape {x.shape!r}; images need at most 4 channels, "
                                    "as (N, C, H, W) or (N, H, W, C)")
     if np.issubdtype(x.dtype, np.floating) and x.ndim == 2:
-        x32 = x.astype(np.float32)
-        if not np.isfinite(x32).all():
+        if not np.isfinite(x.astype(np.float32)).all():
             raise InvalidArgumentError(f"{shown}: {key!r} holds non-finite values (NaN or inf, or beyond float32)")
-        return np.ascontiguousarray(x32[:, :, None, None])  # (N, D) -> (N, D, 1, 1)
+        return np.ascontiguousarray(x.astype(np.float64)[:, :, None, None])  # (N, D) -> (N, D, 1, 1)
     raise InvalidArgumentError(f"{shown}: {key!r} is {x.dtype} with shape {x.shape!r}; give uint8 images (N, H, W), "
                                "(N, H, W, C) or (N, C, H, W), or float features (N, D)")
 

@@ -282,6 +282,14 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
                    cifar_stem=cifar_stem)
 
 
+def check_cifar_stem(name: str) -> None:
+    """Refuse (:class:`InvalidArgumentError`) ``--cifar-stem`` for a model that has no ResNet
+    stem to swap, before any data is loaded: the model is built for 3x32x32 inputs on
+    PyTorch's ``meta`` device (nothing is allocated)."""
+    with torch.device("meta"):
+        build_model(name, (3, 32, 32), 2, cifar_stem=True)
+
+
 #: Most parameters a model may have (2**33 float32 parameters = 32 GiB).
 MAX_PARAMETERS = 2**33
 

@@ -44,10 +44,10 @@ def test_npz_float_features_and_their_fingerprint(tmp_path):
     x = RNG.normal(size=(10, 7))
     np.savez(tmp_path / "f.npz", x_train=x, y_train=LABELS, x_test=x[:3], y_test=LABELS[:3])
     d = load_dataset(f"npz:{tmp_path / 'f.npz'}", limit=6)
-    assert d.train_images.dtype == np.float32 and d.train_images.shape == (6, 7, 1, 1)
+    assert d.train_images.dtype == np.float64 and d.train_images.shape == (6, 7, 1, 1)
     assert d.class_names == ("0", "1", "2")
     kept = d.original_index
-    np.testing.assert_array_equal(d.train_images[:, :, 0, 0], x[kept].astype(np.float32))
+    np.testing.assert_array_equal(d.train_images[:, :, 0, 0], x[kept])
     same = load_dataset(f"npz:{tmp_path / 'f.npz'}", limit=6)
     assert same.fingerprint == d.fingerprint
     x2 = x.copy()
@@ -64,6 +64,7 @@ def test_float_features_train_standardised_per_feature(tmp_path):
     np.savez(tmp_path / "f.npz", x_train=x, y_train=LABELS, x_test=x[:3], y_test=LABELS[:3])
     d = load_dataset(f"npz:{tmp_path / 'f.npz'}")
     dd = to_device_data(d, d.train_labels, torch.device("cpu"))
+    np.testing.assert_array_equal(d.train_images[:, :, 0, 0], x)  # the data itself is left as it was
     x32 = x.astype(np.float32)
     expected = (x32 - x32.mean(0)) / x32.std(0)
     np.testing.assert_allclose(dd.train_x[:, :, 0, 0].numpy(), expected, rtol=1e-4, atol=1e-5)
