@@ -1,4 +1,5 @@
-"""``scorebank bench``: recording-cost ratios on the current device."""
+"""``scorebank bench``: recording-cost ratios on the current device; ``--recorder``: what the
+recorder API costs inside a plain user training loop (:mod:`scorebank.pipeline.bench_record`)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,32 @@ def bench_command(
                                             "batch size divisible by 3); comma-separated names of: "
                                             + registry_help("optimizers")),
     repeats: int = typer.Option(3, help="Timed repetitions per quantity (median kept), after one warm-up."),
+    recorder: bool = typer.Option(False, "--recorder", help="Instead, time a plain PyTorch loop with and without "
+                                                           "the recorder API (scorebank.pipeline.record): "
+                                                           "recorder_overhead (goal <= 3%) and the recorder's clean "
+                                                           "pass against a bare forward."),
+    dispatch: bool = typer.Option(False, "--dispatch", help="Instead, score 4 digits seeds sequentially and as Dask "
+                                                           "tasks on a LocalCluster of --workers processes: "
+                                                           "workers_over_sequential (goal <= 0.6 with 2 workers on "
+                                                           "2 cores); uses --model, --width, --batch-size, --epochs."),
+    workers: int = typer.Option(2, help="--dispatch: LocalCluster processes (one thread each)."),
+    epochs: int = typer.Option(5, help="--dispatch: epochs of every run."),
     device: Device = "auto",
     json_output: JsonOutput = False,
 ) -> None:
     """Measure training, in-flight recording, clean pass, GraNd and store-write costs as ratios."""
-    from scorebank.pipeline.bench import TARGETS, BenchSpec, run_bench
+    from scorebank.pipeline import bench, bench_record
+    from scorebank.pipeline.bench import BenchSpec
 
+    if dispatch:
+        return _bench_dispatch(model, width, batch_size, epochs, workers, device, json_output)
+
+    run_bench, targets = (bench_record.bench_recorder, bench_record.TARGETS) if recorder else \
+        (bench.run_bench, bench.TARGETS)
     with handle_errors():
+        if recorder and optimizers:
+            raise InvalidArgumentError(f"--optimizers {optimizers!r} times the built-in trainer's optimisers; "
+                                       "--recorder times a plain SGD loop: drop one of them")
         try:
             dims = tuple(int(v) for v in shape.lower().split("x"))
         except ValueError:
@@ -46,9 +66,33 @@ def bench_command(
         return
     table = compact_table("quantity", "value", "goal", fold=())
     for key, value in result.items():
-        goal = f"<= {TARGETS[key]:g}" if key in TARGETS else ""
+        goal = f"<= {targets[key]:g}" if key in targets else ""
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         table.add_row(key, shown, goal)
+    console.print(table)
+
+
+def _bench_dispatch(model: str, width: int | None, batch_size: int, epochs: int, workers: int, device: str,
+                    json_output: bool) -> None:
+    """``--dispatch``: :func:`scorebank.pipeline.bench_dispatch.bench_dispatch` on a LocalCluster."""
+    from scorebank.cli.common import dask_client
+    from scorebank.pipeline.bench_dispatch import TARGETS, bench_dispatch
+    from scorebank.pipeline.config import resolve_config
+
+    with handle_errors():
+        if not 1 <= epochs <= 1000:
+            raise InvalidArgumentError(f"--epochs {epochs!r} is out of range; give 1..1000")
+        config = resolve_config(dataset="digits", model=model, width=width, batch_size=batch_size, epochs=epochs)
+        with dask_client(workers, None) as client, err_console.status("benchmarking") as status:
+            result = bench_dispatch(config, (0, 1, 2, 3), client, device=device,
+                                    progress=lambda msg: status.update(f"benchmarking: {msg}"))
+    if json_output:
+        print_json(result)
+        return
+    table = compact_table("quantity", "value", "goal", fold=())
+    for key, value in result.items():
+        goal = f"<= {TARGETS[key]:g}" if key in TARGETS else ""
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value), goal)
     console.print(table)
 
 

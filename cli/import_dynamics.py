@@ -9,12 +9,10 @@ from typing import Optional
 import typer
 
 from scorebank.cli.common import console, handle_errors
-from scorebank.cli.options import REGISTRIES, registry_help
+from scorebank.cli.options import registry_help
 from scorebank.cli.text import plain
 
-# The formats' help comes from their registry once cli/options.REGISTRIES names it.
-FORMAT_HELP = ("Format of PATH: " + registry_help("dynamics_formats") if "dynamics_formats" in REGISTRIES
-               else "Format of PATH (scorebank.pipeline.import_dynamics.FORMATS).")
+FORMAT_HELP = "Format of PATH: " + registry_help("dynamics_formats")
 
 
 def import_dynamics_command(

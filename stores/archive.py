@@ -807,9 +807,14 @@ class ExportResult:
 
 def config_hash(config_json: str | None) -> str:
     """16-hex-digit hash of a configuration's identity fields
-    (:meth:`ScoreConfig.identity_hash`); for text that is no ScoreConfig, a hash of the text."""
+    (:meth:`ScoreConfig.identity_hash`); for text that is no ScoreConfig, and for the
+    configuration of a store written through the recorder API (``"source": "recorder"``,
+    whose user configuration no ScoreConfig field holds), a hash of the text."""
     text = config_json or "{}"
     try:
+        raw = json.loads(text)
+        if isinstance(raw, dict) and raw.get("source") == "recorder":
+            return hashlib.sha256(text.encode()).hexdigest()[:16]
         return ScoreConfig.from_json(text).identity_hash()
     except (ValueError, TypeError, AttributeError):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
