@@ -84,6 +84,7 @@ from scorebank.pipeline.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, Scor
 from scorebank.pipeline.datasets import ImageData
 from scorebank.pipeline.models import norm_product
 from scorebank.pipeline.retrain import StoreData, check_group_name, load_store_data
+from scorebank.pipeline.outside import refuse_recorder_store
 from scorebank.pipeline.scoring import read_store_config
 from scorebank.pipeline.lifecycle import ProgressEvent
 from scorebank.pipeline.robust import make_estimator
@@ -312,6 +313,7 @@ def compress(store: str | os.PathLike, config: CompressConfig, *, name: str | No
     ``run<R>-<schedule>-keep<K>``).  Everything is checked before training starts; an
     existing group of that name is refused unless ``overwrite``."""
     path = require_store_directory(store, "compress")
+    refuse_recorder_store(path, "compress")
     name = check_group_name(name or f"run{config.run}-{config.schedule}-keep{config.keep}")
     # what the compression starts from, checked again under the lock before writing
     identity = root_attrs(path, IDENTITY_ATTRS + (S.ATTR_CREATED,))
