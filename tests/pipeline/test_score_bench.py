@@ -19,6 +19,8 @@ def test_bench_smoke_produces_every_field():
     for key in ("train_epoch_s", "clean_pass_ratio", "grand_ratio", "store_write_ratio", "optimizer_ratio_rm3"):
         assert math.isfinite(r[key]) and r[key] > 0, key
     assert r["inflight_overhead"] == r["inflight_epoch_s"] / r["train_epoch_s"] - 1
+    assert r["margin_overhead"] == (r["inflight_bookkeeping_with_margin_s"] - r["inflight_bookkeeping_s"]) \
+        / r["inflight_epoch_s"]
     # the ratios are the quotients of the reported seconds
     assert r["grand_ratio"] == r["grand_s"] / r["train_epoch_s"]
     assert r["clean_pass_ratio"] == r["clean_pass_s"] / r["bare_forward_s"]
