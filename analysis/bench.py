@@ -5,7 +5,10 @@ real store layout (:func:`scorebank.stores.zarrstore.create_store`), one run and
 epochs at a time, so it never holds more than one block of the store in memory.
 :func:`run_benchmark` times forgetting, one Spearman matrix and one smallest-margin overlap
 curve with the scheduler the caller passes (a ``distributed.Client`` on a LocalCluster in
-``scorebank analyze-bench``), reporting seconds, peak memory and MB/s of score data read.
+``scorebank analyze-bench``), reporting seconds, peak memory and MB/s of score data read.  :func:`run_series` does that
+at several example counts (``analyze-bench --examples 50000,320000,1281167``, ImageNet's
+1,281,167 training images last), one store at a time, so that throughput and linear scaling
+in N are read side by side (:class:`BenchSeries`).
 
 The synthetic scores follow a simple model of training: each example has a difficulty
 shared by all runs plus a run-specific offset; margins grow with the epoch towards a
@@ -24,7 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -344,7 +347,8 @@ def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tu
     * one Spearman matrix of ``spearman_specs`` (default ``el2n@E/10``, ``loss@E/10``,
       ``margin@E``, ``nmargin@E``, ``grand@0`` if present, ``forgetting@E``),
     * one overlap curve of the ``overlap_k`` smallest normalised margins between runs at
-      every epoch (reads ``margin``: R x E x N x 4 bytes).
+      every epoch (reads ``margin``: R x E x N x 4 bytes); sizes larger than N are left out
+      (N itself when none is left), so a store of a few examples is timed too.
 
     Peak memory is the resident memory of this process plus its child processes (so it
     includes the interpreter and libraries, about 0.3 GB, not only the analysis)."""
@@ -390,8 +394,104 @@ def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tu
     timed("spearman matrix (" + ", ".join(spearman_specs) + ")",
           sum(spec_bytes(s) for s in spearman_specs),
           lambda: spearman_matrix(ds, list(spearman_specs), scheduler=scheduler))
+    overlap_k = tuple(k for k in overlap_k if k <= n) or (n,)
     timed(f"overlap curve (k={','.join(map(str, overlap_k))})", r * e_total * n * 4,
           lambda: pairwise_overlap(ds, k=overlap_k, scheduler=scheduler))
     return BenchResult(runs=r, epochs=e_total - 1, examples=n, store_bytes_on_disk=_disk_bytes(path),
                        build_seconds=build_seconds, timings=tuple(timings), cpu_count=os.cpu_count() or 0,
                        load_average=load)
+
+
+# ------------------------------------------------------------------------------ several sizes
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """``"50000,320000,1281167"`` -> ``(50000, 320000, 1281167)`` (the ``--examples``
+    option): positive integers (``_`` separators allowed), sorted, each once."""
+    sizes = []
+    for part in str(text).split(","):
+        try:
+            value = int(part.strip())
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise InvalidArgumentError(
+                f"--examples {text!r} is not a list of example counts; give positive integers, "
+                "comma-separated, e.g. 50000,320000,1281167")
+        sizes.append(value)
+    return tuple(sorted(set(sizes)))
+
+
+def series_directory(directory: str | os.PathLike | None, examples: int, several: bool) -> Path | None:
+    """Where the store of ``examples`` examples is built (or reused): ``directory`` itself
+    for a single size, ``directory/<examples>`` when several sizes are timed (None: a
+    temporary directory)."""
+    if directory is None:
+        return None
+    return Path(directory) / str(int(examples)) if several else Path(directory)
+
+
+@dataclass(frozen=True)
+class BenchSeries:
+    """:func:`run_benchmark` at several example counts (ascending), same runs and epochs."""
+
+    results: tuple[BenchResult, ...]
+
+    def scaling(self, i: int, j: int) -> float:
+        """Linearity of analysis ``j`` at size ``i``: its seconds over the smallest size's,
+        divided by the ratio of example counts (1.0: linear; above 1: worse than linear)."""
+        first, this = self.results[0], self.results[i]
+        t0, t = first.timings[j].seconds, this.timings[j].seconds
+        if t0 <= 0:
+            return float("nan")
+        return (t / t0) / (this.examples / first.examples)
+
+    def to_dict(self) -> dict:
+        """``examples`` (the sizes), ``results`` (each :meth:`BenchResult.to_dict`, its
+        timings with ``scaling``: :meth:`scaling`)."""
+        out = []
+        for i, res in enumerate(self.results):
+            doc = res.to_dict()
+            for j, t in enumerate(doc["timings"]):
+                t["scaling"] = self.scaling(i, j)
+            out.append(doc)
+        return {"examples": [r.examples for r in self.results], "results": out}
+
+
+def run_series(directory: str | os.PathLike | None = None, *, runs: int = 10, epochs: int = 200,
+               examples: tuple[int, ...] = (50_000,), classes: int = 10, keep: bool = False,
+               reuse: bool = False, scheduler=None, warm_up: bool = True,
+               progress: Callable[[str], None] | None = None) -> BenchSeries:
+    """:func:`run_benchmark` on a synthetic store of each size in ``examples``, one after
+    another: each store is built (or reused) by :func:`bench_store` in
+    :func:`series_directory`, timed, and removed (unless ``keep``) before the next is built,
+    so the disk holds one store at a time.  Every size's directory is checked before
+    anything is built (a missing store to reuse, an existing one not to overwrite).  With
+    ``warm_up`` and several sizes, the smallest store is timed twice and the first pass
+    discarded (imports, the first tasks of a new cluster), so that the scaling it anchors
+    compares work, not start-up.  ``progress`` is told what is being done."""
+    sizes = tuple(sorted(set(int(n) for n in examples)))
+    if not sizes:
+        raise InvalidArgumentError("no --examples given; e.g. 50000,320000,1281167")
+    for n in sizes:
+        check_bench_size(runs=runs, epochs=epochs, examples=n, classes=classes)
+    several = len(sizes) > 1
+    if directory is not None and several:
+        paths = [series_directory(directory, n, True) / BENCH_STORE for n in sizes]
+        missing = [str(p) for p in paths if not p.exists()] if reuse else []
+        if missing:
+            raise StoreNotFoundError(f"no benchmark store at {missing!r} to reuse; run without --reuse "
+                                     "(and with --keep) to build them")
+        present = [str(p) for p in paths if p.exists() or p.is_symlink()] if not reuse else []
+        if present:
+            raise StoreExistsError(f"{present!r} exist; remove them or pass --reuse")
+    results = []
+    for n in sizes:
+        if progress is not None:
+            progress(f"{'timing' if reuse else 'building'} {runs} runs x {epochs} epochs x {n} examples")
+        with bench_store(series_directory(directory, n, several), runs=runs, epochs=epochs, examples=n,
+                         classes=classes, keep=keep, reuse=reuse) as bench:
+            if progress is not None:
+                progress(f"timing {n} examples")
+            if warm_up and several and not results:
+                run_benchmark(bench.path, scheduler=scheduler)
+            results.append(run_benchmark(bench.path, scheduler=scheduler, build_seconds=bench.build_seconds))
+    return BenchSeries(tuple(results))

@@ -457,7 +457,9 @@ def manifests_command(ctx: typer.Context, json_output: JsonOutput = False) -> No
 def bench_command(
     runs: int = typer.Option(10, help="Runs R of the synthetic store."),
     epochs: int = typer.Option(200, help="Training epochs E (the store holds epochs 0..E)."),
-    examples: int = typer.Option(50_000, help="Examples N."),
+    examples: str = typer.Option("50000", help="Examples N; several, comma-separated, are timed one after another "
+                                               "and shown side by side, e.g. 50000,320000,1281167 (ImageNet's "
+                                               "1,281,167 last; with --dir, each size's store is DIR/N/bench.zarr)."),
     classes: int = typer.Option(10, help="Classes."),
     directory: Optional[Path] = typer.Option(None, "--dir", help="Where to build the store (default: a temporary directory, removed afterwards)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the built store (with --dir)."),
@@ -467,13 +469,18 @@ def bench_command(
 ) -> None:
     """Build a synthetic R x E x N store chunk by chunk, then time forgetting, a Spearman
     matrix and an overlap curve: seconds, peak memory, MB/s of score data read."""
-    from scorebank.analysis.bench import bench_store, run_benchmark
+    from scorebank.analysis.bench import parse_sizes, run_series
 
     with handle_errors():
-        with bench_store(directory, runs=runs, epochs=epochs, examples=examples, classes=classes,
-                         keep=keep, reuse=reuse) as bench, dask_scheduler(scheduler) as sched:
-            res = run_benchmark(bench.path, scheduler=sched, build_seconds=bench.build_seconds)
-        emit(res.to_dict(), _bench_tables(res), json_output=json_output)
+        sizes = parse_sizes(examples)
+        with dask_scheduler(scheduler) as sched:
+            series = run_series(directory, runs=runs, epochs=epochs, examples=sizes, classes=classes,
+                                keep=keep, reuse=reuse, scheduler=sched)
+        if len(series.results) == 1:
+            res = series.results[0]
+            emit(res.to_dict(), _bench_tables(res), json_output=json_output)
+        else:
+            emit(series.to_dict(), _bench_series_tables(series), json_output=json_output)
 
 
 # ------------------------------------------------------------------------------ tables
@@ -642,6 +649,27 @@ def _bench_tables(res):
                      f"({res.store_bytes_on_disk / 1e6:.0f} MB on disk)")
     yield (f"{res.cpu_count} CPUs, load average {res.load_average[0]:g} at the start"
            + (f"; store built in {res.build_seconds:.1f} s" if res.build_seconds is not None else ""))
+
+
+def _bench_series_tables(series):
+    """Seconds, MB/s, peak memory and linearity per analysis at each size, side by side."""
+    first = series.results[0]
+    rows = []
+    for j, timing in enumerate(first.timings):
+        for i, res in enumerate(series.results):
+            t = res.timings[j]
+            rows.append((timing.name.split(" (")[0] if i == 0 else "", f"{res.examples:,}", f"{t.seconds:.2f}",
+                         f"{t.cpu_seconds:.2f}", f"{t.mb_per_s:.0f}", f"{t.peak_memory_bytes / 1e6:.0f}",
+                         f"{series.scaling(i, j):.2f}"))
+    yield Grid(("analysis", "examples", "seconds", "CPU s", "MB/s", "peak MB", "scaling"), rows,
+               title=f"analysis benchmark: {first.runs} runs x {first.epochs} epochs, by examples",
+               caption=f"scaling: seconds / seconds at {first.examples:,}, over examples / {first.examples:,} "
+                       "(1.00 = linear in N)")
+    yield "timed: " + "; ".join(t.name for t in first.timings)
+    for res in series.results:
+        yield (f"{res.examples:,} examples: {res.store_bytes_on_disk / 1e6:.0f} MB on disk, "
+               f"{res.cpu_count} CPUs, load average {res.load_average[0]:g} at the start"
+               + (f", built in {res.build_seconds:.1f} s" if res.build_seconds is not None else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -87,3 +87,51 @@ def test_average_ranks_equal_scipy():
         assert got.dtype == np.float64
         np.testing.assert_array_equal(got, rankdata(x, method="average"))
     assert np.isnan(average_ranks(np.array([1.0, np.nan, 0.0]))).all()
+
+
+# ------------------------------------------------------------------------------ several sizes
+def test_parse_sizes():
+    from scorebank.analysis.bench import parse_sizes
+    from scorebank.stores.errors import InvalidArgumentError
+
+    assert parse_sizes("1281167, 50000,320_000,50000") == (50_000, 320_000, 1_281_167)
+    assert parse_sizes("300") == (300,)
+    for bad in ("", "0", "12,x", "-5", "1.5e6"):
+        with pytest.raises(InvalidArgumentError, match="not a list of example counts"):
+            parse_sizes(bad)
+
+
+def test_series_times_each_size_in_its_own_directory(tmp_path):
+    from scorebank.analysis.bench import run_series
+    from scorebank.stores.errors import StoreExistsError, StoreNotFoundError
+
+    seen = []
+    series = run_series(tmp_path, runs=2, epochs=3, examples=(400, 200), classes=3, keep=True,
+                        scheduler="synchronous", progress=seen.append)
+    assert [r.examples for r in series.results] == [200, 400]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["200", "400"]
+    for res in series.results:
+        assert res.timings[0].bytes_read == 2 * 3 * res.examples  # train_correct, epochs 1..3
+        assert xr.open_zarr(tmp_path / str(res.examples) / "bench.zarr").sizes[S.EXAMPLE] == res.examples
+    assert any("400 examples" in m for m in seen)
+    doc = series.to_dict()
+    assert doc["examples"] == [200, 400]
+    t0, t1 = series.results[0].timings[1].seconds, series.results[1].timings[1].seconds
+    assert doc["results"][1]["timings"][1]["scaling"] == pytest.approx((t1 / t0) / 2)
+    assert doc["results"][0]["timings"][2]["scaling"] == 1.0
+    # kept stores are refused for building, reused as they are, and a missing size is named
+    # before anything is timed
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(StoreExistsError, match="remove them or pass --reuse"):
+        run_series(tmp_path, runs=2, epochs=3, examples=(100, 200), classes=3, scheduler="synchronous")
+    with pytest.raises(StoreNotFoundError, match="100"):
+        run_series(tmp_path, runs=2, epochs=3, examples=(100, 200), classes=3, reuse=True,
+                   scheduler="synchronous")
+    again = run_series(tmp_path, runs=2, epochs=3, examples=(200, 400), classes=3, reuse=True,
+                       scheduler="synchronous")
+    assert [r.build_seconds for r in again.results] == [None, None]
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    # without --keep nothing stays
+    run_series(tmp_path / "gone", runs=2, epochs=1, examples=(50, 60), classes=2, scheduler="synchronous")
+    assert sorted(p.name for p in (tmp_path / "gone").iterdir()) == ["50", "60"]
+    assert not any((tmp_path / "gone").rglob("bench.zarr"))
