@@ -171,3 +171,46 @@ def test_writer_active_only_while_a_writer_holds_the_lock(tmp_path):
         writer_active(path)
         with pytest.raises(StoreLockedError):
             StoreWriter(path).__enter__()
+
+
+def test_run_writer_owns_its_run_and_a_lost_owner_reads_as_interrupted(tmp_path):
+    from scorebank.stores.summary import summarize
+    from scorebank.stores.zarrstore import RunWriter, live_runs, read_run_records, run_owner_active
+
+    path = tmp_path / "s.zarr"
+    make(path)
+    values = {S.MARGIN: np.arange(5, dtype=np.float32)}
+    with RunWriter(path, 1) as run:
+        run.set_status(S.RUN_RUNNING, device="cpu")
+        run.write_epoch(0, values, {S.TEST_ACCURACY: 0.5})
+        run.write_epoch(1, values, {S.TEST_ACCURACY: 0.75})
+        assert run_owner_active(path, 1) and not run_owner_active(path, 0)
+        with pytest.raises(StoreLockedError, match="run seed 1 of store"):
+            RunWriter(path, 1).__enter__()
+        assert live_runs(path)["1"] == {"status": S.RUN_RUNNING, "device": "cpu"}
+        assert live_runs(path)["0"] == {"status": S.RUN_PENDING}
+    # the owner is gone with the run still 'running' (as after kill -9): readers say interrupted
+    assert read_run_records(path) == {"1": {"status": S.RUN_RUNNING, "device": "cpu"}}
+    assert live_runs(path)["1"] == {"status": S.RUN_INTERRUPTED, "device": "cpu"}
+    assert zarr.open_group(path, mode="r").attrs[S.ATTR_RUNS]["1"] == {"status": S.RUN_PENDING}  # not consolidated
+    summary = summarize(open_scores(path, complete=False))
+    assert [(r.seed, r.status, r.last_epoch) for r in summary.runs] == [(0, S.RUN_PENDING, None),
+                                                                        (1, S.RUN_INTERRUPTED, 1)]
+    # only this run's chunks were written
+    got = zarr.open_group(path, mode="r")
+    np.testing.assert_array_equal(got[S.MARGIN][1, :2], [values[S.MARGIN]] * 2)
+    assert np.isnan(got[S.MARGIN][0]).all() and not got[S.COMPLETED][0].any()
+    with StoreWriter(path) as writer:
+        runs = writer.consolidate_runs()
+    assert runs == {"0": {"status": S.RUN_PENDING}, "1": {"status": S.RUN_INTERRUPTED, "device": "cpu"}}
+    assert xr.open_zarr(path).attrs[S.ATTR_RUNS] == runs  # consolidated metadata too
+
+
+def test_run_writer_refuses_a_run_the_coordinator_did_not_allocate(tmp_path):
+    from scorebank.stores.errors import InvalidArgumentError
+    from scorebank.stores.zarrstore import RunWriter, run_owner_active
+
+    make(tmp_path / "s.zarr")
+    with pytest.raises(InvalidArgumentError, match="has no run seed 7; the coordinator allocates runs first"):
+        RunWriter(tmp_path / "s.zarr", 7).__enter__()
+    assert not run_owner_active(tmp_path / "s.zarr", 7)  # the refused writer let its lock go
