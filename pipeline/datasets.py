@@ -155,7 +155,7 @@ def _load_npz_entry(argument, data_dir, download) -> ImageData:
     return load_npz(argument)
 
 
-@DATASETS.register("package.module", prefix=True, metavar="function",
+@DATASETS.register("package.module", prefix=True, metavar="FUNCTION",
                    help="your function () returning x_train, y_train, x_test, y_test as a dict or object, "
                         "imported from PYTHONPATH")
 def _load_function_entry(argument, data_dir, download) -> ImageData:

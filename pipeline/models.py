@@ -235,7 +235,7 @@ def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
 FACTORY_CALL = "(input_shape, num_classes, width)"
 
 
-@MODELS.register("package.module", prefix=True, metavar="factory",
+@MODELS.register("package.module", prefix=True, metavar="MODEL_FACTORY",
                  help=f"your function {FACTORY_CALL} -> nn.Module, imported from PYTHONPATH; input_shape is "
                       "(C, H, W), width is --width or None")
 def _factory(path: str):

@@ -107,7 +107,7 @@ def test_largest_seed_list_accepted():
     (dict(label_noise=0.1, label_noise_seed=2**63), "--label-noise-seed must be an integer >= 0, got 9223372036854775808"),
     (dict(width=True), "--width must be an integer >= 1, got True"),
     (dict(init_std=float("inf")), "--init-std must be a positive number, got inf"),
-    (dict(dataset=None), "unknown data set None; --dataset takes digits, cifar10, cifar100, mnist, fashion-mnist, imagefolder:PATH, npz:PATH or package.module:function"),
+    (dict(dataset=None), "unknown data set None; --dataset takes digits, cifar10, cifar100, mnist, fashion-mnist, imagefolder:PATH, npz:PATH or package.module:FUNCTION"),
 ])
 def test_every_numeric_option_is_bounded(fields, message):
     with pytest.raises(InvalidArgumentError, match=message.replace("(", r"\(")):

@@ -173,12 +173,12 @@ def test_dataset_registry_texts():
     from scorebank.pipeline.datasets import DATASETS
 
     assert DATASETS.choices() == ("digits, cifar10, cifar100, mnist, fashion-mnist, imagefolder:PATH, npz:PATH or "
-                                  "package.module:function")
+                                  "package.module:FUNCTION")
     assert "imagefolder:PATH: " in DATASETS.help_text() and "digits: " in DATASETS.help_text()
     assert "imagefolder:/data/x.zip" in DATASETS and "imagefolder:" not in DATASETS and "svhn" not in DATASETS
     with pytest.raises(InvalidArgumentError, match="--dataset takes digits, cifar10, cifar100, mnist, "
                                                    "fashion-mnist, imagefolder:PATH, npz:PATH or "
-                                                   "package.module:function"):
+                                                   "package.module:FUNCTION"):
         load_dataset("imagefolder:")
 
 

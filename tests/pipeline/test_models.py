@@ -11,7 +11,7 @@ from scorebank.stores.errors import InvalidArgumentError
 
 def test_registered_models_and_their_texts():
     assert list(MODELS) == ["mlp", "cnn5", "resnet18", "torchvision", "package.module"]
-    choices = "mlp, cnn5, resnet18, torchvision:NAME or package.module:factory"
+    choices = "mlp, cnn5, resnet18, torchvision:NAME or package.module:MODEL_FACTORY"
     assert MODELS.choices() == choices
     text = MODELS.help_text()
     assert all(f"{e.shown}: " in text for e in MODELS.entries()) and text.endswith(".")
