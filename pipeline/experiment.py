@@ -544,7 +544,7 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, *, device: st
 
     A stage whose definition changed since it ran raises :class:`StageChangedError` before
     anything runs, unless named in ``rerun``.  ``client`` (a ``distributed.Client``) runs the
-    score stages' runs as Dask tasks (:func:`scorebank.pipeline.scoring.score`'s ``client``)."""
+    score and easy-hard stages' runs as Dask tasks (the library functions' ``client``)."""
     ctx = _context(experiment, out, rerun=rerun, device=device)
     ctx.client, ctx.gpus_per_run = client, gpus_per_run
     rows = [stage_status(ctx, s) for s in experiment.stages]
@@ -1073,7 +1073,7 @@ def _easy_hard_run(ctx: Context, stage: Stage) -> dict:
     res = easy_hard(str(ctx.store_path(stage)), seeds=stage.opt("seeds"), threshold=stage.opt("threshold", 0.5),
                     run=stage.options.get("run"), test_fraction=stage.opt("test-fraction", 0.17),
                     split_seed=stage.opt("split-seed", 0), overrides=_overrides(stage), device=ctx.device,
-                    name=stage.name, progress=ctx.relay)
+                    name=stage.name, progress=ctx.relay, client=ctx.client, gpus_per_run=ctx.gpus_per_run)
     mean, gap = res["mean_accuracy"], res["generalization_gap"].mean("seed")
     return {"accuracy": {str(t): {str(e): float(mean.sel(trained_on=t, evaluated_on=e))
                                   for e in mean.evaluated_on.values} for t in mean.trained_on.values},

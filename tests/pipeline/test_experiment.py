@@ -271,3 +271,25 @@ def test_a_changed_selection_makes_its_retrain_stale(ran, tmp_path):
     again = X.run_experiment(changed, copy, device="cpu", rerun=["again"])
     (row,) = again["stages"]["again"]["results"]["groups"]
     assert row["subset_size"] == again["stages"]["pick"]["results"]["n_kept"] == 80
+
+
+def test_easy_hard_stage_records_and_skips(ran, tmp_path):
+    exp, out, doc, _ = ran
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    text = TINY.replace('[stages.report]', '[stages.eh]\nkind = "easy-hard"\nthreshold = 0.3\nseeds = "0"\n'
+                                          'epochs = 2\n\n[stages.report]')
+    withe = parse_experiment(text, "tiny.toml")
+    events = []
+    res = X.run_experiment(withe, copy, device="cpu", progress=events.append)
+    assert [ev.stage.name for ev in events if ev.kind == "start"] == ["eh", "report"]
+    got = res["stages"]["eh"]["results"]
+    stored = xr.open_zarr(copy / "d.zarr", group="easy_hard/eh")
+    mean = stored["mean_accuracy"].values  # (trained_on, evaluated_on) in the attrs' order
+    for i, t in enumerate(stored.attrs["trained_on"]):
+        for j, e in enumerate(stored.attrs["evaluated_on"]):
+            assert got["accuracy"][t][e] == pytest.approx(float(mean[i, j]))
+    assert sum(got["part_size"].values()) == 200
+    events = []
+    X.run_experiment(withe, copy, device="cpu", progress=events.append)
+    assert [ev.stage.name for ev in events if ev.kind == "start"] == []
