@@ -47,3 +47,42 @@ def test_workers_2_equals_sequential_bit_for_bit(tmp_path):
     for name, arr in s.arrays():
         np.testing.assert_array_equal(w[name][...], arr[...], err_msg=name)
     assert w.attrs["runs"] == s.attrs["runs"]
+
+
+def test_lost_coordinator_then_the_same_command_resumes(tmp_path):
+    """The coordinator and its LocalCluster killed together (kill -9 of the process group,
+    as when the machine or session dies): re-running the command resumes every run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from scorebank.pipeline.config import resolve_config
+    from scorebank.pipeline.scoring import score
+
+    path = tmp_path / "lost.zarr"
+    args = ["score", "--dataset", "digits", "--limit", "200", "--model", "mlp", "--width", "16", "--epochs", "12",
+            "--batch-size", "32", "--device", "cpu", "--quiet", "--seeds", "0-1", "--workers", "2", "--store", str(path)]
+    cmd = [sys.executable, "-c", "from scorebank.cli.main import main; main()", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not list((path / "checkpoints").glob("run-*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not zarr.open_group(path, mode="r")["completed"][...].all(), "the kill should land mid-run"
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = resolve_config(dataset="digits", limit=200, model="mlp", width=16, epochs=12, batch_size=32)
+        score(cfg, (0, 1), tmp_path / "ref.zarr", device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    got, ref = (zarr.open_group(p, mode="r") for p in (path, tmp_path / "ref.zarr"))
+    for name, arr in ref.arrays():
+        np.testing.assert_array_equal(got[name][...], arr[...], err_msg=name)
+    assert got.attrs["runs"] == ref.attrs["runs"]
