@@ -39,6 +39,7 @@ REGISTRIES = {
     "datasets": ("scorebank.pipeline.datasets", "DATASETS"),
     "models": ("scorebank.pipeline.models", "MODELS"),
     "optimizers": ("scorebank.pipeline.robust", "OPTIMIZERS"),
+    "label_noise_kinds": ("scorebank.pipeline.datasets", "LABEL_NOISE_KINDS"),
     "dynamics_formats": ("scorebank.pipeline.import_dynamics", "FORMATS"),
 }
 _PLACEHOLDER = re.compile(r"<<(" + "|".join(REGISTRIES) + r")>>")
@@ -87,6 +88,8 @@ CONFIG_OPTIONS: dict[str, ConfigOption] = {
     "label_noise": ConfigOption(float, "Fraction of examples whose labels are permuted among themselves before "
                                        "training (1.0 = random labels)."),
     "label_noise_seed": ConfigOption(int, "Seed choosing the corrupted examples (the same for every run)."),
+    "label_noise_kind": ConfigOption(str, "How --label-noise corrupts labels: " + registry_help("label_noise_kinds")),
+    "flip_map": ConfigOption(str, "--label-noise-kind flip: SOURCE:TARGET class pairs, e.g. 0:1,1:2,2:0."),
     "model": ConfigOption(str, "Model: " + registry_help("models")),
     "batchnorm": ConfigOption(bool, "cnn5: BatchNorm after each convolution.", "--batchnorm/--no-batchnorm"),
     "init_std": ConfigOption(Optional[float], "cnn5: normal initialisation with this std instead of PyTorch's "

@@ -131,6 +131,24 @@ def parse_epoch_list(text: str, option: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+def parse_flip_map(text: str) -> dict[int, int]:
+    """``"0:1,1:2,2:0"`` -> ``{0: 1, 1: 2, 2: 0}``: class-conditional label flips (a label y
+    with an entry becomes map[y]); classes are integers >= 0, each source at most once, never
+    mapped to itself."""
+    bad = (f"bad --flip-map {text!r}; give comma-separated SOURCE:TARGET class pairs, each source once and "
+           "different from its target, e.g. 0:1,1:2,2:0")
+    out: dict[int, int] = {}
+    for part in (text or "").split(","):
+        m = re.fullmatch(r"\s*([0-9]{1,9})\s*:\s*([0-9]{1,9})\s*", part)
+        if not m:
+            raise InvalidArgumentError(bad)
+        a, b = int(m.group(1)), int(m.group(2))
+        if a == b or a in out:
+            raise InvalidArgumentError(bad)
+        out[a] = b
+    return out
+
+
 #: Field metadata key marking what a run records (epoch lists), as opposed to how it trains:
 #: networks that only train (retrain, easy-hard) clear these fields (:func:`recording_fields`).
 RECORDING = "recording"
@@ -171,6 +189,8 @@ class ScoreConfig:
     grand_epochs: tuple[int, ...] = field(default=(), metadata={RECORDING: True})
     eval_batch_size: int = 1024
     cifar_stem: bool = field(default=False, metadata={ADDED_LATER: True})  # torchvision ResNets: 3x3 stem
+    label_noise_kind: str = field(default="uniform", metadata={ADDED_LATER: True})  # LABEL_NOISE_KINDS entry
+    flip_map: str = field(default="", metadata={ADDED_LATER: True})  # flip noise: "0:1,1:2,..." (y -> map[y])
 
     # ---------------------------------------------------------------- derived
     @property

@@ -10,9 +10,10 @@ import math
 
 from scorebank.core.config import (DEFAULTS, MAX_BATCH_SIZE, MAX_CLIP_COUNT, MAX_EPOCHS,  # noqa: F401
                                    MAX_LIMIT, MAX_SEED, MAX_WIDTH, NON_IDENTITY_FIELDS, Schedule, ScoreConfig,
-                                   _check, _int, _real, check_seeds, check_sgd_settings, parse_epoch_list, parse_seeds)
+                                   _check, _int, _real, check_seeds, check_sgd_settings, parse_epoch_list,
+                                   parse_flip_map, parse_seeds)
 from scorebank.core.errors import InvalidArgumentError
-from scorebank.pipeline.datasets import DATASETS
+from scorebank.pipeline.datasets import DATASETS, LABEL_NOISE_KINDS
 from scorebank.pipeline.models import MODELS, check_cifar_stem, model_builder
 from scorebank.pipeline.robust import OPTIMIZERS, make_estimator
 
@@ -56,6 +57,13 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
     takers = " or ".join(e.name for e in OPTIMIZERS.entries() if e.value.clip_count)
     _check(OPTIMIZERS.get(cfg.optimizer).clip_count or cfg.clip_count == 0,
            f"--clip-count {cfg.clip_count!r} applies only to --optimizer {takers}, not {cfg.optimizer!r}")
+    _check(isinstance(cfg.label_noise_kind, str) and cfg.label_noise_kind in LABEL_NOISE_KINDS,
+           f"unknown label noise kind {cfg.label_noise_kind!r}; --label-noise-kind takes {LABEL_NOISE_KINDS.choices()}")
+    _check(isinstance(cfg.flip_map, str) and (cfg.flip_map == "") == (cfg.label_noise_kind != "flip"),
+           f"--flip-map {cfg.flip_map!r} goes with --label-noise-kind flip (and flip needs one, e.g. 0:1,1:2), "
+           f"got --label-noise-kind {cfg.label_noise_kind!r}")
+    if cfg.flip_map:
+        parse_flip_map(cfg.flip_map)
     _check(_int(cfg.label_noise_seed) and 0 <= cfg.label_noise_seed <= MAX_SEED,
            f"--label-noise-seed must be an integer >= 0, got {cfg.label_noise_seed!r}; the maximum is {MAX_SEED}")
     _check(cfg.optimizer != "winsorized" or 2 * (cfg.clip_count + 1) <= cfg.batch_size,

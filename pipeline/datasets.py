@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scorebank.core.config import parse_flip_map
+from scorebank.core.registry import Registry
 from scorebank.pipeline.outside import ImportPathRegistry, call_user, load_callable
 from scorebank.stores.errors import DataNotFoundError, InvalidArgumentError, ScorebankError
 
@@ -430,6 +432,54 @@ def arrays_to_data(name: str, arrays: dict, shown: str) -> ImageData:
 
 
 # ------------------------------------------------------------------ label noise
+def apply_flip_noise(labels: np.ndarray, fraction: float, flip_map: dict[int, int], seed: int,
+                     num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-conditional label flips (the AUM and confident-learning papers' asymmetric noise):
+    each example independently, with probability ``fraction`` (seeded), has its label y
+    replaced by ``flip_map[y]``; classes without an entry keep their labels.
+
+    Returns ``(noisy_labels, corrupted)`` with ``corrupted = noisy_labels != labels``."""
+    if not (0.0 <= fraction <= 1.0):
+        raise InvalidArgumentError(f"--label-noise must be a fraction in [0, 1], got {fraction!r}")
+    outside = sorted(c for pair in flip_map.items() for c in pair if not 0 <= c < num_classes)
+    if outside:
+        raise InvalidArgumentError(f"--flip-map names class {outside[0]!r}, but the data set has classes "
+                                   f"0..{num_classes - 1}")
+    labels = np.asarray(labels, dtype=np.int64)
+    table = np.arange(max(num_classes, 1), dtype=np.int64)  # class -> its flipped class
+    for a, b in flip_map.items():
+        table[a] = b
+    flip = np.random.default_rng(seed).random(labels.size) < fraction  # (N,) who is flipped
+    noisy = np.where(flip, table[labels], labels)
+    return noisy, noisy != labels
+
+
+def _uniform_noise(labels: np.ndarray, config, num_classes: int) -> np.ndarray:
+    return apply_label_noise(labels, config.label_noise, config.label_noise_seed)[0]
+
+
+def _flip_noise(labels: np.ndarray, config, num_classes: int) -> np.ndarray:
+    return apply_flip_noise(labels, config.label_noise, parse_flip_map(config.flip_map), config.label_noise_seed,
+                            num_classes)[0]
+
+
+#: How ``--label-noise F`` corrupts labels: ``kind(labels, config, num_classes) -> noisy labels``.
+LABEL_NOISE_KINDS: Registry = Registry("label noise kind", "--label-noise-kind")
+LABEL_NOISE_KINDS.add("uniform", _uniform_noise,
+                      help="a seeded fraction F of the examples get their labels permuted among themselves "
+                           "(Data Diet; 1.0 = random labels)")
+LABEL_NOISE_KINDS.add("flip", _flip_noise,
+                      help="each example's label y becomes map[y] with probability F (class-conditional flips "
+                           "given by --flip-map, e.g. 0:1,1:2)")
+
+
+def noisy_labels(labels: np.ndarray, config, num_classes: int) -> np.ndarray:
+    """The training labels under ``config``'s label noise (a copy of ``labels`` without)."""
+    if config.label_noise > 0:
+        return LABEL_NOISE_KINDS.get(config.label_noise_kind)(labels, config, num_classes)
+    return np.asarray(labels, dtype=np.int64).copy()
+
+
 def apply_label_noise(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Data Diet's label noise: a seeded random ``fraction`` of the examples get their
     labels permuted among themselves, so the label statistics are unchanged.

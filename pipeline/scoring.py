@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from scorebank.pipeline.config import ScoreConfig, check_seeds
-from scorebank.pipeline.datasets import ImageData, apply_label_noise, load_dataset
+from scorebank.pipeline.datasets import ImageData, load_dataset, noisy_labels
 from scorebank.pipeline.dispatch import Task, run_tasks
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
 from scorebank.pipeline.models import check_model_size
@@ -59,9 +59,7 @@ def read_store_config(path: str | os.PathLike) -> ScoreConfig:
 
 
 def prepare_labels(config: ScoreConfig, data: ImageData) -> np.ndarray:
-    if config.label_noise > 0:
-        return apply_label_noise(data.train_labels, config.label_noise, config.label_noise_seed)[0]
-    return data.train_labels.copy()
+    return noisy_labels(data.train_labels, config, data.num_classes)
 
 
 def check_store_accepts(path: Path, attrs: dict, config: ScoreConfig, fingerprint: str | None = None) -> None:
