@@ -9,7 +9,8 @@ active ``distributed`` client when one exists.  Nothing here creates a client.
 
 Large arrays are never loaded whole: per-example variables are cut into blocks of one run,
 a few epochs and one store chunk of examples, or, when all the selected epochs fit, several
-whole store chunks of examples (at most :data:`BLOCK_BYTES` each), so peak memory is a few
+whole store chunks of examples (at most :data:`BLOCK_BYTES` each, :data:`JOIN_BYTES` when
+joining chunks), so peak memory is a few
 blocks per worker thread whatever the store's size, and an ImageNet-sized store (1.28M
 examples) is a few large tasks per run, not hundreds of small ones.  Results that have one
 value per example (N values, or R x N for per-run results) are held in memory.
@@ -34,6 +35,11 @@ StoreLike = str | os.PathLike | xr.Dataset
 
 #: Upper bound on the bytes of one Dask block of a per-example variable.
 BLOCK_BYTES = 32 * 2**20
+#: Bytes up to which whole store chunks of examples are joined into one block once every
+#: selected epoch fits in one: enough to make a handful of tasks per run at ImageNet size
+#: instead of one per chunk, small enough that a block's rows stay cache-friendly and two
+#: worker threads have several blocks to share.
+JOIN_BYTES = 8 * 2**20
 
 #: Epoch value meaning "never" in integer epoch results (data separation, stays-learned epoch).
 NEVER = -1
@@ -213,9 +219,10 @@ def block_shape(ds: xr.Dataset, n_epochs: int, itemsize: int) -> tuple[int, int]
     ``n_epochs`` selected epochs (0: no epoch dimension) at ``itemsize`` bytes per value.
 
     As many epochs as fit in :data:`BLOCK_BYTES` with one store chunk of examples; when all
-    of them fit, as many whole store chunks of examples as fit too.  Blocks are whole store
-    chunks, so each chunk is read by one task; fewer, larger blocks keep the task graph and
-    the per-task overhead small at ImageNet size (1.28M examples: 20 chunks of 2^16)."""
+    of them fit, as many whole store chunks of examples as fit in :data:`JOIN_BYTES` (at
+    most :data:`BLOCK_BYTES`).  Blocks are whole store chunks, so each chunk is read by one
+    task; fewer, larger blocks keep the task graph and the per-task overhead small at
+    ImageNet size (1.28M examples: 20 chunks of 2^16)."""
     nb = example_chunk(ds)
     n = int(ds.sizes[S.EXAMPLE])
     size = max(1, int(itemsize))
@@ -223,7 +230,7 @@ def block_shape(ds: xr.Dataset, n_epochs: int, itemsize: int) -> tuple[int, int]
     per_block = max(1, min(depth, BLOCK_BYTES // max(1, nb * size)))
     if per_block < depth:
         return per_block, nb
-    chunks = max(1, BLOCK_BYTES // max(1, depth * nb * size))
+    chunks = max(1, min(JOIN_BYTES, BLOCK_BYTES) // max(1, depth * nb * size))
     return per_block, max(1, min(n, chunks * nb))
 
 
