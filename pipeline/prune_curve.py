@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from scorebank.pipeline.lifecycle import ProgressEvent
-from scorebank.pipeline.retrain import (RetrainJob, _check_seeds, _store_data, band,
+from scorebank.pipeline.retrain import (RetrainJob, StoreData, _check_seeds, _store_data, band,
                                         check_group_name, full_data_accuracy, plan_retrain, retrain_summary,
-                                        run_job)
+                                        run_job, run_jobs)
 from scorebank.stores.errors import InvalidArgumentError
 
 FRACTION_STRATEGIES = ("keep-highest", "keep-lowest", "random", "stratified")
@@ -172,13 +172,17 @@ def prune_curve(store: str | os.PathLike, *, score: str, strategies: Sequence[st
                 window_fraction: float | None = None, runs: Sequence[int] | None = None, seed: int = 0,
                 class_balanced: bool = False, prefix: str = "curve", overrides: dict | None = None,
                 budget: str = "steps", device: str = "auto", overwrite: bool = False,
-                progress: Callable[[CurveEvent], None] | None = None, data=None, scheduler=None) -> Curve:
+                progress: Callable[[CurveEvent], None] | None = None, data=None, scheduler=None,
+                client=None, gpus_per_run: int = 0) -> Curve:
     """Run (or resume) a pruning curve or sliding-window study and return its table.
 
     Every cell is selected and planned (subset, options, step budget, consistency with an
     existing group) before the first network trains.  ``score`` is a score spec
     (``el2n@20``) averaged over the scoring ``runs`` (default: every completed run);
-    ``seed`` seeds the random strategy; ``seeds`` are the retrain seeds of every cell."""
+    ``seed`` seeds the random strategy; ``seeds`` are the retrain seeds of every cell.
+    ``client``: a ``distributed.Client``; every (cell, seed) run is then one Dask task, all
+    submitted at once (:func:`scorebank.pipeline.retrain.run_jobs`); ``scheduler`` is the
+    Dask scheduler of the selections."""
     from scorebank.analysis.selection import select, to_manifest
 
     seeds = _check_seeds(seeds)
@@ -197,6 +201,16 @@ def prune_curve(store: str | os.PathLike, *, score: str, strategies: Sequence[st
                                         manifest=manifest.to_dict(with_indices=False), source="manifest",
                                         overwrite=overwrite)))
     sd = _store_data(store, jobs[0][1], device, data)
+    if client is not None:
+        index = {cell.name: i for i, (cell, _) in enumerate(jobs)}
+
+        def relay_all(event: ProgressEvent) -> None:
+            if progress:
+                progress(CurveEvent(index[event.group], len(jobs), event.group, event))
+
+        run_jobs(store, [job for _, job in jobs], seeds, sd, overwrite=overwrite, progress=relay_all, client=client,
+                 gpus_per_run=gpus_per_run, data=None if isinstance(data, StoreData) else data)
+        return curve_table(store, cells, score=score, mode=mode, seeds=seeds)
     for i, (cell, job) in enumerate(jobs):
         def relay(event: ProgressEvent, i=i, name=cell.name) -> None:
             if progress:

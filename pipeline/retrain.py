@@ -75,13 +75,15 @@ import torch
 from scorebank.core.config import check_seeds, recording_fields, short_value
 from scorebank.pipeline.config import ScoreConfig, resolve_config
 from scorebank.pipeline.datasets import ImageData, load_dataset
+from scorebank.pipeline.dispatch import Task, run_tasks
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
+from scorebank.pipeline.outside import refuse_recorder_store
 from scorebank.pipeline.scoring import read_store_config
 from scorebank.pipeline.training import DeviceData, EpochResult, Trainer, resolve_device, to_device_data
 from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, RunFailedError
-from scorebank.stores.zarrstore import (IDENTITY_ATTRS, StoreWriter, consolidate, now_iso, require_store_directory,
+from scorebank.stores.zarrstore import (IDENTITY_ATTRS, RunWriter, StoreWriter, consolidate, now_iso, require_store_directory,
                                         root_attrs, scorebank_version)
 
 BUDGETS = ("steps", "epochs")
@@ -302,6 +304,7 @@ def load_store_data(store: str | os.PathLike, *, device: str = "auto", data: Ima
     """Load the data set a store describes, check its fingerprint, and put it on ``device``
     with the store's training labels.  ``data`` may be passed to skip loading (tests)."""
     path = require_store_directory(store, "retraining")
+    refuse_recorder_store(path, "retraining")
     config = read_store_config(path)
     dev = resolve_device(device)
     attrs = json.loads((path / "zarr.json").read_text())["attributes"]
@@ -351,6 +354,7 @@ def plan_retrain(store: str | os.PathLike, indices, name: str, *, overrides: Map
     check_group_name(name)
     # the store's identity, checked again under the lock before anything is written
     store_attrs = root_attrs(require_store_directory(store, "retraining"), IDENTITY_ATTRS)
+    refuse_recorder_store(store, "retraining")
     fingerprint, n_full = store_identity(store)
     config = retrain_config(read_store_config(store), overrides)
     kept = check_indices(indices, n_full)
@@ -398,7 +402,7 @@ def retrain(store: str | os.PathLike, indices, name: str, seeds: Sequence[int], 
             baseline_of: str | None = None, baseline_seed: int | None = None,
             class_balanced: bool | None = None,
             progress: Callable[[ProgressEvent], None] | None = None,
-            data: ImageData | StoreData | None = None) -> RetrainResult:
+            data: ImageData | StoreData | None = None, client=None, gpus_per_run: int = 0) -> RetrainResult:
     """Train fresh networks (one per seed) on only the examples ``indices`` of ``store``
     and record their test accuracy and loss per epoch into the group ``retrain/<name>``.
 
@@ -408,39 +412,106 @@ def retrain(store: str | os.PathLike, indices, name: str, seeds: Sequence[int], 
     unfinished ones and adds new ones; a different subset or options for an existing
     ``name`` raises :class:`ConfigMismatchError` unless ``overwrite`` (which replaces the
     group and its checkpoints).  Everything is validated before anything is written.
-    Raises :class:`RunFailedError` after all seeds ran if any diverged."""
+    Raises :class:`RunFailedError` after all seeds ran if any diverged.  ``client``: a
+    ``distributed.Client``; each seed is then one Dask task (:func:`run_jobs`)."""
     seeds = _check_seeds(seeds)
     job = plan_retrain(store, indices, name, overrides=overrides, budget=budget, manifest=manifest, source=source,
                        baseline_of=baseline_of, baseline_seed=baseline_seed, class_balanced=class_balanced,
                        overwrite=overwrite)
-    return run_job(store, job, seeds, _store_data(store, job, device, data), overwrite=overwrite, progress=progress)
+    given = None if isinstance(data, StoreData) else data
+    return run_job(store, job, seeds, _store_data(store, job, device, data), overwrite=overwrite, progress=progress,
+                   client=client, gpus_per_run=gpus_per_run, data=given)
 
 
 def run_job(store: str | os.PathLike, job: RetrainJob, seeds: tuple[int, ...], sd: StoreData, *,
-            overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None) -> RetrainResult:
-    """Train a planned retrain (:func:`plan_retrain`) for ``seeds`` under the store's lock."""
-    if sd.fingerprint != job.spec.dataset_fingerprint:
-        raise ConfigMismatchError(f"the loaded data (fingerprint {sd.fingerprint!r}) is not the store's "
-                                  f"({job.spec.dataset_fingerprint!r})")
+            overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None, client=None,
+            gpus_per_run: int = 0, data: ImageData | None = None) -> RetrainResult:
+    """Train a planned retrain (:func:`plan_retrain`) for ``seeds`` (:func:`run_jobs`)."""
+    return run_jobs(store, [job], seeds, sd, overwrite=overwrite, progress=progress, client=client,
+                    gpus_per_run=gpus_per_run, data=data)[0]
+
+
+def run_jobs(store: str | os.PathLike, jobs: Sequence[RetrainJob], seeds: tuple[int, ...], sd: StoreData, *,
+             overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None, client=None,
+             gpus_per_run: int = 0, data: ImageData | None = None) -> list[RetrainResult]:
+    """Train planned retrains (:func:`plan_retrain`) for ``seeds``, one result per job.
+
+    This process is the coordinator: under the store's lock it checks the store is the one
+    planned against, creates or extends every job's group (allocating its runs), runs every
+    ``(job, seed)`` (one Dask task each with ``client``: :mod:`scorebank.pipeline.dispatch`;
+    workers load the data themselves unless ``data`` is given) and at the end consolidates
+    each group's per-run records into its ``runs`` attribute and writes the final test
+    accuracy of every complete run (a chunk shared by the group's runs: written by the
+    coordinator only)."""
+    for job in jobs:
+        if sd.fingerprint != job.spec.dataset_fingerprint:
+            raise ConfigMismatchError(f"the loaded data (fingerprint {sd.fingerprint!r}) is not the store's "
+                                      f"({job.spec.dataset_fingerprint!r})")
     path = Path(store)
     with StoreWriter(path) as writer:
-        writer.check_unchanged(job.store_attrs, f"retrain {job.name!r}")
-        group = _open_or_create_group(writer, job, seeds, overwrite)
-        pool = torch.from_numpy(job.indices).to(sd.device)
-        outcomes = [_retrain_run(writer, group, job, sd, pool, seed, progress) for seed in seeds]
-    failed = [o for o in outcomes if o.status == S.RUN_FAILED]
-    if failed:
-        what = ", ".join(f"seed {o.seed} at epoch {o.failed_epoch}" for o in failed)
-        raise RunFailedError(f"{len(failed)} retrain run(s) of {job.name!r} diverged (non-finite loss): {what}; "
-                             "lower --lr; the other runs are in the store")
-    return RetrainResult(job.name, job.spec, job.indices, tuple(outcomes))
+        for job in jobs:
+            writer.check_unchanged(job.store_attrs, f"retrain {job.name!r}")
+            _open_or_create_group(writer, job, seeds, overwrite)
+        try:
+            if client is None:
+                flat = [_retrain_run(path, job, sd, seed, progress) for job in jobs for seed in seeds]
+            else:
+                flat = run_tasks([Task(retrain_run, (str(path), job, seed), {"device": str(sd.device), "data": data})
+                                  for job in jobs for seed in seeds],
+                                 client=client, progress=progress, gpus_per_run=gpus_per_run)
+        except BaseException:
+            for job in jobs:
+                try:
+                    _finalise_group(writer, job)
+                except Exception:  # noqa: BLE001 - the failure is what the user must see
+                    pass
+            raise
+        for job in jobs:
+            _finalise_group(writer, job)
+    results = []
+    for j, job in enumerate(jobs):
+        outcomes = flat[j * len(seeds):(j + 1) * len(seeds)]
+        failed = [o for o in outcomes if o.status == S.RUN_FAILED]
+        if failed:
+            what = ", ".join(f"seed {o.seed} at epoch {o.failed_epoch}" for o in failed)
+            raise RunFailedError(f"{len(failed)} retrain run(s) of {job.name!r} diverged (non-finite loss): {what}; "
+                                 "lower --lr; the other runs are in the store")
+        results.append(RetrainResult(job.name, job.spec, job.indices, tuple(outcomes)))
+    return results
+
+
+def retrain_run(store: str, job: RetrainJob, seed: int, *, device: str = "auto", data: ImageData | None = None,
+                progress: Callable[[ProgressEvent], None] | None = None) -> RunOutcome:
+    """One retrain run as a task (:mod:`scorebank.pipeline.dispatch`): the store's data
+    loaded here (fingerprint checked), then the run's lifecycle under its lock."""
+    cfg = job.spec.training
+    sd = load_store_data(store, device=device, data=data, data_dir=cfg.data_dir, download=cfg.download)
+    return _retrain_run(Path(store), job, sd, seed, progress)
+
+
+def _finalise_group(writer: StoreWriter, job: RetrainJob) -> None:
+    """Coordinator, under the lock: the group's per-run records into its ``runs`` attribute,
+    and the final test accuracy of each complete run (test accuracy at the last epoch)."""
+    import zarr
+
+    runs = writer.consolidate_runs(group_path(job.name))
+    group = zarr.open_group(writer.path / group_path(job.name), mode="r+", zarr_format=3, use_consolidated=False)
+    seeds = [int(s) for s in group[S.RUN][:]]
+    final = group[FINAL_TEST_ACCURACY][:]
+    last = group[S.TEST_ACCURACY].shape[1] - 1
+    for r, seed in enumerate(seeds):
+        if runs.get(str(seed), {}).get("status") == S.RUN_COMPLETE and math.isnan(final[r]):
+            final[r] = group[S.TEST_ACCURACY][r, last]
+    if not np.array_equal(final, group[FINAL_TEST_ACCURACY][:], equal_nan=True):
+        group[FINAL_TEST_ACCURACY][:] = final
 
 
 def retrain_manifest(store: str | os.PathLike, manifest: "str | os.PathLike | Manifest", seeds: Sequence[int], *,
                      name: str | None = None, baseline: str | None = None, baseline_seed: int = 0,
                      overrides: Mapping | None = None, budget: str = "steps", device: str = "auto",
                      overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None,
-                     data: ImageData | StoreData | None = None) -> list[RetrainResult]:
+                     data: ImageData | StoreData | None = None, client=None,
+                     gpus_per_run: int = 0) -> list[RetrainResult]:
     """``scorebank retrain``: retrain on a selection manifest (a file path or a
     :class:`~scorebank.stores.manifest.Manifest`) into ``retrain/<name>`` (default: the
     manifest's name), and with ``baseline="random"`` also on a random subset of the same
@@ -453,7 +524,8 @@ def retrain_manifest(store: str | os.PathLike, manifest: "str | os.PathLike | Ma
     when the manifest was selected class-balanced (its ``parameters["class_balanced"]``)
     it has exactly the manifest's counts per class, otherwise it is uniform over the whole
     training set.  Both groups use the same retrain seeds, so each manifest run has a
-    paired baseline run (same initialisation, different subset)."""
+    paired baseline run (same initialisation, different subset).  ``client``: a
+    ``distributed.Client``; every (group, seed) run is then one Dask task (:func:`run_jobs`)."""
     from scorebank.stores.manifest import Manifest, read_manifest
 
     seeds = _check_seeds(seeds)
@@ -487,6 +559,9 @@ def retrain_manifest(store: str | os.PathLike, manifest: "str | os.PathLike | Ma
                                  source="random-baseline", baseline_of=name, baseline_seed=int(baseline_seed),
                                  class_balanced=balanced, **common))
     sd = _store_data(store, jobs[0], device, data)
+    if client is not None:
+        return run_jobs(store, jobs, seeds, sd, overwrite=overwrite, progress=progress, client=client,
+                        gpus_per_run=gpus_per_run, data=None if isinstance(data, StoreData) else data)
     return [run_job(store, job, seeds, sd, overwrite=overwrite, progress=progress) for job in jobs]
 
 
@@ -573,22 +648,21 @@ def _add_runs(group, seeds: tuple[int, ...]) -> None:
 
 
 class _GroupSlot:
-    """A retrain run: its test accuracy and loss in the group ``retrain/<name>``, its status
-    in the group's ``runs`` attribute, its checkpoint under ``checkpoints/retrain/<name>/``."""
+    """A retrain run: its test accuracy and loss in the group ``retrain/<name>`` (its own
+    chunks), its status in its per-run record (consolidated into the group's ``runs``
+    attribute by the coordinator, which also writes ``final_test_accuracy``), its checkpoint
+    under ``checkpoints/retrain/<name>/``."""
 
-    def __init__(self, writer: StoreWriter, group, name: str, seed: int):
-        self.writer, self.group, self.seed = writer, group, seed
-        self.checkpoint = checkpoint_dir(writer.path, name) / f"run-{seed}.pt"
-        self.r = [int(s) for s in group[S.RUN][:]].index(seed)
+    def __init__(self, run: RunWriter):
+        self.run, self.group, self.seed = run, run.root, run.seed
+        self.checkpoint = run.checkpoint
+        self.r = run.index
 
     def status(self) -> dict:
-        return dict(self.group.attrs.get(S.ATTR_RUNS, {})).get(str(self.seed), {})
+        return self.run.status()
 
     def set_status(self, status: str, **info) -> None:
-        runs = dict(self.group.attrs.get(S.ATTR_RUNS, {}))
-        runs[str(self.seed)] = {"status": status, **info}
-        self.group.attrs[S.ATTR_RUNS] = runs
-        consolidate(self.writer.path)
+        self.run.set_status(status, **info)
 
     def write(self, result: EpochResult) -> None:
         for var in (S.TEST_ACCURACY, S.TEST_LOSS):
@@ -596,20 +670,21 @@ class _GroupSlot:
         self.group[S.COMPLETED][self.r, result.epoch] = True
 
     def finish(self) -> None:
-        n_epochs = self.group[S.TEST_ACCURACY].shape[1]
-        self.group[FINAL_TEST_ACCURACY][self.r] = float(self.group[S.TEST_ACCURACY][self.r, n_epochs - 1])
+        pass  # final_test_accuracy shares a chunk with the other runs: the coordinator writes it
 
     def final_test_accuracy(self) -> float:
-        return float(self.group[FINAL_TEST_ACCURACY][self.r])
+        n_epochs = self.group[S.TEST_ACCURACY].shape[1]
+        return float(self.group[S.TEST_ACCURACY][self.r, n_epochs - 1])
 
 
-def _retrain_run(writer: StoreWriter, group, job: RetrainJob, sd: StoreData, pool: torch.Tensor, seed: int,
-                 progress) -> RunOutcome:
+def _retrain_run(path: Path, job: RetrainJob, sd: StoreData, seed: int, progress) -> RunOutcome:
     cfg = job.spec.training
-    return drive_run(_GroupSlot(writer, group, job.name, seed),
-                     lambda: Trainer(cfg, sd.device_data, job.spec.seed_offset + seed, sd.device, indices=pool,
-                                     steps_per_epoch=job.plan.trainer_steps_per_epoch),
-                     total_epochs=cfg.epochs, device=sd.device, progress=progress, group=job.name)
+    pool = torch.from_numpy(job.indices).to(sd.device)
+    with RunWriter(path, seed, group=group_path(job.name), wait=True) as run:
+        return drive_run(_GroupSlot(run),
+                         lambda: Trainer(cfg, sd.device_data, job.spec.seed_offset + seed, sd.device, indices=pool,
+                                         steps_per_epoch=job.plan.trainer_steps_per_epoch),
+                         total_epochs=cfg.epochs, device=sd.device, progress=progress, group=job.name)
 
 
 # ----------------------------------------------------------------------------- reading / summary

@@ -86,3 +86,25 @@ def test_lost_coordinator_then_the_same_command_resumes(tmp_path):
     for name, arr in ref.arrays():
         np.testing.assert_array_equal(got[name][...], arr[...], err_msg=name)
     assert got.attrs["runs"] == ref.attrs["runs"]
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "s.zarr"
+    r = invoke("score", *TINY, "--seeds", "0", "--store", path)
+    assert r.exit_code == 0, r.output
+    return path
+
+
+@pytest.mark.parametrize("command", [
+    ("retrain", "{store}", "--manifest", "{store}/missing.json"),
+    ("prune-curve", "{store}", "--score", "el2n@1", "--prune", "0.5", "--out", "{store}/curve"),
+    ("easy-hard", "{store}"),
+])
+def test_training_commands_take_the_dispatch_options(tiny_store, command):
+    args = [a.format(store=tiny_store) for a in command]
+    r = invoke(*args, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1")
+    assert r.exit_code == 2, r.output
+    assert "give --workers 2 or --scheduler 'tcp://127.0.0.1:1', not both" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tiny_store / "retrain").exists() and not (tiny_store / "easy_hard").exists()

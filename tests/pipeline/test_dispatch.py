@@ -98,3 +98,40 @@ def test_a_second_coordinator_is_refused_in_one_line(tmp_path, tiny_config, clie
     with StoreWriter(path):  # the first coordinator holds the store's lock
         with pytest.raises(StoreLockedError, match="being written by another scorebank process"):
             score(cfg, (0, 1), path, device="cpu", client=client)
+
+
+def test_prune_curve_cells_as_tasks_equal_sequential(tmp_path, tiny_config, client, one_thread):
+    import shutil
+
+    from scorebank.pipeline.prune_curve import prune_curve
+
+    base = tmp_path / "base.zarr"
+    score(tiny_config(epochs=2), (0,), base, device="cpu")
+    shutil.copytree(base, tmp_path / "seq.zarr")
+    kwargs = dict(score="el2n@1", strategies=["keep-highest", "random"], seeds=(0, 1), fractions=[0.5],
+                  overrides={"epochs": 2}, device="cpu")
+    events = []
+    par = prune_curve(base, client=client, progress=events.append, **kwargs)
+    seq = prune_curve(tmp_path / "seq.zarr", **kwargs)
+    assert [r.accuracies for r in par.rows] == [r.accuracies for r in seq.rows]
+    assert {(e.cell, e.event.seed) for e in events if e.event.kind == "epoch"} == {(c, s) for c in (0, 1)
+                                                                                   for s in (0, 1)}
+    for group in ("retrain/" + r.group for r in seq.rows):
+        assert_same_store(base / group, tmp_path / "seq.zarr" / group)
+
+
+def test_easy_hard_networks_as_tasks_equal_sequential(tmp_path, tiny_config, client, one_thread):
+    import shutil
+
+    from scorebank.pipeline.easyhard import easy_hard
+
+    base = tmp_path / "base.zarr"
+    score(tiny_config(limit=300, width=32, epochs=4), (0,), base, device="cpu")
+    shutil.copytree(base, tmp_path / "seq.zarr")
+    kwargs = dict(seeds=(0, 1), threshold=0.5, run=0, test_fraction=0.2, overrides={"epochs": 2}, device="cpu")
+    events = []
+    par = easy_hard(base, client=client, progress=events.append, **kwargs)
+    seq = easy_hard(tmp_path / "seq.zarr", **kwargs)
+    np.testing.assert_array_equal(par["accuracy"].values, seq["accuracy"].values)
+    assert {(e.group.rsplit("/", 1)[1], e.seed) for e in events if e.kind == "epoch"} == {
+        (g, s) for g in ("easy-train", "hard-train") for s in (0, 1)}
