@@ -125,11 +125,11 @@ FEATURES = frozenset({FEATURE_GRAND, FEATURE_LABEL_NOISE})
 #: Examples per chunk along ``example`` in newly written stores (readers take each store's
 #: chunks from its metadata, so stores written with another size stay readable).  Chosen by
 #: :func:`scorebank.analysis.chunk_bench.chunk_costs` on one float32 variable of 4 runs x 22
-#: epochs x 1,281,167 examples (CPU seconds, 2 cores; 2^14 / 2^16 / 2^17 / 2^18):
+#: epochs x 1,281,167 examples (CPU seconds on 2 loaded cores; 2^14 / 2^16 / 2^17 / 2^18):
 #: one epoch written 0.085 / 0.039 / 0.020 / 0.018, one example's trajectory read
 #: 0.038 / 0.033 / 0.063 / 0.107, one epoch read 0.155 / 0.037 / 0.040 / 0.030, the whole
 #: variable read 4.0 / 1.5 / 1.4 / 1.1.  2^16 (256 KiB of float32) is the smallest size whose
-#: epoch reads and writes and full scans cost within 1.4-2x of the largest, while a
+#: epoch reads and writes and full scans cost within 1.2-2.2x of the largest, while a
 #: trajectory read stays as cheap as with small chunks (larger chunks make it 2-3x dearer,
 #: and it grows with runs x epochs).
 PER_EXAMPLE_CHUNK = 1 << 16
