@@ -22,7 +22,10 @@ store; resuming restarts from the checkpoint and re-writes the (identical) value
 epoch after it.
 
 Where a run's values and status live differs per command (the store's root arrays, a
-``retrain/<name>`` group): that is a :class:`RunSlot`.  Training and measuring are
+``retrain/<name>`` group): that is a :class:`RunSlot`.  Score and retrain slots write under
+the run's own lock (:class:`~scorebank.stores.zarrstore.RunWriter`) and keep the status in
+the run's own record, so runs of one store can be driven by different processes at once
+(Dask tasks: :mod:`scorebank.pipeline.dispatch`).  Training and measuring are
 :class:`~scorebank.pipeline.training.Trainer`'s (one training step for every command).
 """
 
