@@ -15,7 +15,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from scorebank.core.config import NON_IDENTITY_FIELDS, ScoreConfig
+from scorebank.core.config import ADDED_LATER, NON_IDENTITY_FIELDS, ScoreConfig
 from scorebank.pipeline.config import resolve_config
 from scorebank.pipeline.models import build_model, parameter_count
 from scorebank.stores.errors import InvalidArgumentError
@@ -150,8 +150,10 @@ def test_user_factory_failures_when_building(user_module):
 
 
 def old_identity_hash(config: ScoreConfig) -> str:
-    """The identity hash as computed before ``cifar_stem`` existed."""
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in NON_IDENTITY_FIELDS | {"cifar_stem"}}
+    """The identity hash as computed before ``cifar_stem`` and the other fields added later existed."""
+    later = {f.name for f in dataclasses.fields(ScoreConfig) if f.metadata.get(ADDED_LATER)}
+    assert "cifar_stem" in later
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in NON_IDENTITY_FIELDS | later}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
