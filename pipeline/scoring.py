@@ -88,7 +88,7 @@ def probe_model(config: ScoreConfig, data: DeviceData, seed: int, device: torch.
     the first run's model once, before anything is written, so a model that does not fit
     (``--width 16384`` with ``resnet18``) is refused without leaving a store behind."""
     check_model_size(config.model, tuple(data.train_x.shape[1:]), data.num_classes, batchnorm=config.batchnorm,
-                     init_std=config.init_std, width=config.width)
+                     init_std=config.init_std, width=config.width, cifar_stem=config.cifar_stem)
     try:
         new_model(config, data, seed, device)
     except (MemoryError, RuntimeError) as exc:  # torch: "DefaultCPUAllocator: can't allocate memory", CUDA OOM

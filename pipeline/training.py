@@ -66,7 +66,9 @@ def to_device_data(data: ImageData, labels: np.ndarray, device: torch.device) ->
     std = np.where(std > 0, std, 1.0)
 
     def norm(images: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(images).to(device=device, dtype=torch.float32).div_(255.0)
+        # .div, not .div_: on the CPU a float32 array is not copied by .to(), and the caller's
+        # data must stay as it was
+        t = torch.from_numpy(images).to(device=device, dtype=torch.float32).div(255.0)
         m = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
         return (t - m) / s
@@ -180,7 +182,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def new_model(config: ScoreConfig, data: DeviceData, seed: int, device: torch.device) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(config.model, tuple(data.train_x.shape[1:]), data.num_classes,
-                        batchnorm=config.batchnorm, init_std=config.init_std, width=config.width)
+                        batchnorm=config.batchnorm, init_std=config.init_std, width=config.width,
+                        cifar_stem=config.cifar_stem)
     return model.to(device)
 
 

@@ -170,8 +170,6 @@ def test_cifar_stem_field_changes_identity_only_when_set():
         resolve_config(cifar_stem=1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="pipeline/training.py new_model does not pass config.cifar_stem to "
-                                       "build_model yet (requested in INTAKE3's report)")
 def test_the_trainer_builds_the_cifar_stem_the_config_names():
     from scorebank.pipeline.datasets import ImageData
     from scorebank.pipeline.training import new_model, to_device_data
