@@ -110,12 +110,15 @@ CONFIG_OPTIONS: dict[str, ConfigOption] = {
     "eval_batch_size": ConfigOption(int, "Batch size of the clean pass, test evaluation and GraNd."),
     "cifar_stem": ConfigOption(bool, "torchvision ResNets: a 3x3 stride-1 first convolution and no max-pool, for "
                                      "32x32 inputs (other models refuse it).", "--cifar-stem/--no-cifar-stem"),
+    "precision": ConfigOption(str, "Training precision: fp32, or bf16 (autocast for the training passes; the "
+                                   "clean pass and every stored score are computed from float32 logits)."),
+    "compile": ConfigOption(bool, "torch.compile the training forward (plain SGD; GPU).", "--compile/--no-compile"),
 }
 
 #: Fields a retrain on a store's examples may change (the rest define the examples and scores).
 OVERRIDABLE = ("model", "batchnorm", "init_std", "width", "optimizer", "clip_count", "epochs", "lr", "momentum",
                "nesterov", "weight_decay", "batch_size", "schedule", "augment", "eval_batch_size", "data_dir",
-               "download", "cifar_stem")
+               "download", "cifar_stem", "precision", "compile")
 
 
 def config_option(name: str, *, default: Any = ..., store_default: bool = False) -> tuple[Any, Any]:

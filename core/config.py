@@ -23,7 +23,11 @@ FEATURE_LABEL_NOISE = "label_noise"
 
 # Fields that do not change what is computed, so they may differ between invocations on
 # the same store.
-NON_IDENTITY_FIELDS = frozenset({"data_dir", "download"})
+NON_IDENTITY_FIELDS = frozenset({"data_dir", "download", "compile"})
+
+#: Training precisions (``--precision``): fp32, or bf16 autocast for the training forward and
+#: backward passes (the clean pass, test evaluation and GraNd stay float32).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,9 @@ class ScoreConfig:
     cifar_stem: bool = field(default=False, metadata={ADDED_LATER: True})  # torchvision ResNets: 3x3 stem
     label_noise_kind: str = field(default="uniform", metadata={ADDED_LATER: True})  # LABEL_NOISE_KINDS entry
     flip_map: str = field(default="", metadata={ADDED_LATER: True})  # flip noise: "0:1,1:2,..." (y -> map[y])
+    # fp32, or bf16 autocast for the training passes (every stored score from float32 logits)
+    precision: str = field(default="fp32", metadata={ADDED_LATER: True})
+    compile: bool = field(default=False, metadata={ADDED_LATER: True})  # torch.compile the training forward
 
     # ---------------------------------------------------------------- derived
     @property

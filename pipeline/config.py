@@ -9,9 +9,9 @@ import dataclasses
 import math
 
 from scorebank.core.config import (DEFAULTS, MAX_BATCH_SIZE, MAX_CLIP_COUNT, MAX_EPOCHS,  # noqa: F401
-                                   MAX_LIMIT, MAX_SEED, MAX_WIDTH, NON_IDENTITY_FIELDS, Schedule, ScoreConfig,
-                                   _check, _int, _real, check_seeds, check_sgd_settings, parse_epoch_list,
-                                   parse_flip_map, parse_seeds)
+                                   MAX_LIMIT, MAX_SEED, MAX_WIDTH, NON_IDENTITY_FIELDS, PRECISIONS, Schedule,
+                                   ScoreConfig, _check, _int, _real, check_seeds, check_sgd_settings,
+                                   parse_epoch_list, parse_flip_map, parse_seeds)
 from scorebank.core.errors import InvalidArgumentError
 from scorebank.pipeline.datasets import DATASETS, LABEL_NOISE_KINDS
 from scorebank.pipeline.models import MODELS, check_cifar_stem, model_builder
@@ -69,6 +69,8 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
     _check(cfg.optimizer != "winsorized" or 2 * (cfg.clip_count + 1) <= cfg.batch_size,
            f"--clip-count {cfg.clip_count!r} clips 2*(s+1) values per coordinate; it needs --batch-size >= {2 * (cfg.clip_count + 1)}")
     make_estimator(cfg.optimizer, batch_size=cfg.batch_size, clip_count=cfg.clip_count)  # the entry's own checks
+    _check(cfg.precision in PRECISIONS, f"unknown --precision {cfg.precision!r}; choose {' or '.join(PRECISIONS)}")
+    _check(isinstance(cfg.compile, bool), f"--compile is a flag, got {cfg.compile!r}")
     schedule = Schedule.parse(cfg.schedule)
 
     if record_every is not None and record_epochs is not None:

@@ -13,6 +13,7 @@ epoch e reproduces the uninterrupted run bit for bit on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -192,6 +193,19 @@ def new_optimizer(config: ScoreConfig, model: nn.Module) -> torch.optim.SGD:
                            nesterov=config.nesterov, weight_decay=config.weight_decay)
 
 
+def autocast(precision: str, device: torch.device):
+    """The context of the training forward and backward passes: bf16 autocast on ``device``
+    (CPU included, so the numerics are testable without a GPU), or nothing for fp32.  Loss
+    functions run in float32 under autocast (torch's autocast op lists)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, estimator, inputs: torch.Tensor,
                labels: torch.Tensor) -> torch.Tensor:
     """One optimiser step, the only one in scorebank (score, retrain, easy-hard, compress):
@@ -264,9 +278,17 @@ class Trainer:
         self.indices = indices
         self.steps_per_epoch = steps_per_epoch
         self.model = new_model(config, data, seed, device)
+        # GPU fast path: NHWC convolutions (cuDNN's fast layout; the same values up to kernel choice)
+        self.channels_last = device.type == "cuda" and is_convolutional(self.model)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = new_optimizer(config, self.model)
         self.estimator = make_estimator(config.optimizer, batch_size=config.batch_size,
                                         clip_count=config.clip_count)
+        # the module the training steps call: compiled when asked (plain SGD only: the robust
+        # estimators take per-example gradients with torch.func, which compile does not wrap)
+        self.train_model = (torch.compile(self.model) if config.compile and config.optimizer == "sgd"
+                            else self.model)
         self.schedule = config.parsed_schedule
         self.grand_fn = grand_fn
         self.epoch = 0
@@ -320,7 +342,11 @@ class Trainer:
             xb, yb = data.train_x[idx], data.train_y[idx]
             if cfg.augment:
                 xb = augment_batch(xb, g_aug)
-            logits = train_step(self.model, self.optimizer, self.estimator, xb, yb)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)  # (batch, C, H, W), NHWC strides
+            with autocast(cfg.precision, self.device):
+                logits = train_step(self.train_model, self.optimizer, self.estimator, xb, yb)
+            logits = logits.float()  # bf16 logits widened: the in-flight scores are float32 arithmetic
             if record:
                 margin = margin_from_logits(logits, yb)  # (batch,)
                 self._inflight_margin[idx] = margin
