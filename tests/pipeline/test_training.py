@@ -42,6 +42,25 @@ def test_example_scores_match_reference_on_saved_logits():
     np.testing.assert_array_equal(correct_from_logits(torch.from_numpy(logits), torch.from_numpy(y)).numpy(), c)
 
 
+def test_loss_keeps_float32_relative_precision_for_tiny_losses():
+    """The per-example loss of confidently right examples (1e-30 .. 1e-3 nats) is exact to
+    float32 precision (relative, up to the rounding of f_j - f_y), not rounded to 0 as logsumexp(f) - f_y in float32 would
+    round it; checked against log1p(sum_{j != y} exp(f_j - f_y)) in float64."""
+    rng = np.random.default_rng(1)
+    gaps = np.linspace(7.0, 70.0, 64)  # f_y - f_j: losses from ~1e-3 down to ~1e-30
+    logits = rng.normal(0, 1, (64, 10)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+    logits[np.arange(64), y] = logits.max(1) + gaps.astype(np.float32)
+    out = example_scores(torch.from_numpy(logits), torch.from_numpy(y))[S.LOSS].numpy()
+    z = logits.astype(np.float64)
+    others = np.where(np.arange(10)[None, :] == y[:, None], -np.inf, z - z[np.arange(64), y][:, None])
+    expected = np.log1p(np.exp(others).sum(1))  # (64,) float64
+    assert (out > 0).all()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=0)  # float32 rounding of f_j - f_y
+    naive = (torch.logsumexp(torch.from_numpy(logits), 1) - torch.from_numpy(logits)[np.arange(64), y]).numpy()
+    assert (naive == 0).sum() > 10  # what the old float32 formula stored
+
+
 def test_clean_pass_is_eval_mode_per_example_forward():
     torch.manual_seed(0)
     model = build_model("cnn5", (1, 8, 8), 10, width=4)
