@@ -110,17 +110,8 @@ def writer_active(path: str | os.PathLike) -> bool:
     """Whether a scorebank process holds the store's write lock now.  A run whose status
     says ``running`` while no writer is active was killed (``kill -9``, power loss): readers
     can show it as interrupted; re-running the command resumes it."""
-    try:
-        f = open(Path(path) / S.LOCK_FILE)
-    except OSError:  # no lock file: never written by `score` here, or a read-only copy
-        return False
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
+    # no lock file (never written by `score` here, or a read-only copy): not active
+    return _lock_held(Path(path) / S.LOCK_FILE)
 
 
 def run_folder(path: str | os.PathLike, group: str | None = None) -> Path:
@@ -141,6 +132,7 @@ def run_lock_path(path: str | os.PathLike, seed: int, group: str | None = None) 
 
 
 def _lock_held(lock: Path) -> bool:
+    """Whether a process holds ``lock``'s exclusive ``flock`` now (no such file: no)."""
     try:
         f = open(lock)
     except OSError:
@@ -205,6 +197,26 @@ def live_runs(path: str | os.PathLike, runs_attr: Mapping | None = None) -> dict
     return runs
 
 
+def _lock_exclusive(lock: Path, wait: bool, busy: str):
+    """Open ``lock`` (created when missing) and take its exclusive ``flock``, waiting for
+    another holder when ``wait``, else raising :class:`StoreLockedError` with message
+    ``busy``.  Returns the open file: the lock lasts until :func:`_unlock`."""
+    f = open(lock, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        f.close()
+        raise StoreLockedError(busy) from None
+    return f
+
+
+def _unlock(f) -> None:
+    """Release and close a lock file from :func:`_lock_exclusive` (None: nothing held)."""
+    if f is not None:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
 class RunWriter:
     """Writes one run of a store whose runs the coordinator has allocated
     (:meth:`StoreWriter.add_runs`): the run's epochs into its own chunks and its status into
@@ -224,15 +236,10 @@ class RunWriter:
     def __enter__(self) -> "RunWriter":
         lock = run_lock_path(self.path, self.seed, self.group)
         lock.parent.mkdir(parents=True, exist_ok=True)
-        f = open(lock, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            f.close()
-            raise StoreLockedError(
-                f"run seed {self.seed} of store {str(self.path)!r} is being written by another scorebank "
-                "process; wait for it to finish") from None
-        self._lock_file = f
+        self._lock_file = _lock_exclusive(
+            lock, self.wait,
+            f"run seed {self.seed} of store {str(self.path)!r} is being written by another scorebank "
+            "process; wait for it to finish")
         where = self.path / self.group if self.group else self.path
         self.root = zarr.open_group(where, mode="r+", zarr_format=3, use_consolidated=False)
         seeds = [int(s) for s in self.root[S.RUN][:]]
@@ -244,10 +251,7 @@ class RunWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+        self._lock_file = _unlock(self._lock_file)
 
     def status(self) -> dict:
         """The run's record, else its entry in the consolidated ``runs`` attribute."""
@@ -299,14 +303,9 @@ class StoreWriter:
     # -------------------------------------------------------------- locking
     def __enter__(self) -> "StoreWriter":
         lock_path = self.path / S.LOCK_FILE
-        f = open(lock_path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise StoreLockedError(
-                f"store {str(self.path)!r} is being written by another scorebank process; "
-                "wait for it to finish") from None
+        f = _lock_exclusive(
+            lock_path, False,
+            f"store {str(self.path)!r} is being written by another scorebank process; wait for it to finish")
         # The store may have been replaced (`--overwrite`) between opening and locking: then the
         # lock taken is the old store's and protects nothing here.
         try:
@@ -323,10 +322,7 @@ class StoreWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+        self._lock_file = _unlock(self._lock_file)
 
     def check_unchanged(self, expected: Mapping, what: str) -> None:
         """Under the lock: refuse (:class:`ConfigMismatchError`) if a root attribute named in
