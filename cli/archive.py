@@ -113,15 +113,12 @@ def inspect_command(
 
     with handle_errors():
         store = open_archive(archive)
-        manifest = dict(store.manifest)
-        members = manifest.pop("members")
+        manifest = store.describe()  # the manifest without its member table, with counts and sizes
         if verify:
             n_members, n_bytes = store.verify()
         summary = summarize(open_scores(archive))
         if json_output:
-            print_json({"archive": {**manifest, "n_members": len(members) + 1,
-                                    "member_bytes": sum(m["size"] for m in members.values())},
-                        "verified": verify, "summary": dataclasses.asdict(summary)})
+            print_json({"archive": manifest, "verified": verify, "summary": dataclasses.asdict(summary)})
             return
         rows = [("format", f"{manifest['format']} v{manifest['format_version']} "
                            f"(store format {manifest.get('store_format')}, scorebank {manifest.get('scorebank_version')})"),
@@ -131,7 +128,8 @@ def inspect_command(
                 ("dataset", f"{manifest.get('dataset')} ({manifest.get('n_examples')} examples)"),
                 ("fingerprint", manifest.get("dataset_fingerprint")),
                 ("recorded", ", ".join(manifest["recorded"]["variables"])),
-                ("members", f"{len(members) + 1}, {_size(sum(m['size'] for m in members.values()))}"
+                ("size", f"{_size(manifest['file_bytes'])} ({manifest['file_bytes']} bytes, as export reports it)"),
+                ("members", f"{manifest['n_members']}, {_size(manifest['member_bytes'])} stored"
                             + (f", checkpoints: {len(manifest['checkpoints'])}" if manifest.get("checkpoints") else "")),
                 ("checksums", f"verified ({n_members} members, {_size(n_bytes)})" if verify
                  else "checked per member on read (--verify checks all now)")]

@@ -113,6 +113,20 @@ def test_inspect_json_and_verify(archive, stores):
         float(open_scores(stores["a"])[S.TEST_ACCURACY].sel(run=0, epoch=2)), abs=0)
 
 
+def test_export_and_inspect_report_the_same_size(stores, tmp_path):
+    out = tmp_path / "sized.scorebank.zip"
+    exported = run("export", str(stores["a"]), str(out), "--quiet")
+    assert exported.exit_code == 0, exported.output
+    size = out.stat().st_size
+    said = re.search(r"members, ([0-9.]+ \w+)", exported.stdout).group(1)  # e.g. "80.1 KiB"
+    shown = run("inspect", str(out))
+    assert shown.exit_code == 0, shown.output
+    row = next(line for line in shown.stdout.splitlines() if line.strip().startswith("size "))
+    assert f"{said} ({size} bytes" in row
+    doc = json.loads(run("inspect", str(out), "--json").stdout)
+    assert doc["archive"]["file_bytes"] == size
+
+
 def test_info_reads_an_archive_in_place(archive):
     result = run("info", str(archive), "--json")
     assert result.exit_code == 0, result.output
