@@ -23,6 +23,7 @@ ISSUE_NAMES = {  # the names the foundation issue lists for the xarray view
     "norm_product", "train_accuracy", "train_loss", "test_accuracy", "test_loss", "completed", "recorded",
     "label", "true_label", "corrupted",
 }
+STORE_NAMES = ISSUE_NAMES | {"train_margin", "input_norm"}  # and format 2's (issue 14)
 
 
 def assert_stores_equal(a, b):
@@ -37,7 +38,7 @@ def test_store_schema_and_values(tmp_path, tiny_config):
     cfg = tiny_config(record_epochs="0,2,3")
     score(cfg, (0, 1), tmp_path / "s.zarr", device="cpu")
     ds = xr.open_zarr(tmp_path / "s.zarr")  # plain xarray, no scorebank involved
-    assert set(ds.variables) == ISSUE_NAMES
+    assert set(ds.variables) == STORE_NAMES
     assert dict(ds.sizes) == {"run": 2, "epoch": 4, "example": 200}
     assert ds.run.values.tolist() == [0, 1]
     # NaN where the clean pass did not run, values where it did
@@ -249,7 +250,7 @@ def test_label_noise_store(tmp_path, tiny_config):
     correct = ds.correct.values[0, 1]
     assert float(ds.pristine_accuracy.values[0, 1]) == pytest.approx(correct[~corrupted].mean())
     assert float(ds.corrupt_accuracy.values[0, 1]) == pytest.approx(correct[corrupted].mean())
-    assert set(ds.variables) == ISSUE_NAMES | {"pristine_accuracy", "pristine_loss", "corrupt_accuracy", "corrupt_loss"}
+    assert set(ds.variables) == STORE_NAMES | {"pristine_accuracy", "pristine_loss", "corrupt_accuracy", "corrupt_loss"}
 
 
 def test_no_seeds_refused(tmp_path, tiny_config):
@@ -265,7 +266,7 @@ def test_grand_recorded_only_at_requested_epochs(tmp_path, tiny_config):
     path = tmp_path / "s.zarr"
     score(tiny_config(model="cnn5", width=4, grand_epochs="0,2"), (0,), path, device="cpu")
     ds = xr.open_zarr(path)
-    assert set(ds.variables) == ISSUE_NAMES | {"grand"}
+    assert set(ds.variables) == STORE_NAMES | {"grand"}
     g = ds.grand.values[0]
     assert not np.isnan(g[[0, 2]]).any() and np.isnan(g[[1, 3]]).all()
     # epoch 0 = at initialisation: one backward per example on the freshly seeded model
