@@ -269,10 +269,20 @@ class RunWriter:
         """Write one epoch of the run (its own chunks); ``completed`` is set last."""
         r = self.index
         for name, values in per_example.items():
+            if predates(self.root, name):
+                continue
             self.root[name][r, epoch, :] = values
         for name, value in per_epoch.items():
             self.root[name][r, epoch] = value
         self.root[S.COMPLETED][r, epoch] = True
+
+
+def predates(root: zarr.Group, name: str) -> bool:
+    """True when ``name`` is a schema variable newer than the format of the store (or group)
+    ``root`` was written in, and so absent from it: a store made by an older scorebank is
+    resumed without it (the store keeps its format; readers treat the variable as absent)."""
+    var = S.BY_NAME.get(name)
+    return var is not None and var.since > S.store_format(root.attrs) and name not in root
 
 
 def read_run_record(path: str | os.PathLike, seed: int, group: str | None = None) -> dict | None:
@@ -299,6 +309,9 @@ class StoreWriter:
         # Not through the consolidated metadata: it would hand out stale shapes after a resize.
         self.root = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
         self.features = frozenset(self.root.attrs.get(S.ATTR_FEATURES, []))
+        # a store keeps the format it was created in: one made by an older scorebank is
+        # extended and resumed without the variables its format predates
+        self.format = S.store_format(self.root.attrs)
 
     # -------------------------------------------------------------- locking
     def __enter__(self) -> "StoreWriter":
@@ -354,7 +367,7 @@ class StoreWriter:
             return
         old = len(self.seeds)
         total = old + len(new)
-        for var in S.variables(self.features):
+        for var in S.variables(self.features, self.format):
             if var.dims[0] == S.RUN:
                 arr = self.root[var.name]
                 arr.resize((total,) + arr.shape[1:])
@@ -400,6 +413,8 @@ class StoreWriter:
         """Write one epoch of one run; ``completed`` is set last, after everything else."""
         r = self.run_index(seed)
         for name, values in per_example.items():
+            if predates(self.root, name):
+                continue
             self.root[name][r, epoch, :] = values
         for name, value in per_epoch.items():
             self.root[name][r, epoch] = value

@@ -59,3 +59,28 @@ def test_rescoring_reproduces_the_reference_archive_bit_for_bit(tmp_path, refere
         assert got[name].tobytes() == values.tobytes(), (  # bit for bit (NaN == NaN)
             f"{name}: {np.count_nonzero(got[name] != values)} values differ")
     assert S.MARGIN in want and S.GRAND in want and len(want) >= 20
+
+
+def test_a_format1_store_is_extended_and_keeps_its_format(tmp_path, reference_threads):
+    """A store written by the first release (the reference archive, imported) takes a new seed
+    from this release: the new run is written without the variables format 1 predates, the old
+    runs are untouched and the store stays format 1 (the previous release still reads it)."""
+    from scorebank.cli.main import app
+    from typer.testing import CliRunner
+
+    store = tmp_path / "old.zarr"
+    runner = CliRunner()
+    assert runner.invoke(app, ["import", str(FORMAT1), str(store)]).exit_code == 0
+    before = _arrays(zarr.open_group(store, mode="r"))
+    command = [arg if arg != "0-1" else "0-2" for arg in COMMAND]
+    result = runner.invoke(app, command + ["--store", str(store)])
+    assert result.exit_code == 0, result.output
+    after = zarr.open_group(store, mode="r")
+    assert S.store_format(after.attrs) == 1 and S.ATTR_WRITER_FORMAT not in after.attrs
+    got = _arrays(after)
+    assert set(got) == set(before)  # no format-2 variable appeared
+    assert {k: v["status"] for k, v in after.attrs[S.ATTR_RUNS].items()} == {
+        "0": "complete", "1": "complete", "2": "complete"}
+    for name in (S.MARGIN, S.LOSS, S.GRAND, S.TRAIN_CORRECT, S.TEST_ACCURACY):
+        assert got[name][:2].tobytes() == before[name].tobytes(), name  # old runs unchanged
+    assert np.isfinite(got[S.MARGIN][2][[0, 1, 3]]).all() and got[S.COMPLETED][2].all()  # recorded epochs
