@@ -72,11 +72,7 @@ def dask_scheduler(address: str | None) -> Iterator[Any]:
         raise InvalidArgumentError(
             f"--scheduler {address!r} is not a scheduler address; give tcp://HOST:PORT, "
             "'local', 'threads', 'synchronous' or 'processes'")
-    try:
-        client = Client(address, timeout="10s")
-    except (OSError, TimeoutError) as exc:
-        raise ScorebankError(f"cannot connect to Dask scheduler {address!r}: {exc}") from None
-    with client:
+    with _connect(address) as client:
         yield client
 
 
@@ -115,12 +111,19 @@ def dask_client(workers: int | None, scheduler: str | None, gpus_per_run: int = 
         return
     if "://" not in scheduler and ":" not in scheduler:
         raise InvalidArgumentError(f"--scheduler {scheduler!r} is not a scheduler address; give tcp://HOST:PORT")
-    try:
-        client = Client(scheduler, timeout="10s")
-    except (OSError, TimeoutError) as exc:
-        raise ScorebankError(f"cannot connect to Dask scheduler {scheduler!r}: {exc}") from None
-    with client:
+    with _connect(scheduler) as client:
         yield client
+
+
+def _connect(address: str) -> Any:
+    """A ``distributed.Client`` connected to the scheduler at ``address`` (a failure to
+    connect within 10 s is a :class:`ScorebankError` quoting the address)."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise ScorebankError(f"cannot connect to Dask scheduler {address!r}: {exc}") from None
 
 
 def print_json(obj: Any) -> None:
