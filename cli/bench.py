@@ -61,15 +61,7 @@ def bench_command(
                          optimizers=tuple(o for o in optimizers.split(",") if o))
         with err_console.status("benchmarking") as status:
             result = run_bench(spec, progress=lambda msg: status.update(f"benchmarking: {msg}"))
-    if json_output:
-        print_json(result)
-        return
-    table = compact_table("quantity", "value", "goal", fold=())
-    for key, value in result.items():
-        goal = f"<= {targets[key]:g}" if key in targets else ""
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        table.add_row(key, shown, goal)
-    console.print(table)
+    _print_result(result, targets, json_output)
 
 
 def _bench_dispatch(model: str, width: int | None, batch_size: int, epochs: int, workers: int, device: str,
@@ -86,13 +78,19 @@ def _bench_dispatch(model: str, width: int | None, batch_size: int, epochs: int,
         with dask_client(workers, None) as client, err_console.status("benchmarking") as status:
             result = bench_dispatch(config, (0, 1, 2, 3), client, device=device,
                                     progress=lambda msg: status.update(f"benchmarking: {msg}"))
+    _print_result(result, TARGETS, json_output)
+
+
+def _print_result(result: dict, targets: dict, json_output: bool) -> None:
+    """A benchmark's quantities as JSON, or as a table with the goal of those in ``targets``."""
     if json_output:
         print_json(result)
         return
     table = compact_table("quantity", "value", "goal", fold=())
     for key, value in result.items():
-        goal = f"<= {TARGETS[key]:g}" if key in TARGETS else ""
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value), goal)
+        goal = f"<= {targets[key]:g}" if key in targets else ""
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown, goal)
     console.print(table)
 
 
