@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scorebank.core.registry import Registry
 from scorebank.pipeline.config import ScoreConfig
 from scorebank.pipeline.datasets import ImageData
 from scorebank.pipeline.models import build_model, norm_product
@@ -126,38 +127,87 @@ def correct_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return true > other
 
 
-def example_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-example margin, EL2N, loss and correctness from raw logits ``(batch, classes)``.
+class LogitParts:
+    """The pieces of a batch's logits ``(batch, classes)`` that per-example variables are made
+    of, each computed once (float32): the label's logit f_y, the largest other logit, the
+    margin f_y - max_{j != y} f_j and the log-sum-exp of the other logits."""
 
-    margin = f_y - max_{j != y} f_j (margins paper), EL2N = ||softmax(f) - onehot(y)||_2
-    (Data Diet Def. 2.2), loss = cross-entropy (in nats, to float32 relative precision even
-    for losses far below float32's epsilon), correct = margin > 0."""
-    logits = logits.float()
-    true = logits.gather(1, labels[:, None]).squeeze(1)  # (batch,)
-    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)  # (batch,)
-    margin = true - other
-    onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)  # (batch, classes)
-    el2n = torch.linalg.vector_norm(logits.softmax(1) - onehot, dim=1)
+    def __init__(self, logits: torch.Tensor, labels: torch.Tensor):
+        self.logits, self.labels = logits.float(), labels
+        self.true = self.logits.gather(1, labels[:, None]).squeeze(1)  # (batch,)
+        self.others = self.logits.scatter(1, labels[:, None], float("-inf"))  # (batch, classes), f_y masked
+        self.margin = self.true - self.others.amax(1)  # (batch,)
+
+
+#: Per-example variables of the clean pass (eval mode, un-augmented), one entry each: the
+#: entry's name is the schema variable it fills, its value a function of :class:`LogitParts`.
+#: A new clean-pass variable is a schema ``Variable`` (with ``since`` = the format that adds it)
+#: and one entry here.
+CLEAN_PASS: Registry[Callable[[LogitParts], torch.Tensor]] = Registry("clean-pass variable", "the schema")
+#: Per-example variables recorded in flight: from the training step's own logits (train mode,
+#: augmented input, before that step's update); NaN/False where the example was not presented.
+IN_FLIGHT: Registry[Callable[[LogitParts], torch.Tensor]] = Registry("in-flight variable", "the schema")
+
+
+@CLEAN_PASS.register(S.MARGIN, help="f_y - max_{j != y} f_j on raw logits (margins paper)")
+@IN_FLIGHT.register(S.TRAIN_MARGIN, help="the margin on the training step's logits (AUM's M_t)")
+def _margin(p: LogitParts) -> torch.Tensor:
+    return p.margin
+
+
+@CLEAN_PASS.register(S.EL2N, help="||softmax(f) - onehot(y)||_2 (Data Diet Def. 2.2)")
+def _el2n(p: LogitParts) -> torch.Tensor:
+    onehot = F.one_hot(p.labels, p.logits.shape[1]).to(p.logits.dtype)  # (batch, classes)
+    return torch.linalg.vector_norm(p.logits.softmax(1) - onehot, dim=1)
+
+
+@CLEAN_PASS.register(S.LOSS, help="cross-entropy in nats")
+def _loss(p: LogitParts) -> torch.Tensor:
     # cross-entropy = log(1 + sum_{j != y} exp(f_j - f_y)) = softplus(logsumexp_{j != y} f_j - f_y):
     # exact to float32's relative precision at every size, where logsumexp(f) - f_y rounds
     # losses below ~1e-7 to 0 (they would tie among the easiest examples).
-    other_lse = torch.logsumexp(logits.scatter(1, labels[:, None], float("-inf")), 1)  # (batch,)
-    loss = F.softplus(other_lse - true)
-    return {S.MARGIN: margin, S.EL2N: el2n, S.LOSS: loss, S.CORRECT: margin > 0}
+    return F.softplus(torch.logsumexp(p.others, 1) - p.true)
+
+
+@CLEAN_PASS.register(S.CORRECT, help="margin > 0 (a tie counts as wrong)")
+@IN_FLIGHT.register(S.TRAIN_CORRECT, help="margin > 0 on the training step's logits (forgetting events)")
+def _correct(p: LogitParts) -> torch.Tensor:
+    return p.margin > 0
+
+
+def example_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every :data:`CLEAN_PASS` variable from raw logits ``(batch, classes)``: margin = f_y -
+    max_{j != y} f_j (margins paper), EL2N = ||softmax(f) - onehot(y)||_2 (Data Diet Def. 2.2),
+    loss = cross-entropy (in nats, to float32 relative precision even for losses far below
+    float32's epsilon), correct = margin > 0."""
+    parts = LogitParts(logits, labels)
+    return {name: fn(parts) for name, fn in CLEAN_PASS.as_dict().items()}
+
+
+def inflight_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every :data:`IN_FLIGHT` variable from a training step's logits ``(batch, classes)``."""
+    parts = LogitParts(logits, labels)
+    return {name: fn(parts) for name, fn in IN_FLIGHT.as_dict().items()}
+
+
+def _buffer(n: int, like: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` of ``like``'s dtype and device, filled as the store fills it (NaN / False)."""
+    return torch.full((n,), float("nan") if like.is_floating_point() else 0, dtype=like.dtype, device=like.device)
 
 
 @torch.inference_mode()
 def clean_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
     """The clean recording pass: every training example once, BatchNorm in eval mode, no
-    augmentation.  Returns device tensors ``(N,)`` for margin, el2n, loss, correct."""
+    augmentation.  Returns device tensors ``(N,)``, one per :data:`CLEAN_PASS` variable."""
     was_training = model.training
     model.eval()
     n = x.shape[0]
-    out = {S.MARGIN: torch.empty(n, device=x.device), S.EL2N: torch.empty(n, device=x.device),
-           S.LOSS: torch.empty(n, device=x.device), S.CORRECT: torch.empty(n, dtype=torch.bool, device=x.device)}
+    out: dict[str, torch.Tensor] = {}
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
         for name, values in example_scores(model(x[sl]), y[sl]).items():
+            if name not in out:
+                out[name] = torch.empty(n, dtype=values.dtype, device=x.device)
             out[name][sl] = values
     model.train(was_training)
     return out
@@ -293,8 +343,8 @@ class Trainer:
         self.grand_fn = grand_fn
         self.epoch = 0
         n = data.train_x.shape[0]
-        self._inflight = torch.zeros(n, dtype=torch.bool, device=device)
-        self._inflight_margin = torch.full((n,), float("nan"), device=device)
+        self._n = n
+        self._inflight: dict[str, torch.Tensor] = {}  # one (N,) buffer per IN_FLIGHT variable
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -333,8 +383,8 @@ class Trainer:
         if pool is not None:
             perm = pool[perm]
         if record:
-            self._inflight.zero_()
-            self._inflight_margin.fill_(float("nan"))
+            for buf in self._inflight.values():  # NaN / False: not presented (yet)
+                buf.fill_(float("nan") if buf.is_floating_point() else 0)
         loss_sum = torch.zeros((), device=self.device)
         self.model.train()
         for start in range(0, n, cfg.batch_size):
@@ -348,16 +398,16 @@ class Trainer:
                 logits = train_step(self.train_model, self.optimizer, self.estimator, xb, yb)
             logits = logits.float()  # bf16 logits widened: the in-flight scores are float32 arithmetic
             if record:
-                margin = margin_from_logits(logits, yb)  # (batch,)
-                self._inflight_margin[idx] = margin
-                self._inflight[idx] = margin > 0  # == correct_from_logits (a tie counts as wrong)
+                for name, values in inflight_scores(logits.detach(), yb).items():
+                    if name not in self._inflight:
+                        self._inflight[name] = _buffer(self._n, values)
+                    self._inflight[name][idx] = values
                 loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
         self.epoch = e
         if not record:
             return None, False
         diverged = not bool(torch.isfinite(loss_sum))
-        return {S.TRAIN_CORRECT: self._inflight.cpu().numpy(),
-                S.TRAIN_MARGIN: self._inflight_margin.cpu().numpy()}, diverged
+        return {name: buf.cpu().numpy() for name, buf in self._inflight.items()}, diverged
 
     def measure(self, record: bool, grand: bool) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """The end-of-epoch measurements: clean pass (if ``record``), GraNd (if ``grand``),
