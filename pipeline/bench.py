@@ -56,7 +56,9 @@ class BenchSpec:
     seed: int = 0
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """A function timing one call of ``fn`` on ``device`` in wall-clock seconds (CUDA:
+    synchronised before and after, so queued kernels count where they run)."""
     def run(fn: Callable[[], object]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -89,7 +91,7 @@ def run_bench(spec: BenchSpec, progress: Callable[[str], None] | None = None) ->
     optimizer_configs = {name: resolve_config(model=spec.model, width=spec.width, batch_size=spec.batch_size,
                                               epochs=1, lr=0.01, optimizer=name) for name in spec.optimizers}
     device = resolve_device(spec.device)
-    timed = _timer(device)
+    timed = timer(device)
     data = synthetic_data(spec, device)
     config = resolve_config(model=spec.model, width=spec.width, batch_size=spec.batch_size,
                             eval_batch_size=spec.batch_size, epochs=1, lr=0.01)

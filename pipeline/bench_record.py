@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from scorebank.core.errors import InvalidArgumentError
-from scorebank.pipeline.bench import BenchSpec, synthetic_data
+from scorebank.pipeline.bench import BenchSpec, synthetic_data, timer
 from scorebank.pipeline.models import build_model
 from scorebank.pipeline.record import Recorder
 from scorebank.pipeline.training import resolve_device
@@ -48,14 +47,7 @@ def bench_recorder(spec: BenchSpec, progress: Callable[[str], None] | None = Non
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator().manual_seed(spec.seed)
 
-    def timed(fn: Callable[[], object]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
+    timed = timer(device)
 
     def epoch(observe: Callable | None) -> None:
         perm = torch.randperm(spec.n, generator=g)  # (n,) on the CPU, like a DataLoader's indices
