@@ -175,11 +175,6 @@ def _correct(p: LogitParts) -> torch.Tensor:
     return p.margin > 0
 
 
-@CLEAN_PASS.register("entropy", help="Shannon entropy of softmax(f) in nats")
-def _entropy(p: LogitParts) -> torch.Tensor:
-    return -(p.logits.softmax(1) * p.logits.log_softmax(1)).sum(1)
-
-
 def example_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every :data:`CLEAN_PASS` variable from raw logits ``(batch, classes)``: margin = f_y -
     max_{j != y} f_j (margins paper), EL2N = ||softmax(f) - onehot(y)||_2 (Data Diet Def. 2.2),

@@ -228,8 +228,6 @@ VARIABLES: tuple[Variable, ...] = (
              "presented the example during epoch e (train mode, augmented input, before that step's "
              "update; the same forward pass as train_correct); AUM (Pleiss et al. 2020) averages it "
              "over epochs; NaN at epoch 0 and where `completed` is False", "logit", since=2),
-    Variable("entropy", _REX, "float32",
-             "Shannon entropy of softmax(f(x)) in nats; clean pass", "nat", since=2),
     Variable(GRAND, _REX, "float32",
              "GraNd: L2 norm of the example's cross-entropy gradient w.r.t. all trainable "
              "parameters (Data Diet Def. 2.1), BatchNorm in eval mode, un-augmented input",

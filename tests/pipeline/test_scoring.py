@@ -23,7 +23,7 @@ ISSUE_NAMES = {  # the names the foundation issue lists for the xarray view
     "norm_product", "train_accuracy", "train_loss", "test_accuracy", "test_loss", "completed", "recorded",
     "label", "true_label", "corrupted",
 }
-STORE_NAMES = ISSUE_NAMES | {"train_margin", "input_norm", "entropy"}  # and format 2's (issue 14)
+STORE_NAMES = ISSUE_NAMES | {"train_margin", "input_norm"}  # and format 2's (issue 14)
 
 
 def assert_stores_equal(a, b):
