@@ -267,14 +267,21 @@ class RunWriter:
 
     def write_epoch(self, epoch: int, per_example: Mapping[str, np.ndarray], per_epoch: Mapping[str, float]) -> None:
         """Write one epoch of the run (its own chunks); ``completed`` is set last."""
-        r = self.index
-        for name, values in per_example.items():
-            if predates(self.root, name):
-                continue
-            self.root[name][r, epoch, :] = values
-        for name, value in per_epoch.items():
-            self.root[name][r, epoch] = value
-        self.root[S.COMPLETED][r, epoch] = True
+        _write_run_epoch(self.root, self.index, epoch, per_example, per_epoch)
+
+
+def _write_run_epoch(root: zarr.Group, r: int, epoch: int, per_example: Mapping[str, np.ndarray],
+                     per_epoch: Mapping[str, float]) -> None:
+    """Write epoch ``epoch`` of the run at index ``r`` of ``root``: its per-example values
+    (``[r, epoch, :]``; none into variables the store's format predates) and per-epoch
+    values (``[r, epoch]``); ``completed`` is set last, after everything else."""
+    for name, values in per_example.items():
+        if predates(root, name):
+            continue
+        root[name][r, epoch, :] = values
+    for name, value in per_epoch.items():
+        root[name][r, epoch] = value
+    root[S.COMPLETED][r, epoch] = True
 
 
 def predates(root: zarr.Group, name: str) -> bool:
@@ -411,14 +418,7 @@ class StoreWriter:
     def write_epoch(self, seed: int, epoch: int, per_example: Mapping[str, np.ndarray],
                     per_epoch: Mapping[str, float]) -> None:
         """Write one epoch of one run; ``completed`` is set last, after everything else."""
-        r = self.run_index(seed)
-        for name, values in per_example.items():
-            if predates(self.root, name):
-                continue
-            self.root[name][r, epoch, :] = values
-        for name, value in per_epoch.items():
-            self.root[name][r, epoch] = value
-        self.root[S.COMPLETED][r, epoch] = True
+        _write_run_epoch(self.root, self.run_index(seed), epoch, per_example, per_epoch)
 
     # -------------------------------------------------------------- checkpoints
     def checkpoint_path(self, seed: int) -> Path:
