@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from scorebank.cli.options import Device, GpusPerRun, OptionGroup, Scheduler, Workers
 from scorebank.cli.text import visible
 from scorebank.core.errors import InvalidArgumentError, ScorebankError
 
@@ -124,6 +125,30 @@ def _connect(address: str) -> Any:
         return Client(address, timeout="10s")
     except (OSError, TimeoutError) as exc:
         raise ScorebankError(f"cannot connect to Dask scheduler {address!r}: {exc}") from None
+
+
+def execution_group(overwrite_help: str) -> OptionGroup:
+    """The options of a command that trains runs, in the order its help lists them: --device,
+    --overwrite (``overwrite_help`` says what it replaces) and where the runs go, --workers,
+    --scheduler, --gpus-per-run (:func:`dask_client`).  The command receives them as one dict
+    (:func:`~scorebank.cli.options.with_groups`) and hands it to :func:`execution`."""
+    return OptionGroup({
+        "device": (Device, "auto"),
+        "overwrite": (bool, typer.Option(False, "--overwrite", help=overwrite_help)),
+        "workers": (Workers, None),
+        "scheduler": (Scheduler, None),
+        "gpus_per_run": (GpusPerRun, 0),
+    })
+
+
+@contextlib.contextmanager
+def execution(options: dict) -> Iterator[dict]:
+    """Yield the keyword arguments that library training functions (``score``,
+    ``retrain_manifest``, ``prune_curve``, ...) take from an :func:`execution_group`:
+    ``device``, ``overwrite``, ``client`` (:func:`dask_client`, open meanwhile) and ``gpus_per_run``."""
+    with dask_client(options["workers"], options["scheduler"], options["gpus_per_run"]) as client:
+        yield {"device": options["device"], "overwrite": options["overwrite"], "client": client,
+               "gpus_per_run": options["gpus_per_run"]}
 
 
 def print_json(obj: Any) -> None:

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from scorebank.cli.common import console, dask_client, handle_errors
-from scorebank.cli.options import Device, GpusPerRun, Quiet, Scheduler, Seeds, Workers, config_group, with_groups
+from scorebank.cli.common import console, execution, execution_group, handle_errors
+from scorebank.cli.options import Quiet, Seeds, config_group, with_groups
 from scorebank.cli.progress import RunProgress
 from scorebank.core.errors import InvalidArgumentError
 
@@ -23,11 +23,7 @@ def score_command(
     grand_only: bool = typer.Option(False, "--grand-only", help="Only GraNd at initialisation (epoch 0), no training."),
     seeds: Seeds = "0-2",
     store: Path = typer.Option(Path("scores.zarr"), help="The Zarr store to create or extend."),
-    device: Device = "auto",
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store made with another configuration."),
-    workers: Workers = None,
-    scheduler: Scheduler = None,
-    gpus_per_run: GpusPerRun = 0,
+    execution_options: dict = execution_group("Replace an existing store made with another configuration."),
     quiet: Quiet = False,
 ) -> None:
     """Train several seeds and record per-example, per-epoch scores into a Zarr store.
@@ -47,10 +43,9 @@ def score_command(
         resolved = resolve_config(**config, record_every=record_every, record_epochs=record_epochs,
                                   grand_epochs=grand_epochs)
         seed_list = parse_seeds(seeds)
-        with dask_client(workers, scheduler, gpus_per_run) as client, \
+        with execution(execution_options) as how, \
                 RunProgress("scoring", len(seed_list) * (resolved.epochs + 1), enabled=not quiet) as bar:
-            outcomes = score(resolved, seed_list, store, device=device, overwrite=overwrite, progress=bar,
-                             client=client, gpus_per_run=gpus_per_run)
+            outcomes = score(resolved, seed_list, store, progress=bar, **how)
         skipped = [o.seed for o in outcomes if o.skipped]
         if skipped:
             console.print(f"already finished, skipped: seeds {', '.join(map(str, skipped))}")
