@@ -10,9 +10,8 @@ from typing import Optional
 
 import typer
 
-from scorebank.cli.common import console, dask_client, err_console, handle_errors, print_json
-from scorebank.cli.options import (Budget, Device, GpusPerRun, JsonOutput, Quiet, Scheduler, Seeds, Workers, given,
-                                   override_group, with_groups)
+from scorebank.cli.common import console, err_console, execution, execution_group, handle_errors, print_json
+from scorebank.cli.options import Budget, Device, JsonOutput, Quiet, Seeds, given, override_group, with_groups
 from scorebank.cli.progress import RunProgress
 from scorebank.cli.tables import compact_table, pct
 from scorebank.cli.text import plain
@@ -65,11 +64,7 @@ def retrain_command(
     baseline_seed: int = typer.Option(0, help="Seed drawing the random baseline subset."),
     budget: Budget = "steps",
     training: dict = override_group(),
-    device: Device = "auto",
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing group made with another subset or options."),
-    workers: Workers = None,
-    scheduler: Scheduler = None,
-    gpus_per_run: GpusPerRun = 0,
+    execution_options: dict = execution_group("Replace an existing group made with another subset or options."),
     json_output: JsonOutput = False,
     quiet: Quiet = False,
 ) -> None:
@@ -85,12 +80,10 @@ def retrain_command(
         overrides = given(training)
         n_epochs = _epochs_for(store, overrides)
         total = (2 if baseline else 1) * len(seed_list) * (n_epochs + 1)
-        with dask_client(workers, scheduler, gpus_per_run) as client, \
-                RunProgress("retraining", total, enabled=not quiet) as bar:
+        with execution(execution_options) as how, RunProgress("retraining", total, enabled=not quiet) as bar:
             results = retrain_manifest(store, manifest, seed_list, name=name, baseline=baseline,
                                        baseline_seed=baseline_seed, overrides=overrides, budget=budget,
-                                       device=device, overwrite=overwrite, progress=bar, client=client,
-                                       gpus_per_run=gpus_per_run)
+                                       progress=bar, **how)
         rows = retrain_summary(store, [r.group for r in results])
         if json_output:
             print_json([r.to_dict() for r in rows])
@@ -143,11 +136,7 @@ def prune_curve_command(
     out: Path = typer.Option(Path("prune-curve"), help="Writes OUT.csv, OUT.json and OUT.png."),
     budget: Budget = "steps",
     training: dict = override_group(),
-    device: Device = "auto",
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cells made with another subset or options."),
-    workers: Workers = None,
-    scheduler: Scheduler = None,
-    gpus_per_run: GpusPerRun = 0,
+    execution_options: dict = execution_group("Replace cells made with another subset or options."),
     quiet: Quiet = False,
 ) -> None:
     """Pruning curve or sliding window: select and retrain over a grid (Data Diet Figs. 1, 2).
@@ -170,13 +159,12 @@ def prune_curve_command(
         _, cells = plan_cells(strategy_list, score=score, fractions=fr, offsets=offs, window_fraction=keep,
                               seed=seed, class_balanced=class_balanced, prefix=prefix)
         n_epochs = _epochs_for(store, overrides)
-        with dask_client(workers, scheduler, gpus_per_run) as client, \
+        with execution(execution_options) as how, \
                 RunProgress("pruning curve", len(cells) * len(seed_list) * (n_epochs + 1), enabled=not quiet) as bar:
             curve = prune_curve(store, score=score, strategies=strategy_list, seeds=seed_list, fractions=fr,
                                 offsets=offs, window_fraction=keep, runs=run_list, seed=seed,
                                 class_balanced=class_balanced, prefix=prefix, overrides=overrides, budget=budget,
-                                device=device, overwrite=overwrite, client=client, gpus_per_run=gpus_per_run,
-                                progress=lambda ev: bar(ev.event, prefix=f"cell {ev.cell + 1}/{ev.n_cells} "))
+                                progress=lambda ev: bar(ev.event, prefix=f"cell {ev.cell + 1}/{ev.n_cells} "), **how)
         paths = [Path(f"{out}.csv"), Path(f"{out}.json"), Path(f"{out}.png")]
         write_table(curve, paths[0], paths[1])
         plot_curve(curve, paths[2])
