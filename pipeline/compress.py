@@ -316,7 +316,7 @@ def compress(store: str | os.PathLike, config: CompressConfig, *, name: str | No
     refuse_recorder_store(path, "compress")
     name = check_group_name(name or f"run{config.run}-{config.schedule}-keep{config.keep}")
     # what the compression starts from, checked again under the lock before writing
-    identity = root_attrs(path, IDENTITY_ATTRS + (S.ATTR_CREATED,))
+    identity = root_attrs(path, IDENTITY_ATTRS)
     store_config = read_store_config(path)
     import zarr
 

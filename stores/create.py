@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
+import uuid
 import warnings
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -92,6 +93,7 @@ def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, 
             **S.format_attrs(),
             S.ATTR_VERSION: scorebank_version(),
             S.ATTR_CREATED: now_iso(),
+            S.ATTR_STORE_ID: uuid.uuid4().hex,
             S.ATTR_RUNS: {str(s): {"status": S.RUN_PENDING} for s in seeds},
             S.ATTR_FEATURES: sorted(features),
             **attrs,

@@ -100,6 +100,7 @@ ATTR_DATASET = "dataset"
 ATTR_FINGERPRINT = "dataset_fingerprint"
 ATTR_CLASS_NAMES = "class_names"
 ATTR_CREATED = "created"
+ATTR_STORE_ID = "store_id"  # random hex id of this store, new at every creation (a replaced store has another)
 ATTR_RUNS = "runs"  # {str(seed): {"status": ..., "failed_epoch": ..., "reason": ...}}
 ATTR_FEATURES = "features"  # sorted list of the optional features the store enabled
 ATTR_SOURCES = "sources"  # merged stores: one provenance entry per source (scorebank.stores.merge)

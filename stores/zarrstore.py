@@ -87,7 +87,7 @@ def root_attrs(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> 
 
 #: The root attributes that say which examples a store describes and how it was trained:
 #: what a group written into it (retrain, easy-hard) was computed from.
-IDENTITY_ATTRS = (S.ATTR_CONFIG, S.ATTR_FINGERPRINT)
+IDENTITY_ATTRS = (S.ATTR_CONFIG, S.ATTR_FINGERPRINT, S.ATTR_STORE_ID)  # the store id tells a replaced store apart
 
 
 def remove_store(path: str | os.PathLike) -> None:

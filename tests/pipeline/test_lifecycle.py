@@ -169,7 +169,7 @@ def test_retrain_into_a_store_replaced_after_planning_is_refused(tmp_path, tiny_
 
     monkeypatch.setattr(R, "load_store_data", load_then_replaced)
     with pytest.raises(ConfigMismatchError, match="was replaced by another scorebank process since retrain 'half' "
-                                                  "read it .its config changed.; nothing was written"):
+                                                  "read it .its config, store_id changed.; nothing was written"):
         retrain(store, np.arange(0, 200, 2), "half", (0,), device="cpu")
     assert not (store / "retrain").exists()
 
@@ -188,7 +188,7 @@ def test_compress_into_a_store_replaced_while_it_trained_is_refused(tmp_path, ti
             replaced.append(True)
             replace_store(store, cfg)  # even with the same configuration: the checkpoint is another one
 
-    with pytest.raises(ConfigMismatchError, match="since compress read it .its created changed."):
+    with pytest.raises(ConfigMismatchError, match="since compress read it .its store_id changed."):
         compress(store, resolve_compress_config(cfg, run=0, keep=50, epochs=1), device="cpu", progress=progress)
     assert not (store / "compress").exists()
 
@@ -206,6 +206,6 @@ def test_easy_hard_into_a_store_replaced_while_it_trained_is_refused(tmp_path, t
             replaced.append(True)
             replace_store(store, tiny_config(epochs=4, lr=0.01))
 
-    with pytest.raises(ConfigMismatchError, match="since easy-hard read it .its config changed."):
+    with pytest.raises(ConfigMismatchError, match="since easy-hard read it .its config, store_id changed."):
         easy_hard(store, seeds=(0,), run=0, device="cpu", overrides={"epochs": 1}, progress=progress)
     assert not (store / "easy_hard").exists()
