@@ -110,33 +110,28 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     return out.permute(0, 3, 1, 2).contiguous()  # (b, c, h, w)
 
 
-def margin_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """f_y - max_{j != y} f_j per example ``(batch,)`` in float32: the margin of the margins
-    paper on a clean pass, AUM's margin M_t(x, y) (Pleiss et al. 2020) on a training step's
-    logits."""
-    logits = logits.detach().float()
-    true = logits.gather(1, labels[:, None]).squeeze(1)  # (batch,)
-    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)  # (batch,)
-    return true - other
-
-
-def correct_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """f_y > max_{j != y} f_j (a tie counts as wrong), so ``correct == (margin > 0)``."""
-    true = logits.gather(1, labels[:, None]).squeeze(1)  # (batch,)
-    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)  # (batch,)
-    return true > other
-
-
 class LogitParts:
     """The pieces of a batch's logits ``(batch, classes)`` that per-example variables are made
-    of, each computed once (float32): the label's logit f_y, the largest other logit, the
-    margin f_y - max_{j != y} f_j and the log-sum-exp of the other logits."""
+    of, each computed once (float32): the label's logit f_y, the logits with f_y masked to
+    -inf, and the margin f_y - max_{j != y} f_j."""
 
     def __init__(self, logits: torch.Tensor, labels: torch.Tensor):
         self.logits, self.labels = logits.float(), labels
         self.true = self.logits.gather(1, labels[:, None]).squeeze(1)  # (batch,)
         self.others = self.logits.scatter(1, labels[:, None], float("-inf"))  # (batch, classes), f_y masked
         self.margin = self.true - self.others.amax(1)  # (batch,)
+
+
+def margin_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """f_y - max_{j != y} f_j per example ``(batch,)`` in float32: the margin of the margins
+    paper on a clean pass, AUM's margin M_t(x, y) (Pleiss et al. 2020) on a training step's
+    logits."""
+    return LogitParts(logits.detach(), labels).margin
+
+
+def correct_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """f_y > max_{j != y} f_j (a tie counts as wrong), so ``correct == (margin > 0)``."""
+    return LogitParts(logits, labels).margin > 0
 
 
 #: Per-example variables of the clean pass (eval mode, un-augmented), one entry each: the
