@@ -113,6 +113,11 @@ CONFIG_OPTIONS: dict[str, ConfigOption] = {
     "precision": ConfigOption(str, "Training precision: fp32, or bf16 (autocast for the training passes; the "
                                    "clean pass and every stored score are computed from float32 logits)."),
     "compile": ConfigOption(bool, "torch.compile the training forward (plain SGD; GPU).", "--compile/--no-compile"),
+    "threshold_samples": ConfigOption(bool, "AUM threshold samples (Pleiss et al. 2020): N/(C+1) examples drawn with "
+                                            "--label-noise-seed are moved to an extra, fake class C; the network gets "
+                                            "C+1 outputs, and 'analyze STORE aum' flags examples whose AUM is below "
+                                            "the 99th percentile of theirs.",
+                                      "--threshold-samples/--no-threshold-samples"),
 }
 
 #: Fields a retrain on a store's examples may change (the rest define the examples and scores).

@@ -20,6 +20,7 @@ from scorebank.core.errors import InvalidArgumentError
 # Optional store features a configuration enables (scorebank.stores.schema re-exports them).
 FEATURE_GRAND = "grand"
 FEATURE_LABEL_NOISE = "label_noise"
+FEATURE_THRESHOLD_SAMPLES = "threshold_samples"
 
 # Fields that do not change what is computed, so they may differ between invocations on
 # the same store.
@@ -198,6 +199,8 @@ class ScoreConfig:
     # fp32, or bf16 autocast for the training passes (every stored score from float32 logits)
     precision: str = field(default="fp32", metadata={ADDED_LATER: True})
     compile: bool = field(default=False, metadata={ADDED_LATER: True})  # torch.compile the training forward
+    # AUM's threshold samples (Pleiss et al. 2020): N // (C+1) seeded examples moved to a fake class C
+    threshold_samples: bool = field(default=False, metadata={ADDED_LATER: True})
 
     # ---------------------------------------------------------------- derived
     @property
@@ -247,6 +250,8 @@ class ScoreConfig:
             out.add(FEATURE_GRAND)
         if self.label_noise > 0:
             out.add(FEATURE_LABEL_NOISE)
+        if self.threshold_samples:
+            out.add(FEATURE_THRESHOLD_SAMPLES)
         return frozenset(out)
 
 

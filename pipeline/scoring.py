@@ -29,6 +29,7 @@ from scorebank.pipeline.datasets import ImageData, load_dataset, noisy_labels
 from scorebank.pipeline.dispatch import Task, run_tasks
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
 from scorebank.pipeline.models import check_model_size
+from scorebank.pipeline.threshold_samples import assign_fake_class, fake_class_name, threshold_mask, with_fake_class
 from scorebank.pipeline.training import (DeviceData, EpochResult, Trainer, input_norms, new_model, resolve_device,
                                          to_device_data)
 from scorebank.stores import schema as S
@@ -59,7 +60,26 @@ def read_store_config(path: str | os.PathLike) -> ScoreConfig:
 
 
 def prepare_labels(config: ScoreConfig, data: ImageData) -> np.ndarray:
+    """The labels after ``config``'s label noise (classes ``0..C-1``; without the threshold
+    samples' fake class, which :func:`training_labels` adds)."""
     return noisy_labels(data.train_labels, config, data.num_classes)
+
+
+def training_labels(config: ScoreConfig, data: ImageData) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(labels, threshold samples)``: the labels the runs train on, after label noise and with
+    AUM's threshold samples (``config.threshold_samples``) moved to the fake class C
+    (:mod:`scorebank.pipeline.threshold_samples`), and the ``(N,)`` bool mask of those samples
+    (None without them)."""
+    mask = threshold_mask(config, len(data.train_labels), data.num_classes)
+    return assign_fake_class(prepare_labels(config, data), mask, data.num_classes), mask
+
+
+def training_device_data(config: ScoreConfig, data: ImageData, dev: torch.device) -> tuple[DeviceData, np.ndarray,
+                                                                                             np.ndarray | None]:
+    """``(device data, labels, threshold samples)`` of a scoring run: the data on ``dev`` with the
+    training labels (:func:`training_labels`), with C + 1 classes when there are threshold samples."""
+    labels, mask = training_labels(config, data)
+    return with_fake_class(to_device_data(data, labels, dev), mask), labels, mask
 
 
 def check_store_accepts(path: Path, attrs: dict, config: ScoreConfig, fingerprint: str | None = None) -> None:
@@ -132,18 +152,19 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
     data_given = data is not None
     if data is None:
         data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download, limit=config.limit)
-    labels = prepare_labels(config, data)
-    device_data = to_device_data(data, labels, dev)
+    device_data, labels, mask = training_device_data(config, data, dev)
     probe_model(config, device_data, seeds[0], dev)
     if exists and overwrite:
         remove_store(path)
     if not path.exists():
         create_store(path, n_epochs=config.epochs, labels=labels, true_labels=data.train_labels,
                      original_index=data.original_index, seeds=seeds, features=config.features,
-                     per_example={S.INPUT_NORM: input_norms(device_data)},
+                     per_example={S.INPUT_NORM: input_norms(device_data),
+                                  **({} if mask is None else {S.THRESHOLD_SAMPLE: mask})},
                      attrs={S.ATTR_CONFIG: config.to_json(), S.ATTR_DATASET: data.name,
                             S.ATTR_FINGERPRINT: data.fingerprint,
-                            S.ATTR_CLASS_NAMES: list(data.class_names)})
+                            S.ATTR_CLASS_NAMES: list(data.class_names)
+                            + ([] if mask is None else [fake_class_name(data.class_names)])})
     with StoreWriter(path) as writer:
         check_store_accepts(path, dict(writer.root.attrs), config, data.fingerprint)  # under the lock
         writer.add_runs(seeds)
@@ -181,7 +202,7 @@ def score_run(store: str, config: ScoreConfig, seed: int, *, device: str = "auto
         raise ConfigMismatchError(
             f"store {store!r} describes data set fingerprint {fingerprint!r} but {config.dataset!r} gives "
             f"{data.fingerprint!r} on this worker; give every worker the same --data-dir contents")
-    device_data = to_device_data(data, prepare_labels(config, data), dev)
+    device_data = training_device_data(config, data, dev)[0]
     return _drive(Path(store), config, seed, device_data, dev, progress)
 
 

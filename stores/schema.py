@@ -25,6 +25,7 @@ import numpy as np
 
 from scorebank.core.config import FEATURE_GRAND as _FEATURE_GRAND
 from scorebank.core.config import FEATURE_LABEL_NOISE as _FEATURE_LABEL_NOISE
+from scorebank.core.config import FEATURE_THRESHOLD_SAMPLES as _FEATURE_THRESHOLD_SAMPLES
 
 # ---------------------------------------------------------------- dimensions
 RUN = "run"
@@ -55,6 +56,7 @@ LABEL = "label"
 TRUE_LABEL = "true_label"
 CORRUPTED = "corrupted"
 INPUT_NORM = "input_norm"
+THRESHOLD_SAMPLE = "threshold_sample"
 
 # ---------------------------------------------------------------- provenance coordinates
 # Coordinates on ``run`` that merged stores (:mod:`scorebank.stores.merge`) carry.
@@ -121,7 +123,11 @@ LOCK_FILE = ".scorebank.lock"
 # Optional features: a variable with a feature exists only in stores that enabled it.
 FEATURE_GRAND = _FEATURE_GRAND
 FEATURE_LABEL_NOISE = _FEATURE_LABEL_NOISE
-FEATURES = frozenset({FEATURE_GRAND, FEATURE_LABEL_NOISE})
+# AUM's threshold samples: a feature, so stores scored without them are laid out as before
+# (previous releases open them) and only stores scored with them carry ``threshold_sample``;
+# readers that do not know the feature refuse those stores instead of misreading the fake class.
+FEATURE_THRESHOLD_SAMPLES = _FEATURE_THRESHOLD_SAMPLES
+FEATURES = frozenset({FEATURE_GRAND, FEATURE_LABEL_NOISE, FEATURE_THRESHOLD_SAMPLES})
 
 #: Examples per chunk along ``example`` in newly written stores (readers take each store's
 #: chunks from its metadata, so stores written with another size stay readable).  Chosen by
@@ -252,6 +258,11 @@ VARIABLES: tuple[Variable, ...] = (
              "L2 norm of the example's input as the network sees it: normalised by the training set's "
              "per-channel mean and std, un-augmented; written when the store is created (NaN when the "
              "writer had no images, e.g. an imported or recorder-made store)", since=2),
+    Variable(THRESHOLD_SAMPLE, _X, "bool",
+             "AUM threshold sample (Pleiss et al. 2020, `score --threshold-samples`): the example was moved to "
+             "the fake class C (its `label` is C, one past the data set's classes, so `corrupted` is True); "
+             "their AUM's 99th percentile is the cut-off of `analyze aum`",
+             feature=FEATURE_THRESHOLD_SAMPLES, since=2),
 )
 
 BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
