@@ -1,5 +1,6 @@
 """``scorebank bench``: recording-cost ratios on the current device; ``--recorder``: what the
-recorder API costs inside a plain user training loop (:mod:`scorebank.pipeline.bench_record`)."""
+recorder API costs inside a plain user training loop (:mod:`scorebank.pipeline.bench_record`);
+``--modes``: the training epoch per precision mode (:mod:`scorebank.pipeline.bench_precision`)."""
 
 from __future__ import annotations
 
@@ -32,15 +33,25 @@ def bench_command(
                                                            "tasks on a LocalCluster of --workers processes: "
                                                            "workers_over_sequential (goal <= 0.6 with 2 workers on "
                                                            "2 cores); uses --model, --width, --batch-size, --epochs."),
+    modes: str = typer.Option("", help="Instead, time the plain training epoch in these precision modes, alternately "
+                                       "in one run, with each one's ratio to fp32 (always timed): 'all' or "
+                                       "comma-separated names of: " + registry_help("precision_modes")
+                                       + " A mode that cannot run here (torch.compile failing) is reported "
+                                         "unavailable with the reason."),
     workers: int = typer.Option(2, help="--dispatch: LocalCluster processes (one thread each)."),
     epochs: int = typer.Option(5, help="--dispatch: epochs of every run."),
     device: Device = "auto",
     json_output: JsonOutput = False,
 ) -> None:
-    """Measure training, in-flight recording, clean pass, GraNd and store-write costs as ratios."""
+    """Measure training, in-flight recording, clean pass, GraNd and store-write costs as ratios; with
+    --modes, the training epoch in each precision mode (fp32, bf16, with and without torch.compile)."""
     from scorebank.pipeline import bench, bench_record
     from scorebank.pipeline.bench import BenchSpec
 
+    if dispatch and modes:
+        with handle_errors():
+            raise InvalidArgumentError(f"--modes {modes!r} times training epochs in this process; --dispatch times "
+                                       "scoring on workers: drop one of them")
     if dispatch:
         return _bench_dispatch(model, width, batch_size, epochs, workers, device, json_output)
 
@@ -50,6 +61,15 @@ def bench_command(
         if recorder and optimizers:
             raise InvalidArgumentError(f"--optimizers {optimizers!r} times the built-in trainer's optimisers; "
                                        "--recorder times a plain SGD loop: drop one of them")
+        if modes:
+            from scorebank.pipeline.bench_precision import bench_precision, parse_modes
+
+            if recorder or optimizers:
+                raise InvalidArgumentError(f"--modes {modes!r} times plain SGD epochs per precision mode; drop "
+                                           + ("--recorder" if recorder else f"--optimizers {optimizers!r}")
+                                           + " or --modes")
+            chosen = parse_modes(modes)
+            run_bench, targets = (lambda spec, progress: bench_precision(spec, chosen, progress)), {}
         try:
             dims = tuple(int(v) for v in shape.lower().split("x"))
         except ValueError:

@@ -41,6 +41,7 @@ REGISTRIES = {
     "optimizers": ("scorebank.pipeline.robust", "OPTIMIZERS"),
     "label_noise_kinds": ("scorebank.pipeline.datasets", "LABEL_NOISE_KINDS"),
     "dynamics_formats": ("scorebank.pipeline.import_dynamics", "FORMATS"),
+    "precision_modes": ("scorebank.pipeline.bench_precision", "MODES"),
 }
 _PLACEHOLDER = re.compile(r"<<(" + "|".join(REGISTRIES) + r")>>")
 
