@@ -20,8 +20,10 @@ Store layout: the Zarr group ``holdout`` (``xarray.open_zarr(store, group="holdo
 ``fold_done`` (seed, fold) bool           the fold's probabilities are written.
 
 and attributes ``holdout`` (the :class:`HoldoutSpec` as JSON: K, the training configuration,
-the data set fingerprint) and ``folds`` (``{"<seed>/<fold>": status}`` of each fold's
-model).  Model k of seed s initialises and shuffles like trainer seed
+the data set fingerprint) and ``folds`` (``{"<seed>/<fold>": status}`` of each fold's model:
+each fold keeps its status in its own record ``checkpoints/holdout/SEED/run-FOLD.json`` while
+it trains, and the command copies the records into ``folds`` when it ends;
+:mod:`scorebank.pipeline.subset_group`).  Model k of seed s initialises and shuffles like trainer seed
 ``HOLDOUT_SEED_OFFSET + s * MAX_FOLDS + k``, so it never reuses a scoring or retrain run's
 initialisation.
 
@@ -33,6 +35,11 @@ written (each chunk atomically), then its ``fold_done`` flag; a re-run skips don
 diverged) folds and retrains the others from scratch, and new seeds extend the ``seed``
 dimension.  The group is built under a temporary name and
 renamed into place, so it is either absent or complete (:mod:`scorebank.pipeline.subset_group`).
+
+Dask: with ``client=`` every (seed, fold) model is one task (:mod:`scorebank.pipeline.dispatch`),
+owning its fold under the fold's lock; folds of one seed share the seed's probability chunks,
+which a fold writes under the group's chunk lock.  A worker killed mid-fold: the scheduler
+runs the task again elsewhere and the fold is trained again from scratch.
 """
 
 from __future__ import annotations
@@ -45,9 +52,10 @@ import numpy as np
 import zarr
 
 from scorebank.pipeline.datasets import ImageData
-from scorebank.pipeline.lifecycle import ProgressEvent
-from scorebank.pipeline.subset_group import (NO_VALUE, GroupSpec, Tally, read_group_spec, set_unit_status,
-                                             training_group, unit_status)
+from scorebank.pipeline.dispatch import Task, run_tasks
+from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome
+from scorebank.pipeline.subset_group import (NO_VALUE, GroupSpec, Tally, UnitWriter, check_spec, open_group,
+                                             read_group_spec, shared_chunks, training_group)
 from scorebank.pipeline.subset_training import (StoreTraining, SubsetSlot, check_count, load_store_training,
                                                 predict_probabilities, train_subset_model)
 from scorebank.stores import heldout as H
@@ -167,14 +175,21 @@ class HoldoutOutcome:
 
 def holdout(store: str | os.PathLike, folds: int, seeds: Sequence[int], *, device: str = "auto",
             overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None,
-            data: ImageData | None = None) -> list[HoldoutOutcome]:
+            data: ImageData | None = None, client=None, gpus_per_run: int = 0,
+            threads: int | None = None) -> list[HoldoutOutcome]:
     """Record K-fold out-of-fold predicted probabilities of every training example of
     ``store`` for each of ``seeds`` into its ``holdout`` group (see the module docstring).
 
     Re-running skips done folds and adds new seeds.  An existing group made with another K,
     configuration or data set is refused (:class:`ConfigMismatchError`) unless ``overwrite``
     (which replaces it).  Everything is validated before anything is written.  Raises
-    :class:`RunFailedError` after every fold ran if a model diverged (its fold stays not done)."""
+    :class:`RunFailedError` after every fold ran if a model diverged (its fold stays not done).
+
+    ``client``: a ``distributed.Client``; every (seed, fold) model is then one task on its
+    workers (:mod:`scorebank.pipeline.dispatch`: ``gpus_per_run`` worker resources ``GPU``,
+    ``threads`` torch threads per task), each loading the data itself unless ``data`` was
+    given.  This process is the coordinator (:mod:`scorebank.pipeline.subset_group`); the
+    values equal the sequential ones bit for bit on CPU at the same torch thread count."""
     folds = check_count(folds, "--folds", 2, MAX_FOLDS)
     seeds = _check_seeds(seeds)
     st = load_store_training(store, "holdout", device=device, data=data)
@@ -182,46 +197,56 @@ def holdout(store: str | os.PathLike, folds: int, seeds: Sequence[int], *, devic
         raise InvalidArgumentError(f"--folds {folds!r} exceeds the store's {st.n_examples} training examples")
     spec = HoldoutSpec(training=st.config, dataset_fingerprint=st.fingerprint, n_examples=st.n_examples,
                        folds=folds, num_classes=st.num_classes)
-    outcomes, failed = [], []
+    units = [(seed, k) for seed in seeds for k in range(folds)]
     with training_group(st.path, GROUP, spec, spec_attr=ATTR_SPEC, status_attr=ATTR_FOLDS, option="--folds",
                         overwrite=overwrite, create_arrays=lambda group: _create_arrays(group, spec),
                         grow=lambda group: _add_seeds(group, seeds, st.labels, folds)) as group:
-        for seed in seeds:
-            outcome, bad = _holdout_seed(group, st, spec, seed, progress)
-            outcomes.append(outcome)
-            failed.extend(bad)
+        if client is None:
+            results = [_train_fold(group, st, spec, seed, k, progress) for seed, k in units]
+        else:
+            results = run_tasks([Task(holdout_fold, (str(st.path), spec, seed, k), {"device": device, "data": data})
+                                 for seed, k in units],
+                                client=client, progress=progress, gpus_per_run=gpus_per_run, threads=threads)
+    tallies = {seed: Tally() for seed in seeds}
+    for (seed, k), outcome in zip(units, results):
+        tallies[seed].add((seed, k), outcome)
+    failed = [unit for t in tallies.values() for unit in t.failed]
     if failed:
         what = ", ".join(f"seed {s} fold {k}" for s, k in failed)
         raise RunFailedError(f"{len(failed)} holdout model(s) diverged (non-finite loss): {what}; lower the "
                              "store's learning rate; the other folds are in the store")
-    return outcomes
+    return [HoldoutOutcome(seed, t.trained, t.skipped) for seed, t in tallies.items()]
 
 
-def _unit(seed: int, fold: int) -> str:
-    return f"{seed}/{fold}"
+def holdout_fold(store: str, spec: HoldoutSpec, seed: int, fold: int, *, device: str = "auto",
+                 data: ImageData | None = None, progress: Callable[[ProgressEvent], None] | None = None
+                 ) -> RunOutcome:
+    """One fold's model as a task (:mod:`scorebank.pipeline.dispatch`): in a store whose
+    coordinator grew the holdout group for ``seed``, load the store's data (unless given;
+    fingerprint and labels checked) and train the fold under its own lock."""
+    st = load_store_training(store, "holdout", device=device, data=data)
+    return _train_fold(open_group(st.path, GROUP), st, spec, seed, fold, progress)
 
 
-def _holdout_seed(group: zarr.Group, st: StoreTraining, spec: HoldoutSpec, seed: int, progress
-                  ) -> tuple[HoldoutOutcome, list[tuple[int, int]]]:
-    """Train (or skip) the K fold models of one seed through the run lifecycle."""
-    r = [int(s) for s in group[SEED][:]].index(seed)
-    assigned = np.asarray(group[ASSIGNED_FOLD][r, :])  # (N,)
-    tally = Tally()
-    for k in range(spec.folds):
+def _train_fold(group: zarr.Group, st: StoreTraining, spec: HoldoutSpec, seed: int, k: int, progress
+                ) -> RunOutcome:
+    """Train (or skip) model ``k`` of ``seed`` through the run lifecycle, owning the unit
+    (:class:`~scorebank.pipeline.subset_group.UnitWriter`)."""
+    with UnitWriter(st.path, GROUP, ATTR_FOLDS, (seed, k)) as unit:
+        check_spec(st.path, GROUP, read_spec(st.path), spec)  # not replaced since the coordinator opened it
+        r = [int(s) for s in group[SEED][:]].index(seed)
+        assigned = np.asarray(group[ASSIGNED_FOLD][r, :])  # (N,)
         held = np.flatnonzero(assigned == k)  # (n_k,)
 
-        def finish(trainer, held=held, k=k) -> None:
+        def finish(trainer) -> None:
             probs = predict_probabilities(trainer.model, st.data.train_x[held], st.config.eval_batch_size)  # (n_k, C)
-            row = np.asarray(group[PROBABILITY][r, :, :])  # (N, C)
-            row[held] = probs
-            group[PROBABILITY][r, :, :] = row
-            group[FOLD_DONE][r, k] = True  # last: the fold is complete
+            with shared_chunks(st.path, GROUP):  # the seed's chunks hold every fold's examples
+                row = np.asarray(group[PROBABILITY][r, :, :])  # (N, C)
+                row[held] = probs
+                group[PROBABILITY][r, :, :] = row
+                group[FOLD_DONE][r, k] = True  # last: the fold is complete
 
-        slot = SubsetSlot(seed, is_done=lambda k=k: bool(group[FOLD_DONE][r, k]),
-                          read_status=lambda k=k: unit_status(group, ATTR_FOLDS, _unit(seed, k)),
-                          write_status=lambda record, k=k: set_unit_status(group, ATTR_FOLDS, _unit(seed, k), record),
-                          on_finish=finish)
-        tally.add((seed, k), train_subset_model(st, slot, np.flatnonzero(assigned != k), trainer_seed(seed, k),
-                                                group=f"{GROUP} fold {k}", progress=progress))
-    return HoldoutOutcome(seed, tally.trained, tally.skipped), tally.failed
-
+        slot = SubsetSlot(seed, is_done=lambda: bool(group[FOLD_DONE][r, k]), read_status=lambda: unit.status(group),
+                          write_status=unit.set_status, on_finish=finish)
+        return train_subset_model(st, slot, np.flatnonzero(assigned != k), trainer_seed(seed, k),
+                                  group=f"{GROUP} fold {k}", progress=progress)

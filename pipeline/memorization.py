@@ -27,7 +27,9 @@ group="memorization")``) with
 ``completed`` (model,) bool                    the model's correctness is written.
 
 and the attributes ``memorization`` (the :class:`MemorizationSpec` as JSON) and ``models``
-(``{"<m>": status}``).  Resume: a model is the unit of work, one run of the shared run
+(``{"<m>": status}``: each model keeps its status in its own record
+``checkpoints/memorization/run-M.json`` while it trains, and the command copies the records
+into ``models`` when it ends).  Resume: a model is the unit of work, one run of the shared run
 lifecycle (:mod:`scorebank.pipeline.subset_training`; the group's bookkeeping is
 :mod:`scorebank.pipeline.subset_group`; progress events with ``group``
 ``"memorization"`` and ``seed`` = m); its values are written (each chunk atomically) and then
@@ -35,6 +37,11 @@ lifecycle (:mod:`scorebank.pipeline.subset_training`; the group's bookkeeping is
 scratch; a larger ``--subsets`` adds models.  The estimate arrays
 that :mod:`scorebank.analysis.memorization` adds to the group are dropped whenever models
 are added (they describe the models they were computed from).
+
+Dask: with ``client=`` every model is one task (:mod:`scorebank.pipeline.dispatch`), owning the
+model under its lock and writing its own ``correct`` / ``test_correct`` chunks; the shared
+``completed`` chunk is written under the group's chunk lock.  A worker killed mid-model: the
+scheduler runs the task again elsewhere and the model is trained again from scratch.
 """
 
 from __future__ import annotations
@@ -49,9 +56,10 @@ import numpy as np
 import zarr
 
 from scorebank.pipeline.datasets import ImageData
+from scorebank.pipeline.dispatch import Task, run_tasks
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome
-from scorebank.pipeline.subset_group import (NO_VALUE, GroupSpec, Tally, read_group_spec, set_unit_status,
-                                             training_group, unit_status)
+from scorebank.pipeline.subset_group import (NO_VALUE, GroupSpec, Tally, UnitWriter, check_spec, open_group,
+                                             read_group_spec, shared_chunks, training_group)
 from scorebank.pipeline.subset_training import (StoreTraining, SubsetSlot, check_count, load_store_training,
                                                 predict_correct, train_subset_model)
 from scorebank.stores import heldout as H
@@ -163,7 +171,8 @@ class MemorizationOutcome:
 
 def memorization(store: str | os.PathLike, subsets: int, keep: float = 0.7, *, device: str = "auto",
                  overwrite: bool = False, progress: Callable[[ProgressEvent], None] | None = None,
-                 data: ImageData | None = None) -> MemorizationOutcome:
+                 data: ImageData | None = None, client=None, gpus_per_run: int = 0,
+                 threads: int | None = None) -> MemorizationOutcome:
     """Train models 0..``subsets``-1 on random subsets of a fraction ``keep`` of the store's
     training examples and record subsets and correctness into the ``memorization`` group (see
     the module docstring).
@@ -171,37 +180,60 @@ def memorization(store: str | os.PathLike, subsets: int, keep: float = 0.7, *, d
     Re-running skips completed models and adds new ones (a smaller ``subsets`` trains
     nothing new; the group keeps its models).  A group made with another ``keep``,
     configuration or data set is refused (:class:`ConfigMismatchError`) unless ``overwrite``.
-    Raises :class:`RunFailedError` after all models ran if some diverged."""
+    Raises :class:`RunFailedError` after all models ran if some diverged.
+
+    ``client``: a ``distributed.Client``; every model is then one task on its workers
+    (:mod:`scorebank.pipeline.dispatch`: ``gpus_per_run`` worker resources ``GPU``, ``threads``
+    torch threads per task), each loading the data itself unless ``data`` was given.  This
+    process is the coordinator (:mod:`scorebank.pipeline.subset_group`); the records equal the
+    sequential ones bit for bit on CPU at the same torch thread count."""
     subsets = check_count(subsets, "--subsets", 1, MAX_MODELS)
     keep = check_keep(keep)
     st = load_store_training(store, "memorization", device=device, data=data)
     spec = MemorizationSpec(training=st.config, dataset_fingerprint=st.fingerprint, n_examples=st.n_examples,
                             keep=keep, subset_size=subset_size(st.n_examples, keep), n_test=st.n_test)
-    tally = Tally()
     with training_group(st.path, GROUP, spec, spec_attr=ATTR_SPEC, status_attr=ATTR_MODELS, option="--keep",
                         overwrite=overwrite, create_arrays=lambda group: _create_arrays(group, spec),
                         grow=lambda group: _add_models(st.path, group, subsets, spec)) as group:
-        for m in range(subsets):
-            tally.add(m, _train_model(group, st, spec, m, progress))
+        if client is None:
+            results = [_train_model(group, st, spec, m, progress) for m in range(subsets)]
+        else:
+            results = run_tasks([Task(memorization_model, (str(st.path), spec, m), {"device": device, "data": data})
+                                 for m in range(subsets)],
+                                client=client, progress=progress, gpus_per_run=gpus_per_run, threads=threads)
+    tally = Tally()
+    for m, outcome in enumerate(results):
+        tally.add(m, outcome)
     if tally.failed:
         raise RunFailedError(f"{len(tally.failed)} subset model(s) diverged (non-finite loss): models "
                              f"{tally.failed!r}; lower the store's learning rate; the other models are in the store")
     return MemorizationOutcome(tally.trained, tally.skipped, tuple(tally.failed))
 
 
+def memorization_model(store: str, spec: MemorizationSpec, m: int, *, device: str = "auto",
+                       data: ImageData | None = None, progress: Callable[[ProgressEvent], None] | None = None
+                       ) -> RunOutcome:
+    """Model ``m`` as a task (:mod:`scorebank.pipeline.dispatch`): in a store whose
+    coordinator grew the memorization group to it, load the store's data (unless given;
+    fingerprint and labels checked) and train the model under its own lock."""
+    st = load_store_training(store, "memorization", device=device, data=data)
+    return _train_model(open_group(st.path, GROUP), st, spec, m, progress)
+
+
 def _train_model(group: zarr.Group, st: StoreTraining, spec: MemorizationSpec, m: int, progress) -> RunOutcome:
-    """Train (or skip) model ``m`` through the run lifecycle."""
+    """Train (or skip) model ``m`` through the run lifecycle, owning the unit
+    (:class:`~scorebank.pipeline.subset_group.UnitWriter`)."""
     bs, d = st.config.eval_batch_size, st.data
 
     def finish(trainer) -> None:
-        group[CORRECT][m, :] = predict_correct(trainer.model, d.train_x, d.train_y, bs)
+        group[CORRECT][m, :] = predict_correct(trainer.model, d.train_x, d.train_y, bs)  # the model's own chunks
         group[TEST_CORRECT][m, :] = predict_correct(trainer.model, d.test_x, d.test_y, bs)
-        group[COMPLETED][m] = True  # last: the model is complete
+        with shared_chunks(st.path, GROUP):  # one chunk holds many models' flags
+            group[COMPLETED][m] = True  # last: the model is complete
 
-    slot = SubsetSlot(m, is_done=lambda: bool(group[COMPLETED][m]),
-                      read_status=lambda: unit_status(group, ATTR_MODELS, str(m)),
-                      write_status=lambda record: set_unit_status(group, ATTR_MODELS, str(m), record),
-                      on_finish=finish)
-    subset = np.flatnonzero(np.asarray(group[IN_SUBSET][m, :]))  # (subset_size,)
-    return train_subset_model(st, slot, subset, spec.seed_offset + m, group=GROUP, progress=progress)
-
+    with UnitWriter(st.path, GROUP, ATTR_MODELS, (m,)) as unit:
+        check_spec(st.path, GROUP, read_spec(st.path), spec)  # not replaced since the coordinator opened it
+        slot = SubsetSlot(m, is_done=lambda: bool(group[COMPLETED][m]), read_status=lambda: unit.status(group),
+                          write_status=unit.set_status, on_finish=finish)
+        subset = np.flatnonzero(np.asarray(group[IN_SUBSET][m, :]))  # (subset_size,)
+        return train_subset_model(st, slot, subset, spec.seed_offset + m, group=GROUP, progress=progress)

@@ -9,6 +9,17 @@ empty when absent (under a temporary name, then renamed into place, so it is eit
 complete), refused when it was made with other settings (unless ``overwrite``, which replaces
 it) and grown to the units the run asks for; the run writes while holding the store's writer
 lock, and the group is consolidated again on exit, also after Ctrl-C.
+
+Ownership, as for score runs (:mod:`scorebank.stores.zarrstore`): the process that opened the
+group is the coordinator and holds the store's lock for the whole command; each unit is trained
+by whoever owns it (this process, or a Dask task: :mod:`scorebank.pipeline.dispatch`) under the
+unit's own lock (:class:`UnitWriter`: ``flock`` on ``checkpoints/NAME/[SEED/]run-N.lock``),
+with its status in its own record (``run-N.json`` beside the lock), never in the group's
+attributes.  Values a unit writes into a chunk it shares with other units (the
+probabilities of one holdout seed, the models' ``completed`` flags) are written under the
+group's chunk lock (:func:`shared_chunks`).  On exit the coordinator copies every record into
+the status table (:func:`collect_unit_status`); a unit recorded ``running`` whose owner is gone
+becomes ``interrupted`` (:func:`live_unit_status` shows the same to readers meanwhile).
 """
 
 from __future__ import annotations
@@ -30,7 +41,9 @@ from scorebank.pipeline.config import ScoreConfig
 from scorebank.pipeline.lifecycle import RunOutcome
 from scorebank.stores import schema as S
 from scorebank.stores.errors import ConfigMismatchError
-from scorebank.stores.zarrstore import StoreWriter, consolidate, now_iso, scorebank_version
+from scorebank.stores.zarrstore import (StoreWriter, _lock_exclusive, _unlock, atomic_file, consolidate,
+                                        now_iso, read_run_record, read_run_records, run_folder,
+                                        run_lock_path, run_owner_active, run_record_path, scorebank_version)
 
 SpecT = TypeVar("SpecT", bound="GroupSpec")
 
@@ -95,15 +108,117 @@ def refuse_mismatch(path: Path, name: str, old: GroupSpec, new: GroupSpec, optio
             f"use the same {option}, or --overwrite to replace it")
 
 
-def unit_status(group: zarr.Group, attr: str, unit: str) -> dict:
-    """The status record of ``unit`` in the table ``attr`` of the group's attributes ({} if none)."""
-    return dict(group.attrs.get(attr, {})).get(unit, {})
+def check_spec(path: Path, name: str, found: GroupSpec | None, spec: GroupSpec) -> None:
+    """A unit's owner, under the unit's lock: refuse (:class:`ConfigMismatchError`) to write into
+    the group ``name`` when its spec (``found``, None: no group) is no longer ``spec``, the one
+    the coordinator opened it with (the group was replaced or removed since: a task orphaned by
+    a lost client)."""
+    if found is None or found.differences(spec):
+        raise ConfigMismatchError(
+            f"the {name} group of {str(path)!r} was replaced or removed since this command opened it; "
+            "nothing was written, run the command again")
 
 
-def set_unit_status(group: zarr.Group, attr: str, unit: str, record: dict) -> None:
-    units = dict(group.attrs.get(attr, {}))
-    units[unit] = record
-    group.attrs[attr] = units
+# ----------------------------------------------------------------------------- units of work
+Unit = tuple  # a unit of work: (seed, fold) of holdout, (model,) of memorization
+
+
+def unit_key(unit: Unit) -> str:
+    """The unit's key in the group's status table: ``"SEED/FOLD"``, ``"MODEL"``."""
+    return "/".join(str(int(p)) for p in unit)
+
+
+def _unit_folder(name: str, unit: Unit) -> str:
+    """The folder (under ``checkpoints/``) of the unit's lock and record: the group's, one
+    level down per leading part (``holdout/SEED``); the record is ``run-<last part>``."""
+    return "/".join([name, *(str(int(p)) for p in unit[:-1])])
+
+
+class UnitWriter:
+    """Owns one unit of work of the store's group ``name`` while it is trained.  Use as a
+    context manager: it holds the unit's lock (waiting for a previous owner still running, an
+    orphaned task of a lost client); :meth:`status` / :meth:`set_status` keep the unit's
+    status in its own record (replaced atomically), falling back to the group's status table
+    ``status_attr`` (what the coordinator consolidated) when the unit has no record."""
+
+    def __init__(self, path: str | os.PathLike, name: str, status_attr: str, unit: Unit):
+        self.path, self.name, self.status_attr = Path(path), name, status_attr
+        self.unit, self._folder, self._n = tuple(int(p) for p in unit), _unit_folder(name, unit), int(unit[-1])
+        self._lock_file = None
+
+    def __enter__(self) -> "UnitWriter":
+        lock = run_lock_path(self.path, self._n, self._folder)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_exclusive(lock, True, "")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock_file = _unlock(self._lock_file)
+
+    def status(self, group: zarr.Group) -> dict:
+        record = read_run_record(self.path, self._n, self._folder)
+        if record is not None:
+            return record
+        return dict(dict(group.attrs.get(self.status_attr, {})).get(unit_key(self.unit), {}))
+
+    def set_status(self, record: dict) -> None:
+        with atomic_file(run_record_path(self.path, self._n, self._folder)) as tmp:
+            tmp.write_text(json.dumps(record))
+
+
+@contextmanager
+def shared_chunks(path: str | os.PathLike, name: str) -> Iterator[None]:
+    """Hold the group's chunk lock (``checkpoints/NAME/chunks.lock``) while a unit writes a
+    chunk other units write too (read, modify, write: without the lock, two owners writing
+    at once would lose one's values)."""
+    lock = run_folder(path, name) / "chunks.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    f = _lock_exclusive(lock, True, "")
+    try:
+        yield
+    finally:
+        _unlock(f)
+
+
+def _unit_records(path: Path, name: str) -> dict[str, tuple[dict, bool]]:
+    """``{unit key: (record, owner holds the unit's lock now)}`` of every unit record of the
+    group ``name`` (records in ``checkpoints/NAME/`` and its numbered sub-folders)."""
+    top = run_folder(path, name)
+    out: dict[str, tuple[dict, bool]] = {}
+    if not top.is_dir():
+        return out
+    for folder in sorted({f.parent for f in top.rglob("run-*.json")}):
+        prefix = folder.relative_to(top).parts
+        if not all(p.isdigit() for p in prefix):
+            continue
+        sub = "/".join((name, *prefix))
+        for n, record in read_run_records(path, sub).items():
+            key = "/".join((*prefix, n))
+            owned = record.get("status") == S.RUN_RUNNING and run_owner_active(path, int(n), sub)
+            out[key] = (record, owned)
+    return out
+
+
+def live_unit_status(path: str | os.PathLike, name: str, table: dict | None = None) -> dict[str, dict]:
+    """The status of every unit of the group ``name`` as a reader should show it now: the
+    group's status table ``table`` updated by the units' own records; a unit recorded
+    ``running`` whose owner is gone (no lock held) is ``interrupted``."""
+    units = {str(k): dict(v) for k, v in (table or {}).items() if isinstance(v, dict)}
+    for key, (record, owned) in _unit_records(Path(path), name).items():
+        if record.get("status") == S.RUN_RUNNING and not owned:
+            record = {**record, "status": S.RUN_INTERRUPTED}
+        units[key] = record
+    return units
+
+
+def collect_unit_status(path: Path, name: str, status_attr: str) -> None:
+    """Coordinator, under the store's lock: every unit's record into the group's status table
+    ``status_attr`` (:func:`live_unit_status`)."""
+    group = open_group(path, name)
+    old = dict(group.attrs.get(status_attr, {}))
+    units = live_unit_status(path, name, old)
+    if units != old:
+        group.attrs[status_attr] = units
 
 
 @dataclass
@@ -150,7 +265,9 @@ def training_group(path: Path, name: str, spec: GroupSpec, *, spec_attr: str, st
     existing group's spec differs, unless ``overwrite``; checked again under the writer lock.
     ``create_arrays(group)`` makes a new group's (empty) arrays, ``grow(group)`` extends them to
     the run's units.  Yields the group, opened with the grown shapes, while the store's writer
-    lock is held; consolidates the store on exit."""
+    lock is held; on exit (also after a failure or Ctrl-C) copies the units' records into the
+    status table ``status_attr`` (:func:`collect_unit_status`) and consolidates the store.
+    A new group starts without records (those of a group it replaces are removed)."""
     old = read_group_spec(path, name, spec_attr, type(spec))
     if old is not None and not overwrite:
         refuse_mismatch(path, name, old, spec, option)
@@ -159,6 +276,7 @@ def training_group(path: Path, name: str, spec: GroupSpec, *, spec_attr: str, st
             shutil.rmtree(path / name)
             old = None
         if old is None:
+            shutil.rmtree(run_folder(path, name), ignore_errors=True)  # records of a replaced group
             _create_group(writer, name, spec_attr, spec, status_attr, create_arrays)
         else:
             refuse_mismatch(path, name, read_group_spec(path, name, spec_attr, type(spec)), spec, option)
@@ -166,5 +284,8 @@ def training_group(path: Path, name: str, spec: GroupSpec, *, spec_attr: str, st
         consolidate(path)
         try:
             yield open_group(path, name)  # handles with the new shapes
-        finally:  # the status records, also after Ctrl-C
-            consolidate(path)
+        finally:  # the units' records into the status table, also after a failure or Ctrl-C
+            try:
+                collect_unit_status(path, name, status_attr)
+            finally:
+                consolidate(path)

@@ -107,7 +107,7 @@ class SubsetSlot:
 
     ``is_done()`` reads the model's done flag (the source of truth for "complete");
     ``read_status()`` / ``write_status(record)`` keep its status record (running, failed,
-    interrupted) in the group's attributes; ``on_finish(trainer)`` evaluates the trained
+    interrupted: the unit's own record, :class:`~scorebank.pipeline.subset_group.UnitWriter`); ``on_finish(trainer)`` evaluates the trained
     network and writes its result, done flag last.  A record that says ``complete`` without
     the done flag (a crash in between) counts as no record: the model is trained again."""
 
