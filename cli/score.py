@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -22,7 +21,9 @@ def score_command(
     grand_epochs: Optional[str] = typer.Option(None, help="Record GraNd at these epochs, e.g. 0,10,20."),
     grand_only: bool = typer.Option(False, "--grand-only", help="Only GraNd at initialisation (epoch 0), no training."),
     seeds: Seeds = "0-2",
-    store: Path = typer.Option(Path("scores.zarr"), help="The Zarr store to create or extend."),
+    store: str = typer.Option("scores.zarr", help="The Zarr store to create or extend: a directory, or an "
+                                                  "object-store URL (s3://bucket/prefix.zarr, gs://...; endpoint "
+                                                  "and credentials from the environment, e.g. AWS_ENDPOINT_URL)."),
     execution_options: dict = execution_group("Replace an existing store made with another configuration."),
     quiet: Quiet = False,
 ) -> None:

@@ -15,7 +15,7 @@ through its whole life, whatever the command:
 
 Per epoch e the order is crash-safe: (1) the epoch's values are written (each chunk
 atomically), (2) ``completed[run, e]`` is set, (3) the checkpoint is replaced atomically
-(:func:`~scorebank.stores.zarrstore.atomic_file`; a full disk raises
+(:func:`~scorebank.stores.zarrstore.atomic_file`, or one PUT on an object store; a full disk raises
 :class:`~scorebank.stores.zarrstore.StoreWriteError` and leaves the previous checkpoint),
 (4) the ``epoch`` event is sent.  A ``kill -9`` between any two steps leaves a readable
 store; resuming restarts from the checkpoint and re-writes the (identical) values of any
@@ -31,11 +31,12 @@ the run's own record, so runs of one store can be driven by different processes 
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -113,10 +114,13 @@ class RunOutcome:
 
 class RunSlot(Protocol):
     """Where one run's values, status and checkpoint live (``checkpoint`` None: the run is
-    not checkpointed, so it cannot resume; easy-hard's networks)."""
+    not checkpointed, so it cannot resume; easy-hard's networks).  The checkpoint is a local
+    path or, for a store on an object store, an
+    :class:`~scorebank.stores.objectstore.ObjectFile` (``is_file``, ``read_bytes``,
+    ``write_bytes``)."""
 
     seed: int
-    checkpoint: Path | None
+    checkpoint: Path | Any | None
 
     def status(self) -> dict:
         """The run's status record (``{"status": ..., ...}``; ``{}`` if none)."""
@@ -154,7 +158,7 @@ def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epoch
     trainer = make_trainer()
     resumed = slot.checkpoint is not None and slot.checkpoint.is_file()
     if resumed:
-        trainer.load_state_dict(load_checkpoint(slot.checkpoint))
+        trainer.load_state_dict(_load(slot.checkpoint))
     last = trainer.epoch if resumed else None  # the last epoch written
     running = {"device": str(device), "torch": torch.__version__}
     slot.set_status(S.RUN_RUNNING, **running)
@@ -176,8 +180,7 @@ def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epoch
                     return fail(result.epoch)
                 slot.write(result)
                 if slot.checkpoint is not None:
-                    with atomic_file(slot.checkpoint) as tmp:
-                        torch.save(trainer.state_dict(), tmp)
+                    _save(slot.checkpoint, trainer.state_dict())
                 last = result.epoch
                 emit("epoch", result.epoch, result.epoch + 1, result.per_epoch)
             if trainer.epoch >= total_epochs:
@@ -193,6 +196,26 @@ def drive_run(slot: RunSlot, make_trainer: Callable[[], Trainer], *, total_epoch
             pass
         raise
     return RunOutcome(seed, S.RUN_COMPLETE, skipped=False, final_test_accuracy=slot.final_test_accuracy())
+
+
+def _save(checkpoint, state: dict) -> None:
+    """Replace the checkpoint whole: a local file through a renamed temporary
+    (:func:`~scorebank.stores.zarrstore.atomic_file`), an object
+    (:class:`~scorebank.stores.objectstore.ObjectFile`) with one PUT."""
+    if isinstance(checkpoint, Path):
+        with atomic_file(checkpoint) as tmp:
+            torch.save(state, tmp)
+        return
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    checkpoint.write_bytes(buffer.getvalue())
+
+
+def _load(checkpoint) -> dict:
+    """A checkpoint written by :func:`_save` (a local path or an object)."""
+    if isinstance(checkpoint, Path):
+        return load_checkpoint(checkpoint)
+    return load_checkpoint(io.BytesIO(checkpoint.read_bytes()))
 
 
 class MemorySlot:

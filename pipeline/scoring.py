@@ -36,7 +36,8 @@ from scorebank.stores import schema as S
 from scorebank.stores.errors import (ConfigMismatchError, InvalidArgumentError, RunFailedError, ScorebankError,
                                      StoreExistsError)
 from scorebank.stores.merge import ATTR_SOURCES
-from scorebank.stores.zarrstore import RunWriter, StoreWriter, create_store, is_scorebank_store, remove_store
+from scorebank.stores.target import LocalTarget, ObjectTarget, store_target
+from scorebank.stores.zarrstore import RunWriter, StoreWriter
 
 __all__ = ["ProgressEvent", "RunOutcome", "MergedStoreError", "ModelBuildError", "read_store_config",
            "prepare_labels", "score", "score_run"]
@@ -82,7 +83,7 @@ def training_device_data(config: ScoreConfig, data: ImageData, dev: torch.device
     return with_fake_class(to_device_data(data, labels, dev), mask), labels, mask
 
 
-def check_store_accepts(path: Path, attrs: dict, config: ScoreConfig, fingerprint: str | None = None) -> None:
+def check_store_accepts(path: str | os.PathLike, attrs: dict, config: ScoreConfig, fingerprint: str | None = None) -> None:
     """Refuse to write ``config``'s runs into the store whose root attributes are ``attrs``:
     a merged store (:class:`MergedStoreError`), another configuration or (when given)
     another data set fingerprint (:class:`ConfigMismatchError`).  Called before loading
@@ -122,7 +123,7 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
           device: str = "auto", overwrite: bool = False,
           progress: Callable[[ProgressEvent], None] | None = None,
           data: ImageData | None = None, client=None, gpus_per_run: int = 0,
-          threads: int | None = None) -> list[RunOutcome]:
+          threads: int | None = None, storage_options: dict | None = None) -> list[RunOutcome]:
     """Train ``seeds`` under ``config`` and record their scores into ``store``.
 
     Refuses (:class:`ConfigMismatchError`) an existing store made with a different
@@ -140,47 +141,55 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
     (:mod:`scorebank.pipeline.dispatch`: ``gpus_per_run`` worker resources ``GPU``,
     ``threads`` torch threads per task), each worker loading the data itself unless
     ``data`` was given.  The result equals the sequential one bit for bit on CPU at the same
-    torch thread count."""
+    torch thread count.
+
+    ``store`` may be an object-store URL (``s3://bucket/prefix.zarr``, ``gs://``...; endpoint
+    and credentials from the environment, or ``storage_options`` for fsspec): the store is
+    written through zarr's ``FsspecStore`` with leases instead of locks
+    (:mod:`scorebank.stores.objectstore`)."""
     seeds = check_seeds(seeds)
     dev = resolve_device(device)
-    path = Path(store)
-    exists = path.exists()
-    if exists and not is_scorebank_store(path):
-        raise StoreExistsError(f"{str(path)!r} exists and is not a scorebank store; choose another --store path")
+    target = store_target(store, storage_options)
+    exists = target.exists()
+    if exists and not target.is_store():
+        raise StoreExistsError(f"{target.shown!r} exists and is not a scorebank store; choose another --store path")
     if exists and not overwrite:
-        check_store_accepts(path, _store_attrs(path), config)
+        check_store_accepts(target.shown, target.attrs(), config)
     data_given = data is not None
     if data is None:
         data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download, limit=config.limit)
     device_data, labels, mask = training_device_data(config, data, dev)
     probe_model(config, device_data, seeds[0], dev)
-    if exists and overwrite:
-        remove_store(path)
-    if not path.exists():
-        create_store(path, n_epochs=config.epochs, labels=labels, true_labels=data.train_labels,
-                     original_index=data.original_index, seeds=seeds, features=config.features,
-                     per_example={S.INPUT_NORM: input_norms(device_data),
-                                  **({} if mask is None else {S.THRESHOLD_SAMPLE: mask})},
-                     attrs={S.ATTR_CONFIG: config.to_json(), S.ATTR_DATASET: data.name,
-                            S.ATTR_FINGERPRINT: data.fingerprint,
-                            S.ATTR_CLASS_NAMES: list(data.class_names)
-                            + ([] if mask is None else [fake_class_name(data.class_names)])})
-    with StoreWriter(path) as writer:
-        check_store_accepts(path, dict(writer.root.attrs), config, data.fingerprint)  # under the lock
-        writer.add_runs(seeds)
-        try:
-            if client is None:
-                outcomes = [_drive(path, config, seed, device_data, dev, progress) for seed in seeds]
-            else:
-                given = data if data_given else None
-                outcomes = run_tasks([Task(score_run, (str(path), config, seed),
-                                           {"device": device, "data": given, "fingerprint": data.fingerprint})
-                                      for seed in seeds],
-                                     client=client, progress=progress, gpus_per_run=gpus_per_run, threads=threads)
-        except BaseException:
-            _consolidate(writer, best_effort=True)
-            raise
-        _consolidate(writer)
+    with target.claim():  # an object store's lease for the whole command; locally nothing (the writer locks)
+        if exists and overwrite:
+            target.remove()
+        if not target.exists():
+            target.create(n_epochs=config.epochs, labels=labels, true_labels=data.train_labels,
+                          original_index=data.original_index, seeds=seeds, features=config.features,
+                          per_example={S.INPUT_NORM: input_norms(device_data),
+                                       **({} if mask is None else {S.THRESHOLD_SAMPLE: mask})},
+                          attrs={S.ATTR_CONFIG: config.to_json(), S.ATTR_DATASET: data.name,
+                                 S.ATTR_FINGERPRINT: data.fingerprint,
+                                 S.ATTR_CLASS_NAMES: list(data.class_names)
+                                 + ([] if mask is None else [fake_class_name(data.class_names)])})
+        with target.writer() as writer:
+            check_store_accepts(target.shown, dict(writer.root.attrs), config, data.fingerprint)  # under the lock
+            writer.add_runs(seeds)
+            try:
+                if client is None:
+                    outcomes = [_drive(target, config, seed, device_data, dev, progress) for seed in seeds]
+                else:
+                    given = data if data_given else None
+                    outcomes = run_tasks([Task(score_run, (target.task_location, config, seed),
+                                               {"device": device, "data": given, "fingerprint": data.fingerprint,
+                                                "storage_options": storage_options})
+                                          for seed in seeds],
+                                         client=client, progress=progress, gpus_per_run=gpus_per_run,
+                                         threads=threads)
+            except BaseException:
+                _consolidate(writer, best_effort=True)
+                raise
+            _consolidate(writer)
     failed = [o for o in outcomes if o.status == S.RUN_FAILED]
     if failed:
         what = ", ".join(f"seed {o.seed} at epoch {o.failed_epoch}" for o in failed)
@@ -190,7 +199,8 @@ def score(config: ScoreConfig, seeds: tuple[int, ...], store: str | os.PathLike,
 
 
 def score_run(store: str, config: ScoreConfig, seed: int, *, device: str = "auto", data: ImageData | None = None,
-              fingerprint: str | None = None, progress: Callable[[ProgressEvent], None] | None = None) -> RunOutcome:
+              fingerprint: str | None = None, progress: Callable[[ProgressEvent], None] | None = None,
+              storage_options: dict | None = None) -> RunOutcome:
     """One scoring run as a task (:mod:`scorebank.pipeline.dispatch`): in a store whose
     coordinator allocated run ``seed``, load the data (unless given), check it is the data
     set the store describes (``fingerprint``), and take the run through its lifecycle under
@@ -203,12 +213,12 @@ def score_run(store: str, config: ScoreConfig, seed: int, *, device: str = "auto
             f"store {store!r} describes data set fingerprint {fingerprint!r} but {config.dataset!r} gives "
             f"{data.fingerprint!r} on this worker; give every worker the same --data-dir contents")
     device_data = training_device_data(config, data, dev)[0]
-    return _drive(Path(store), config, seed, device_data, dev, progress)
+    return _drive(store_target(store, storage_options), config, seed, device_data, dev, progress)
 
 
-def _drive(path: Path, config: ScoreConfig, seed: int, device_data: DeviceData, dev: torch.device,
-           progress: Callable[[ProgressEvent], None] | None) -> RunOutcome:
-    with RunWriter(path, seed, wait=True) as run:
+def _drive(target: LocalTarget | ObjectTarget, config: ScoreConfig, seed: int, device_data: DeviceData,
+           dev: torch.device, progress: Callable[[ProgressEvent], None] | None) -> RunOutcome:
+    with target.run_writer(seed, wait=True) as run:
         return drive_run(_RootSlot(run), lambda: Trainer(config, device_data, seed, dev, grand_fn=_grand_fn(config)),
                          total_epochs=config.epochs, device=dev, progress=progress)
 

@@ -37,15 +37,16 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def consolidate(path: str | os.PathLike) -> None:
-    """Re-write the store's consolidated metadata (after adding arrays/groups or attrs)."""
+def consolidate(path) -> None:
+    """Re-write the store's consolidated metadata (after adding arrays/groups or attrs);
+    ``path`` is a store directory or a zarr store object (an ``FsspecStore`` on an object store)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
                                 category=UserWarning)
         # checkpoints/ and the lock file live inside the store but outside the Zarr hierarchy
         warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component",
                                 category=UserWarning)
-        zarr.consolidate_metadata(os.fspath(path))
+        zarr.consolidate_metadata(os.fspath(path) if isinstance(path, (str, os.PathLike)) else path)
 
 
 def create_store(path: str | os.PathLike, *, n_epochs: int, labels: np.ndarray, true_labels: np.ndarray,

@@ -32,6 +32,17 @@ def partial_path(final: str | os.PathLike) -> Path:
     return final.with_name(f".{final.name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
 
 
+def writer_tag() -> tuple[str, int]:
+    """``(host, pid)`` of this process as partial names and leases record them."""
+    return _host(), os.getpid()
+
+
+def writer_gone(host: object, pid: object) -> bool:
+    """True when ``(host, pid)`` (from :func:`writer_tag`) is provably gone: this host, and no
+    process with that id runs.  Another host's writer is never provably gone."""
+    return host == _host() and isinstance(pid, int) and not _pid_alive(pid)
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

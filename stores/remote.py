@@ -5,10 +5,11 @@ A *location* is what every reading command takes as ``STORE``:
 * a local path: a store directory, or a ``.zip`` score archive made by ``scorebank export``;
 * a ``file://`` URL, treated exactly like the local path it names;
 * any other fsspec URL (``http://``, ``https://``, ``s3://``, ``gs://``, ...): a store
-  directory, or an archive when the URL's path ends in ``.zip``.  Remote locations are
-  only ever read; ``s3://`` and ``gs://`` need the ``s3fs`` / ``gcsfs`` packages.
-  Credentials come from the usual places (AWS/GCP environment variables and files) or
-  fsspec's configuration (``~/.config/fsspec/*.json``, or environment variables such as
+  directory, or an archive when the URL's path ends in ``.zip``.  ``scorebank score``
+  writes store directories on object stores (:mod:`scorebank.stores.objectstore`); every
+  other command only reads URLs.  ``s3://`` and ``gs://`` need the ``s3fs`` / ``gcsfs`` packages.
+  Credentials and endpoints come from the usual places (AWS/GCP environment variables and
+  files: ``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...) or fsspec's configuration (``~/.config/fsspec/*.json``, or environment variables such as
   ``FSSPEC_S3='{"anon": true}'`` for public buckets); library callers may pass
   ``storage_options`` (given to fsspec as is).  An archive URL needs a server that
   answers HTTP range requests (S3, GCS and common web servers do): each member is one
@@ -99,8 +100,9 @@ def filesystem(url: str, storage_options: dict | None = None, *, asynchronous: b
             "(http://, https://, s3://, gs://, file://)") from None
 
 
-def remote_store(url: str, storage_options: dict | None = None):
-    """A read-only ``zarr.storage.FsspecStore`` for a store directory at ``url``."""
+def remote_store(url: str, storage_options: dict | None = None, *, read_only: bool = True):
+    """A ``zarr.storage.FsspecStore`` for a store directory at ``url``: read-only unless
+    ``read_only=False`` (what :mod:`scorebank.stores.objectstore` writes through)."""
     from zarr.storage import FsspecStore
 
     fs, path = filesystem(url, storage_options, asynchronous=True)
@@ -108,7 +110,7 @@ def remote_store(url: str, storage_options: dict | None = None):
         from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
         fs = AsyncFileSystemWrapper(fs)
-    return FsspecStore(fs=fs, path=path.rstrip("/"), read_only=True)
+    return FsspecStore(fs=fs, path=path.rstrip("/"), read_only=read_only)
 
 
 def translate_remote_errors(url: str, exc: BaseException) -> ScorebankError:

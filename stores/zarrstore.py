@@ -241,7 +241,12 @@ class RunWriter:
             f"run seed {self.seed} of store {str(self.path)!r} is being written by another scorebank "
             "process; wait for it to finish")
         where = self.path / self.group if self.group else self.path
-        self.root = zarr.open_group(where, mode="r+", zarr_format=3, use_consolidated=False)
+        return self._bind(zarr.open_group(where, mode="r+", zarr_format=3, use_consolidated=False))
+
+    def _bind(self, root: zarr.Group) -> "RunWriter":
+        """Under the run's lock: write into ``root`` (the store or the run's group), at the
+        run's index; a run the coordinator has not allocated is refused."""
+        self.root = root
         seeds = [int(s) for s in self.root[S.RUN][:]]
         if self.seed not in seeds:
             self.__exit__()
@@ -255,15 +260,21 @@ class RunWriter:
 
     def status(self) -> dict:
         """The run's record, else its entry in the consolidated ``runs`` attribute."""
-        record = read_run_record(self.path, self.seed, self.group)
+        record = self._read_record()
         if record is not None:
             return record
         return dict(self.root.attrs.get(S.ATTR_RUNS, {}).get(str(self.seed), {}))
 
     def set_status(self, status: str, **info) -> None:
         """Replace the run's record atomically with ``{"status": status, **info}``."""
+        self._write_record({"status": status, **info})
+
+    def _read_record(self) -> dict | None:
+        return read_run_record(self.path, self.seed, self.group)
+
+    def _write_record(self, doc: dict) -> None:
         with atomic_file(run_record_path(self.path, self.seed, self.group)) as tmp:
-            tmp.write_text(json.dumps({"status": status, **info}))
+            tmp.write_text(json.dumps(doc))
 
     def write_epoch(self, epoch: int, per_example: Mapping[str, np.ndarray], per_epoch: Mapping[str, float]) -> None:
         """Write one epoch of the run (its own chunks); ``completed`` is set last."""
@@ -384,7 +395,7 @@ class StoreWriter:
         runs = self.runs
         runs.update({str(s): {"status": S.RUN_PENDING} for s in new})
         self.root.attrs[S.ATTR_RUNS] = runs
-        consolidate(self.path)
+        self._consolidate()
         self._open()
 
     def consolidate_runs(self, group: str | None = None) -> dict[str, dict]:
@@ -396,20 +407,30 @@ class StoreWriter:
         node = self.root[group] if group else self.root
         old = dict(node.attrs.get(S.ATTR_RUNS, {}))
         runs = dict(old)
-        for seed, record in read_run_records(self.path, group).items():
-            if record.get("status") == S.RUN_RUNNING and not run_owner_active(self.path, int(seed), group):
+        for seed, record in self._run_records(group).items():
+            if record.get("status") == S.RUN_RUNNING and not self._owner_active(int(seed), group):
                 record = {**record, "status": S.RUN_INTERRUPTED}
             runs[seed] = record
         if runs != old:
             node.attrs[S.ATTR_RUNS] = runs
-            consolidate(self.path)
+            self._consolidate()
         return runs
 
     def set_run_status(self, seed: int, status: str, **info) -> None:
         runs = self.runs
         runs[str(seed)] = {"status": status, **info}
         self.root.attrs[S.ATTR_RUNS] = runs
+        self._consolidate()
+
+    # Where the store keeps what is outside the Zarr hierarchy (ObjectStoreWriter: on an object store)
+    def _consolidate(self) -> None:
         consolidate(self.path)
+
+    def _run_records(self, group: str | None) -> dict[str, dict]:
+        return read_run_records(self.path, group)
+
+    def _owner_active(self, seed: int, group: str | None) -> bool:
+        return run_owner_active(self.path, seed, group)
 
     # -------------------------------------------------------------- values
     def completed_epochs(self, seed: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import xarray as xr
 from scorebank.pipeline import scoring
 from scorebank.pipeline.scoring import score
 from scorebank.stores import schema as S
+from scorebank.stores import target
 from scorebank.stores.errors import ConfigMismatchError, InvalidArgumentError, RunFailedError, StoreExistsError
 from scorebank.stores.location import open_scores
 from scorebank.stores.summary import summarize
@@ -325,14 +326,14 @@ def test_overwrite_is_checked_again_under_the_lock(tmp_path, tiny_config, monkey
     path = tmp_path / "s.zarr"
     mine, theirs = tiny_config(epochs=1), tiny_config(epochs=1, lr=0.01)
     score(mine, (0,), path, device="cpu")
-    real_create = scoring.create_store
+    real_create = target.create_store
 
     def create_then_replaced(p, **kw):
         real_create(p, **kw)
-        monkeypatch.setattr(scoring, "create_store", real_create)
+        monkeypatch.setattr(target, "create_store", real_create)
         score(theirs, (5,), path, device="cpu", overwrite=True)
 
-    monkeypatch.setattr(scoring, "create_store", create_then_replaced)
+    monkeypatch.setattr(target, "create_store", create_then_replaced)
     with pytest.raises(ConfigMismatchError, match="different configuration"):
         score(mine, (0,), path, device="cpu", overwrite=True)
     assert xr.open_zarr(path).run.values.tolist() == [5]
