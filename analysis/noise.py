@@ -14,6 +14,15 @@ Against the store's ``corrupted`` flags:
   is the number of corrupted examples, the fraction that are corrupted, and the fraction of
   corrupted examples among them (equal at that cut).  Equal hardness is broken by example
   index, lower first.
+* **at the score's own threshold**, for scores whose registry entry declares one
+  (``own_threshold``: AUM's 99th percentile of the threshold samples' AUM, confident
+  learning's ``find_label_issues``): the number of examples the rule flags, the fraction of
+  them that are corrupted (precision) and the fraction of corrupted examples flagged (recall);
+  NaN for the other scores and where the store lacks what the rule needs.
+
+AUM's threshold samples (``score --threshold-samples``) are not evaluated: their label is the
+fake class by construction (so their ``corrupted`` is True), and they are not among the
+examples whose labels the noise corrupted.  Every number above is over the other examples.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import xarray as xr
 from scipy.stats import rankdata
 
 from scorebank.analysis import access
+from scorebank.analysis.aum import real_examples
 from scorebank.analysis.scores import ScoreSpec, average_scores, parse_score
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError
@@ -91,13 +101,18 @@ def noise_detection(store: access.StoreLike, specs: str | ScoreSpec | Sequence[s
     whose label was corrupted.
 
     Returns a Dataset over ``score`` with ``roc_auc``, ``average_precision``,
-    ``precision_at_noise_rate`` and ``recall_at_noise_rate``, ``hardness`` (score, example: the
-    averaged score, negated where low is hard), and scalars ``noise_rate`` and ``n_corrupted``.  Raises :class:`ScorebankError` when the
-    store has no corrupted (or no clean) example."""
+    ``precision_at_noise_rate`` and ``recall_at_noise_rate``, the own-threshold columns
+    ``own_n_flagged``, ``own_precision``, ``own_recall`` (NaN where the score has none) and
+    ``own_rule`` ('' where none), ``hardness`` (score, example: the averaged score, negated
+    where low is hard), and scalars ``noise_rate``, ``n_corrupted`` and
+    ``n_threshold_samples``.  The ``example`` dimension holds the evaluated examples (every
+    example but AUM's threshold samples).  Raises :class:`ScorebankError` when the store has
+    no corrupted (or no clean) example."""
     ds = access.open_store(store)
     if S.CORRUPTED not in ds:
         raise ScorebankError("the store has no 'corrupted' flags; it was not made with label noise")
-    corrupted = np.asarray(ds[S.CORRUPTED].values, dtype=bool)
+    real = real_examples(ds)  # (N,) bool: not a threshold sample
+    corrupted = np.asarray(ds[S.CORRUPTED].values, dtype=bool)[real]
     n_c = int(corrupted.sum())
     if n_c == 0 or n_c == corrupted.size:
         raise ScorebankError(
@@ -110,22 +125,46 @@ def noise_detection(store: access.StoreLike, specs: str | ScoreSpec | Sequence[s
     avg = average_scores(ds, parsed, runs=runs, reduce=reduce, never_learned=never_learned,
                          scheduler=scheduler)
     auc, prec, ap, hard = [], [], [], []
+    own = {"own_n_flagged": [], "own_precision": [], "own_recall": [], "own_rule": []}
     for spec in parsed:
-        values = avg[str(spec)].values
-        hardness = values if spec.high_is_hard else -values
+        values = avg[str(spec)].values  # (N,) every example
+        hardness = (values if spec.high_is_hard else -values)[real]
         hard.append(hardness)
         auc.append(roc_auc(hardness, corrupted))
         prec.append(precision_at(hardness, corrupted, n_c))
         ap.append(average_precision(hardness, corrupted))
+        for key, value in own_threshold_metrics(ds, spec, values, real, corrupted).items():
+            own[key].append(value)
     names = [str(s) for s in parsed]
     out = xr.Dataset({"roc_auc": ("score", np.asarray(auc)),
                       "average_precision": ("score", np.asarray(ap)),
                       "precision_at_noise_rate": ("score", np.asarray(prec)),
                       # n_c flagged, n_c corrupted: recall = true positives / n_c = precision
                       "recall_at_noise_rate": ("score", np.asarray(prec)),
+                      **{k: ("score", np.asarray(v, dtype=np.float64)) for k, v in own.items() if k != "own_rule"},
+                      "own_rule": ("score", np.asarray(own["own_rule"], dtype=object)),
                       "hardness": (("score", S.EXAMPLE), np.asarray(hard, dtype=np.float64)),
                       S.CORRUPTED: (S.EXAMPLE, corrupted),
-                      "noise_rate": ((), n_c / corrupted.size), "n_corrupted": ((), n_c)},
-                     coords={"score": names})
+                      "noise_rate": ((), n_c / corrupted.size), "n_corrupted": ((), n_c),
+                      "n_threshold_samples": ((), int((~real).sum()))},
+                     coords={"score": names, S.EXAMPLE: np.flatnonzero(real)})
     out.attrs.update(avg.attrs)
     return out
+
+
+def own_threshold_metrics(ds: xr.Dataset, spec: ScoreSpec, values: np.ndarray, real: np.ndarray,
+                          corrupted: np.ndarray) -> dict:
+    """``{own_n_flagged, own_precision, own_recall, own_rule}`` of ``spec``'s own cut-off (its
+    registry entry's ``own_threshold``) on the evaluated examples ``real`` (``corrupted`` is over
+    them); NaN and '' where the score has no cut-off or the store lacks what it needs.
+    Precision of an empty flagged set is NaN."""
+    rule = spec.kind.own_threshold
+    verdict = None if rule is None else rule(ds, values)
+    if verdict is None:
+        return {"own_n_flagged": float("nan"), "own_precision": float("nan"), "own_recall": float("nan"),
+                "own_rule": ""}
+    flagged = np.asarray(verdict.flagged, dtype=bool)[real]
+    hits = int((flagged & corrupted).sum())
+    n_flagged = int(flagged.sum())
+    return {"own_n_flagged": float(n_flagged), "own_precision": hits / n_flagged if n_flagged else float("nan"),
+            "own_recall": hits / int(corrupted.sum()), "own_rule": verdict.rule}

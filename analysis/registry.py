@@ -15,6 +15,10 @@ One entry per score says everything the rest of scorebank needs to know about it
 * its **non-finite rule**: every score must be finite, except that an entry may allow
   ``+inf`` when the caller asked for it (``may_be_inf(options)``: forgetting of
   never-learned examples with ``never_learned="inf"``);
+* its **own threshold** (``own_threshold``), where the method comes with a cut-off of its own
+  (AUM's threshold samples, confident learning's flagged issues): a function ``(ds, values)
+  -> OwnThreshold | None`` (:mod:`scorebank.analysis.own_thresholds`) that ``analyze noise``
+  evaluates next to the rankings;
 * the one-line **help text**, from which the CLI's help and the validation messages are
   generated.
 
@@ -39,6 +43,7 @@ import xarray as xr
 
 from scorebank.analysis import access
 from scorebank.analysis.forgetting import check_never_learned, lazy_forgetting
+from scorebank.analysis.own_thresholds import OwnThreshold, aum_threshold_samples
 from scorebank.core.registry import Registry
 from scorebank.core.errors import InvalidArgumentError
 from scorebank.stores import schema as S
@@ -78,6 +83,9 @@ class ScoreKind:
     inf_when: str = ""  # the request that allows +inf, for messages (e.g. "--never-learned inf")
     missing: str = ""  # why a store may lack the variables, e.g. "it was made without --grand-epochs"
     uses: tuple[str, ...] = ()  # the ScoreOptions fields it depends on (recorded in manifests)
+    # the method's own cut-off: (ds, values averaged over runs (N,)) -> OwnThreshold, or None where
+    # the store lacks what it needs; None here: the score has no cut-off of its own
+    own_threshold: Callable[[xr.Dataset, np.ndarray], OwnThreshold | None] | None = None
 
     @property
     def syntax(self) -> str:
@@ -98,11 +106,12 @@ SCORES: Registry[ScoreKind] = Registry("score", "--score")
 def score(name: str, *, help: str, high_is_hard: bool, variables: tuple[str, ...],
           epoch: str = EPOCH_REQUIRED, available: Callable | None = None,
           may_be_inf: Callable[[ScoreOptions], bool] = _finite_only, inf_when: str = "",
-          missing: str = "", uses: tuple[str, ...] = ()) -> Callable:
+          missing: str = "", uses: tuple[str, ...] = (),
+          own_threshold: Callable[[xr.Dataset, np.ndarray], OwnThreshold | None] | None = None) -> Callable:
     """Decorator registering ``compute(ds, seeds, epoch, options)`` as the score ``name``."""
     def deco(compute: Callable) -> Callable:
         SCORES.add(name, ScoreKind(name, compute, high_is_hard, tuple(variables), epoch, available,
-                                   may_be_inf, inf_when, missing, tuple(uses)), help=help)
+                                   may_be_inf, inf_when, missing, tuple(uses), own_threshold), help=help)
         return compute
     return deco
 
@@ -241,7 +250,7 @@ def _inflight_recorded(ds: xr.Dataset, seeds: Sequence[int]) -> np.ndarray:
     return access.completed_mask(ds, seeds)
 
 
-@score("aum", high_is_hard=False, variables=(S.TRAIN_MARGIN,),
+@score("aum", high_is_hard=False, variables=(S.TRAIN_MARGIN,), own_threshold=aum_threshold_samples,
        help="AUM, the area under the margin (Pleiss et al. 2020): mean over epochs 1..E of the in-flight "
             "margin train_margin (logits of the training step that presented the example)")
 def _aum(ds, seeds, epoch, options):

@@ -375,16 +375,65 @@ def noise_command(ctx: typer.Context, scored: dict = SCORED, plot: NoisePlot = N
 
     with handle_errors(), dask_scheduler(scored["scheduler"]) as sched:
         res = noise_detection(_store(ctx), scored["specs"], **_averaging(scored), scheduler=sched)
-        rows = [{"score": str(s), **{m: float(res[m].sel(score=s)) for m in NOISE_METRICS}}
-                for s in res["score"].values]
+        rows = [{"score": str(s), **{m: float(res[m].sel(score=s)) for m in NOISE_METRICS},
+                 **_own_threshold(res, s)} for s in res["score"].values]
         doc = {"noise_rate": float(res["noise_rate"]), "n_corrupted": int(res["n_corrupted"]),
                "runs": res.attrs["runs"], "scores": rows}
+        if int(res["n_threshold_samples"]):
+            doc["n_threshold_samples"] = int(res["n_threshold_samples"])
 
         def draw(where: Path) -> None:
             from scorebank.analysis.noise_plots import plot_noise_curves
 
             plot_noise_curves(res, where)
         emit(doc, _noise_tables(rows, doc), json_output=scored["json_output"], figure=Figure(plot, draw))
+
+
+def _own_threshold(res, score) -> dict:
+    """``{"own_threshold": ...}`` for a score whose registry entry declares a cut-off of its own
+    (null where this store lacks what it needs), ``{}`` for the others."""
+    from scorebank.analysis.scores import parse_score
+
+    if parse_score(str(score)).kind.own_threshold is None:
+        return {}
+    rule = str(res["own_rule"].sel(score=score).item())
+    if not rule:
+        return {"own_threshold": None}
+    return {"own_threshold": {"rule": rule, "n_flagged": int(res["own_n_flagged"].sel(score=score)),
+                              "precision": float(res["own_precision"].sel(score=score)),
+                              "recall": float(res["own_recall"].sel(score=score))}}
+
+
+@command("aum")
+def aum_command(
+    ctx: typer.Context,
+    epoch: Optional[int] = typer.Option(None, "--epoch", help="AUM over epochs 1..E (aum@E). Default: the store's last epoch."),
+    percentile: float = typer.Option(99.0, "--percentile", help="Percentile of the threshold samples' AUM that is the cut-off (the paper's 99)."),
+    runs: Runs = None,
+    out: Optional[Path] = typer.Option(None, "--out", help="Write a manifest keeping every example not flagged (and no threshold sample) to this JSON file."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of that manifest. Default: drop-aum-flagged-aum-<time>."),
+    rows: int = typer.Option(MAX_ROWS, "--rows", help="Flagged examples to print."),
+    output: dict = OUTPUT,
+) -> None:
+    """AUM's own cut-off (Pleiss et al. 2020): flag the examples whose AUM is below the 99th percentile
+    of the threshold samples' AUM (a store scored with --threshold-samples); precision and recall
+    against the corrupted labels when the store has label noise; a manifest without them (--out)."""
+    from scorebank.analysis.aum import aum_flags, drop_manifest
+    from scorebank.stores.manifest import write_manifest
+
+    with handle_errors(), dask_scheduler(output["scheduler"]) as sched:
+        res = aum_flags(_store(ctx), epoch, percentile=percentile, runs=_runs(runs), scheduler=sched)
+        written = str(write_manifest(out, drop_manifest(res, _store(ctx), name=name))) if out is not None else None
+        doc = {"score": res.spec, "epoch": res.epoch, "runs": list(res.runs), "percentile": res.percentile,
+               "threshold": res.threshold, "n_examples": int(res.aum.size),
+               "n_threshold_samples": int(res.threshold_sample.sum()), "n_flagged": res.n_flagged,
+               "precision": res.precision, "recall": res.recall,
+               "n_corrupted": None if res.corrupted is None else int(res.corrupted.sum()),
+               "flagged": [{"example": int(i), "aum": float(res.aum[i]),
+                            **({} if res.corrupted is None else {"corrupted": bool(res.corrupted[i])})}
+                           for i in res.ranked],
+               "manifest": written}
+        emit(doc, _aum_tables(doc, rows), json_output=output["json_output"])
 
 
 DataMapPlot = _plot_option("the data map (variability vs confidence, coloured by correctness)")
@@ -587,10 +636,40 @@ def _difficulty_tables(per_run, hist, n, threshold):
 
 
 def _noise_tables(rows, doc):
-    """ROC AUC, average precision, precision and recall at the noise rate per score."""
-    yield Grid(("score", "ROC AUC", "average precision", "precision at noise rate", "recall at noise rate"),
-               [(r["score"], *(fmt(r[m]) for m in NOISE_METRICS)) for r in rows],
-               title=f"finding {doc['n_corrupted']} corrupted labels (noise rate {doc['noise_rate']:.4g})")
+    """ROC AUC, average precision, precision and recall at the noise rate per score, and at the
+    score's own threshold where it has one."""
+    def own(r, key):
+        return "—" if r.get("own_threshold") is None else fmt(r["own_threshold"][key])
+
+    left_out = doc.get("n_threshold_samples", 0)
+    yield Grid(("score", "ROC AUC", "AP", "P at noise rate", "R at noise rate", "own cut: flagged", "P", "R"),
+               [(r["score"], *(fmt(r[m]) for m in NOISE_METRICS), own(r, "n_flagged"), own(r, "precision"),
+                 own(r, "recall")) for r in rows],
+               title=f"finding {doc['n_corrupted']} corrupted labels (noise rate {doc['noise_rate']:.4g})"
+                     + (f"; {left_out} AUM threshold samples left out" if left_out else ""),
+               caption="AP: average precision; P, R: precision, recall; own cut: the score's own threshold, "
+                       + ("; ".join(f"{r['score']}: {r['own_threshold']['rule']}"
+                                    for r in rows if r.get("own_threshold")) or "none here"))
+
+
+def _aum_tables(doc, rows):
+    """The cut-off, the counts, precision/recall and the lowest-AUM flagged examples."""
+    noisy = doc["n_corrupted"] is not None
+    lines = [("threshold", f"{fmt(doc['threshold'])} ({doc['percentile']:g}th percentile of "
+                           f"{doc['n_threshold_samples']} threshold samples' {doc['score']})"),
+             ("flagged", f"{doc['n_flagged']} of {doc['n_examples'] - doc['n_threshold_samples']} examples")]
+    if noisy:
+        lines += [("precision", fmt(doc["precision"])), ("recall", f"{fmt(doc['recall'])} "
+                                                                   f"(of {doc['n_corrupted']} corrupted labels)")]
+    yield Grid(("", ""), lines, title=f"AUM threshold samples, mean over runs {doc['runs']}")
+    flagged = doc["flagged"]
+    yield Grid(("example", doc["score"], *(("corrupted",) if noisy else ())),
+               [(str(r["example"]), fmt(r["aum"]), *((str(r["corrupted"]),) if noisy else ()))
+                for r in flagged[:max(0, rows)]],
+               title="flagged, lowest AUM first",
+               caption=f"... {len(flagged) - rows} more (--rows, --json)" if len(flagged) > rows else None)
+    if doc["manifest"]:
+        yield f"manifest without them: {plain(doc['manifest'])}"
 
 
 def _datamap_tables(doc):
