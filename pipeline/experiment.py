@@ -1,5 +1,5 @@
 """Staged experiments: one TOML file declares the stores and the stages of a study (score ->
-analyses -> select -> retrain / prune-curve / compress / easy-hard -> report), and
+analyses -> select -> retrain / prune-curve / compress / easy-hard / holdout -> report), and
 :func:`run_experiment` runs what is not done yet.
 
 File format (keys are the CLI's option names without ``--``)::
@@ -33,7 +33,7 @@ kind or key, a wrong type, a bad value or a reference to a missing stage is one
 Idempotence: a finished stage is recognised from what its store records -- the scoring
 configuration and each run's status (score), the manifest (select), the retrain groups and
 their completed seeds (retrain, prune-curve), the compression group (compress), the
-easy/hard group (easy-hard) -- and skipped.  Analyses write nothing into the store: they are
+easy/hard group (easy-hard), the holdout group's finished folds (holdout) -- and skipped.  Analyses write nothing into the store: they are
 done when the output directory's ledger (``experiment-state.json``) holds their result for
 the same definition and the same scoring state of the store (configuration and run
 statuses).  The ledger also keeps every stage's definition, so a stage whose definition
@@ -383,7 +383,7 @@ class Context:
     rerun: frozenset[str] = frozenset()
     ledger: dict = field(default_factory=dict)
     relay: Callable[[Any], None] | None = None  # the running stage's training events (ProgressEvent)
-    client: Any = None  # a distributed.Client: scoring runs are Dask tasks on its workers
+    client: Any = None  # a distributed.Client: the runs of every stage that trains are Dask tasks on its workers
     gpus_per_run: int = 0
 
     def store_path(self, stage: Stage) -> Path:
@@ -544,7 +544,8 @@ def run_experiment(experiment: Experiment, out: str | os.PathLike, *, device: st
 
     A stage whose definition changed since it ran raises :class:`StageChangedError` before
     anything runs, unless named in ``rerun``.  ``client`` (a ``distributed.Client``) runs the
-    score and easy-hard stages' runs as Dask tasks (the library functions' ``client``)."""
+    runs of every stage that trains (score, retrain, prune-curve, easy-hard, holdout) as Dask
+    tasks (the library functions' ``client``; compress trains one trajectory, in this process)."""
     ctx = _context(experiment, out, rerun=rerun, device=device)
     ctx.client, ctx.gpus_per_run = client, gpus_per_run
     rows = [stage_status(ctx, s) for s in experiment.stages]
@@ -957,7 +958,8 @@ def _retrain_run(ctx: Context, stage: Stage) -> dict:
     results = retrain_manifest(path, manifest, stage.opt("seeds"), name=stage.name,
                                baseline=stage.options.get("baseline"), baseline_seed=stage.opt("baseline-seed", 0),
                                overrides=_overrides(stage), budget=stage.opt("budget", "steps"), device=ctx.device,
-                               overwrite=stage.name in ctx.rerun, progress=ctx.relay)
+                               overwrite=stage.name in ctx.rerun, progress=ctx.relay, client=ctx.client,
+                               gpus_per_run=ctx.gpus_per_run)
     return {"groups": [r.to_dict() for r in retrain_summary(path, [r.group for r in results])]}
 
 
@@ -1011,7 +1013,8 @@ def _prune_run(ctx: Context, stage: Stage) -> dict:
                         class_balanced=stage.opt("class-balanced", False), prefix=stage.opt("prefix", stage.name),
                         overrides=_overrides(stage), budget=stage.opt("budget", "steps"), device=ctx.device,
                         overwrite=stage.name in ctx.rerun,
-                        progress=None if ctx.relay is None else (lambda ev: ctx.relay(ev.event)))
+                        progress=None if ctx.relay is None else (lambda ev: ctx.relay(ev.event)),
+                        client=ctx.client, gpus_per_run=ctx.gpus_per_run)
     write_table(curve, ctx.file(stage, ".csv"), ctx.file(stage, ".json"))
     plot_curve(curve, ctx.file(stage, ".png"))
     return {**curve.to_dict(), "store": ctx.experiment.stores[stage.store]}
@@ -1082,6 +1085,60 @@ def _easy_hard_run(ctx: Context, stage: Stage) -> dict:
             "threshold_epoch": res.attrs["threshold_epoch"]}
 
 
+HOLDOUT_KEYS = {"folds": Key(INT, "K: each model trains on K-1 folds", default=5),
+                "seeds": Key(SEEDS, "holdout seeds", default=(0, 1, 2))}
+
+
+def _check_holdout(stage: Stage, source: str) -> None:
+    from scorebank.pipeline.holdout import MAX_FOLDS
+
+    if not 2 <= stage.opt("folds") <= MAX_FOLDS:
+        raise InvalidArgumentError(f"key 'folds' must be 2..{MAX_FOLDS}, got {stage.opt('folds')!r}")
+
+
+def _holdout_done(ctx: Context, stage: Stage) -> bool:
+    """Every seed's every fold is done, in a group made with the stage's K (another K: the
+    stage changed, :class:`ConfigMismatchError`)."""
+    import zarr
+
+    from scorebank.pipeline.holdout import FOLD_DONE, GROUP, SEED, read_spec
+
+    path = ctx.store_path(stage)
+    if store_state(path) is None:
+        return False
+    spec = read_spec(path)
+    if spec is None:
+        return False
+    if spec.folds != stage.opt("folds"):
+        raise ConfigMismatchError(f"the store's holdout group was made with folds = {spec.folds}, "
+                                  f"the stage asks for {stage.opt('folds')}")
+    group = zarr.open_group(path / GROUP, mode="r")
+    done = dict(zip(group[SEED][:].tolist(), group[FOLD_DONE][:].all(axis=1).tolist()))  # seed -> all folds done
+    return all(done.get(s, False) for s in stage.opt("seeds"))
+
+
+def _holdout_run(ctx: Context, stage: Stage) -> dict:
+    """K-fold out-of-fold probabilities (scorebank holdout); the numbers: each seed's
+    out-of-fold accuracy, the fraction of examples whose held-out argmax is their label."""
+    import zarr
+
+    from scorebank.pipeline.holdout import GROUP, PROBABILITY, SEED, holdout
+    from scorebank.stores import schema as S
+
+    path = ctx.store_path(stage)
+    holdout(str(path), stage.opt("folds"), stage.opt("seeds"), device=ctx.device, overwrite=stage.name in ctx.rerun,
+            progress=ctx.relay, client=ctx.client, gpus_per_run=ctx.gpus_per_run)
+    group = zarr.open_group(path / GROUP, mode="r")
+    labels = np.asarray(zarr.open_array(path / S.LABEL, mode="r")[:])  # (example,)
+    position = {int(s): i for i, s in enumerate(group[SEED][:])}
+    accuracy = {str(s): float((group[PROBABILITY][position[s]].argmax(axis=1) == labels).mean())  # (example, class)
+                for s in stage.opt("seeds")}
+    return {"folds": stage.opt("folds"), "out_of_fold_accuracy": accuracy,
+            "mean_out_of_fold_accuracy": float(np.mean(list(accuracy.values())))}
+
+
+STAGES.add("holdout", StageKind(HOLDOUT_KEYS, _holdout_run, _holdout_done, check=_check_holdout),
+           help="K-fold out-of-fold probabilities of every example (scorebank holdout)")
 STAGES.add("compress", StageKind(COMPRESS_KEYS, _compress_run, _compress_done),
            help="compress a separated run to its smallest margins (scorebank compress)")
 STAGES.add("easy-hard", StageKind(EASY_HARD_KEYS, _easy_hard_run, _easy_hard_done),

@@ -1,0 +1,123 @@
+"""``run_experiment(client=...)``: every stage that trains (score, retrain with its random
+baseline, prune-curve, easy-hard, holdout) runs its runs as Dask tasks on a real process
+LocalCluster (2 workers, 1 thread each), and the experiment's stores and results equal a
+sequential run's bit for bit (torch pinned to 1 thread here, as on the workers)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from scorebank.pipeline import experiment as X
+
+distributed = pytest.importorskip("distributed")
+
+TINY = """
+[experiment]
+name = "tiny-dask"
+
+[stores.d]
+path = "d.zarr"
+
+[stages.score]
+kind = "score"
+dataset = "digits"
+limit = 200
+model = "mlp"
+width = 16
+epochs = 3
+batch-size = 32
+lr = 0.05
+seeds = "0-1"
+
+[stages.pick]
+kind = "select"
+score = "el2n@1"
+strategy = "keep-highest"
+keep = 0.5
+
+[stages.again]
+kind = "retrain"
+manifest = "pick"
+seeds = "0-1"
+baseline = "random"
+
+[stages.prune]
+kind = "prune-curve"
+score = "el2n@1"
+strategies = ["keep-lowest", "random"]
+prune = [0.5]
+seeds = "0"
+
+[stages.eh]
+kind = "easy-hard"
+threshold = 0.3
+seeds = "0-1"
+epochs = 2
+
+[stages.ho]
+kind = "holdout"
+folds = 2
+seeds = "0"
+
+[stages.report]
+kind = "report"
+per-class = 1
+"""
+
+TRAINING_STAGES = {"score", "again", "prune", "eh", "ho"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture
+def one_thread():
+    """The workers train with one torch thread: so does the sequential reference."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def arrays(path) -> dict[str, np.ndarray]:
+    """Every array of the store, its subgroups' included (retrain/, easy_hard/, holdout/)."""
+    group = zarr.open_group(path, mode="r")
+    return {name: arr[...] for name, arr in group.members(max_depth=None) if isinstance(arr, zarr.Array)}
+
+
+def test_every_training_stage_on_workers_equals_sequential(tmp_path, client, one_thread):
+    exp = X.parse_experiment(TINY, "tiny.toml")
+    events = []
+    par = X.run_experiment(exp, tmp_path / "w", device="cpu", client=client, progress=events.append)
+    seq = X.run_experiment(exp, tmp_path / "s", device="cpu")
+
+    got, ref = arrays(tmp_path / "w" / "d.zarr"), arrays(tmp_path / "s" / "d.zarr")
+    assert got.keys() == ref.keys()
+    groups = {name.split("/")[0] for name in ref}
+    assert {"retrain", "easy_hard", "holdout"} <= groups
+    for name in ref:
+        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+    assert par["stages"] == seq["stages"]
+    assert json.loads((tmp_path / "w" / "results.json").read_text()) == par
+
+    # the workers' training events reached the client, for every stage that trains
+    trained = {ev.stage.name for ev in events if ev.kind == "run" and ev.run_event.kind == "epoch"}
+    assert trained == TRAINING_STAGES
+    # the holdout stage's number: each seed's out-of-fold accuracy, from the stored probabilities
+    ho = zarr.open_group(tmp_path / "s" / "d.zarr" / "holdout", mode="r")
+    labels = zarr.open_array(tmp_path / "s" / "d.zarr" / "label", mode="r")[:]
+    acc = float((ho["probability"][0].argmax(axis=1) == labels).mean())
+    assert seq["stages"]["ho"]["results"]["out_of_fold_accuracy"] == {"0": acc}
+    assert np.isfinite(ho["probability"][0]).all() and ho["fold_done"][:].all()
+
+    # done stages are recognised from the stores on both sides: nothing runs again
+    events = []
+    X.run_experiment(exp, tmp_path / "w", device="cpu", client=client, progress=events.append)
+    assert [ev.stage.name for ev in events if ev.kind == "start"] == []
