@@ -33,11 +33,11 @@ def run_command(
     quiet: Quiet = False,
 ) -> None:
     """Run a staged experiment: stores, stages (score, analyses, select, retrain, prune-curve, compress,
-    easy-hard) and the report, skipping what is done.
+    easy-hard, holdout) and the report, skipping what is done.
 
     Re-running skips finished stages; a stage whose definition changed since it ran is refused unless
     --rerun STAGE.  Writes OUT/results.json and OUT/report/index.html.  With --workers or --scheduler the
-    score stages' runs are Dask tasks."""
+    runs of every stage that trains (score, retrain, prune-curve, easy-hard, holdout) are Dask tasks."""
     from scorebank.pipeline.experiment import load_experiment, load_preset, plan, run_experiment
 
     with handle_errors():
