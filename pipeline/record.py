@@ -21,7 +21,10 @@ and correctness through :func:`scorebank.pipeline.training.example_scores`; GraN
 per-example loss-gradient norm, Data Diet Def. 2.1) through
 :func:`scorebank.pipeline.grand.grand_scores`; ``train_correct`` is the correctness of
 each example when it was presented in a minibatch (the logits passed to
-:meth:`Run.observe`), on which Toneva et al.'s forgetting events are counted.
+:meth:`Run.observe`), on which Toneva et al.'s forgetting events are counted, and
+``train_margin`` its margin on those logits (AUM's M_t, Pleiss et al. 2020): every
+in-flight variable of :data:`scorebank.pipeline.training.IN_FLIGHT`, through
+:func:`scorebank.pipeline.training.inflight_scores`, as ``score`` records them.
 
 Every check runs before anything is written; an epoch's values are written chunk by
 chunk, ``completed`` last, so a failed or interrupted call leaves the store as it was.
@@ -46,7 +49,7 @@ from torch import nn
 from scorebank.core.errors import (ConfigMismatchError, InvalidArgumentError, RunFailedError,
                                    StoreExistsError, StoreNotFoundError)
 from scorebank.pipeline.models import norm_product
-from scorebank.pipeline.training import correct_from_logits, example_scores, load_checkpoint
+from scorebank.pipeline.training import correct_from_logits, example_scores, inflight_scores, load_checkpoint
 from scorebank.stores import schema as S
 from scorebank.stores.create import consolidate, create_store
 from scorebank.stores.zarrstore import StoreWriter, atomic_file, is_scorebank_store, remove_store
@@ -525,12 +528,14 @@ class Run:
         return epoch
 
     def observe(self, epoch: int, idx, logits: torch.Tensor, y=None) -> None:
-        """Record in-flight correctness (``train_correct``) of a training minibatch:
+        """Record the in-flight variables of a training minibatch, correctness (``train_correct``)
+        and margin (``train_margin``, AUM's M_t = f_y - max_{j != y} f_j), from the same logits:
         ``logits`` (batch, classes) the model's output on the batch in train mode, before
         the step's update; ``idx`` (batch,) the examples' positions in the store; ``y``
         (batch,) their labels (checked against the store's; None = the store's).
 
-        Examples not observed in an epoch read ``train_correct = False``.  Out-of-range
+        Examples not observed in an epoch read ``train_correct = False`` and ``train_margin``
+        NaN.  Out-of-range
         indices raise here; a label mismatch, an example observed twice and non-finite
         logits raise here on the CPU and at the epoch's :meth:`record_epoch` on an
         accelerator (no device sync per batch)."""
@@ -565,7 +570,12 @@ class Run:
                 self._refuse_batch(what, epoch, idx, y, stored, seen, mismatch > 0, repeated > 0)
         else:  # no device sync per batch: the flags are checked by record_epoch
             st["flags"] += flags
-        st["correct"][idx] = correct_from_logits(logits, y)
+        buffers = st["inflight"]
+        for name, values in inflight_scores(logits, y).items():  # (batch,) each, float32 arithmetic
+            if name not in buffers:  # NaN / False: not observed (yet)
+                buffers[name] = torch.full((self.recorder.n_examples,), float("nan") if values.is_floating_point()
+                                           else 0, dtype=values.dtype, device=dev)
+            buffers[name][idx] = values
         self._epoch = int(epoch)
 
     def _start_epoch(self, epoch) -> None:
@@ -593,12 +603,12 @@ class Run:
 
     def _inflight_state(self, device: torch.device) -> dict[str, torch.Tensor]:
         st = self._state
-        if st and st["correct"].device != device:
+        if st and st["counts"].device != device:
             raise ShapeError(f"logits are on {str(device)!r} but this epoch's earlier logits were on "
-                             f"{str(st['correct'].device)!r}; keep one device per epoch")
+                             f"{str(st['counts'].device)!r}; keep one device per epoch")
         if not st:
             n = self.recorder.n_examples
-            st.update(correct=torch.zeros(n, dtype=torch.bool, device=device),
+            st.update(inflight={},  # one (N,) buffer per IN_FLIGHT variable, made at the first batch
                       counts=torch.zeros(n, dtype=torch.int32, device=device),
                       flags=torch.zeros(3, dtype=torch.int64, device=device),
                       ones=torch.ones(n, dtype=torch.int32, device=device),
@@ -685,7 +695,7 @@ class Run:
         except (IndexError, RuntimeError):  # no conv/linear weights (e.g. a BatchNorm-only head)
             per_epoch[S.NORM_PRODUCT] = math.nan
         if epoch > 0 and self._state:
-            per_example[S.TRAIN_CORRECT] = self._state["correct"].cpu().numpy()
+            per_example.update({name: buf.cpu().numpy() for name, buf in self._state["inflight"].items()})
         if any(not math.isfinite(per_epoch[k]) for k in (S.TRAIN_LOSS, S.TEST_LOSS) if k in per_epoch):
             self._fail(epoch)
             raise RunFailedError(f"run seed {self.seed} diverged: non-finite loss at epoch {epoch}; "
