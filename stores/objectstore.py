@@ -420,10 +420,31 @@ def object_run_owned(location: ObjectLocation, seed: int, group: str | None = No
     return lease_fresh(location.read_json(run_object_name(seed, group, "owner")))
 
 
+#: URL schemes of object stores whose store directories scorebank writes and lists (others,
+#: such as http://, are read-only: written to, they fail with a one-line error).
+LISTABLE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "memory"})
+
+
+def writable_url(location: str) -> bool:
+    """Whether ``location`` is a store directory (not a ``.zip`` archive) on an object store
+    of :data:`LISTABLE_SCHEMES`."""
+    return url_scheme(location) in LISTABLE_SCHEMES and \
+        not location.split("?", 1)[0].split("#", 1)[0].rstrip("/").lower().endswith(".zip")
+
+
 def object_live_runs(url: str, runs_attr: Mapping | None = None, storage_options: dict | None = None) -> dict:
     """The runs' status now (as :func:`zarrstore.live_runs`): the ``runs`` attribute updated by
-    the per-run records, a ``running`` run without a fresh lease shown ``interrupted``."""
-    location = ObjectLocation(url, storage_options)
+    the per-run records, a ``running`` run without a fresh lease shown ``interrupted``.  A
+    store whose records cannot be listed (read-only credentials) shows ``runs_attr``."""
+    try:
+        return _object_live_runs(ObjectLocation(url, storage_options), runs_attr)
+    except ScorebankError:
+        if runs_attr is None:
+            raise
+        return {str(k): dict(v) for k, v in runs_attr.items() if isinstance(v, Mapping)}
+
+
+def _object_live_runs(location: ObjectLocation, runs_attr: Mapping | None) -> dict:
     if runs_attr is None:
         runs_attr = object_root_attrs(location).get(S.ATTR_RUNS) or {}
     runs = {str(k): dict(v) for k, v in runs_attr.items() if isinstance(v, Mapping)}

@@ -109,7 +109,7 @@ def remote_store(url: str, storage_options: dict | None = None, *, read_only: bo
     if not fs.async_impl:
         from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
-        fs = AsyncFileSystemWrapper(fs)
+        fs = AsyncFileSystemWrapper(fs, asynchronous=True)
     return FsspecStore(fs=fs, path=path.rstrip("/"), read_only=read_only)
 
 

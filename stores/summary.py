@@ -62,15 +62,21 @@ NOISE_ARRAYS = (S.PRISTINE_ACCURACY, S.CORRUPT_ACCURACY)
 
 
 def _live_runs(ds: xr.Dataset, runs_attr: dict) -> dict:
-    """The runs' status now for a local store directory (the per-run records of runs being
-    written; ``interrupted`` for a run whose owner is gone: ``zarrstore.live_runs``), else the
-    consolidated ``runs`` attribute."""
+    """The runs' status now for a store directory, local or on an object store (the per-run
+    records of runs being written; ``interrupted`` for a run whose owner is gone:
+    ``zarrstore.live_runs``, ``objectstore.object_live_runs``), else the consolidated ``runs``
+    attribute."""
     source = ds.encoding.get("source")
     if isinstance(runs_attr, dict) and isinstance(source, str) and "://" not in source \
             and os.path.isfile(os.path.join(source, "zarr.json")):
         from scorebank.stores.zarrstore import live_runs
 
         return live_runs(source, runs_attr)
+    if isinstance(runs_attr, dict) and isinstance(source, str):
+        from scorebank.stores.objectstore import object_live_runs, writable_url
+
+        if writable_url(source):  # a store written on an object store: its records and leases
+            return object_live_runs(source, runs_attr)
     return runs_attr
 
 

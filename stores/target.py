@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scorebank.stores.create import create_store
+from scorebank.stores.errors import InvalidArgumentError
 from scorebank.stores.remote import is_remote, local_path
 from scorebank.stores.zarrstore import RunWriter, StoreWriter, is_scorebank_store, remove_store, root_attrs
 
@@ -125,5 +126,13 @@ def store_target(location: str | os.PathLike, storage_options: dict | None = Non
     """The target for ``location``: a URL other than ``file://`` is an :class:`ObjectTarget`
     (``storage_options`` go to fsspec), anything else a :class:`LocalTarget`."""
     if is_remote(location):
-        return ObjectTarget(os.fspath(location), storage_options)
+        from scorebank.stores.objectstore import LISTABLE_SCHEMES, writable_url
+
+        url = os.fspath(location)
+        if not writable_url(url):
+            raise InvalidArgumentError(
+                f"cannot write a store at {url!r}: stores are written into a directory or a prefix on an "
+                f"object store ({', '.join(sorted(s + '://' for s in LISTABLE_SCHEMES))}), not into an archive "
+                "or a read-only URL")
+        return ObjectTarget(url, storage_options)
     return LocalTarget(location)

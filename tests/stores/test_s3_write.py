@@ -1,0 +1,227 @@
+"""Writing stores on object stores: ``scorebank score --store s3://...`` against a real
+S3-compatible server (moto's server mode on 127.0.0.1, :mod:`tests.stores.s3server`), and
+the lease rules of :mod:`scorebank.stores.objectstore` on fsspec's in-memory file system."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from scorebank.stores import schema as S
+from scorebank.stores.errors import InvalidArgumentError, StoreExistsError, StoreLockedError, StoreNotFoundError
+from scorebank.stores.location import open_scores
+from scorebank.stores.objectstore import (CREATING, STORE_LEASE, Lease, LeaseLostError, ObjectLocation,
+                                          create_object_store, is_object_store, lease_fresh)
+from scorebank.stores.summary import summarize
+from scorebank.stores.target import store_target
+
+HERE = os.path.dirname(__file__)
+sys.path.insert(0, HERE)
+import s3server  # noqa: E402
+
+BUCKET = "scores"
+#: The command both stores are written with (1 torch thread: bit-identical values).
+ARGS = ["--dataset", "digits", "--limit", "200", "--model", "mlp", "--width", "16", "--epochs", "4",
+        "--batch-size", "16", "--seeds", "0-1", "--device", "cpu", "--quiet"]
+CLI = [sys.executable, "-c", "import torch; torch.set_num_threads(1); from scorebank.cli.main import main; main()",
+       "score", *ARGS]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with s3server.start(BUCKET) as env:
+        yield env
+
+
+def _fs():
+    import fsspec
+
+    return fsspec.filesystem("s3")
+
+
+def _values_equal(a, b) -> None:
+    assert sorted(a.variables) == sorted(b.variables)
+    for name in a.variables:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    skip = {S.ATTR_CREATED, S.ATTR_STORE_ID, S.ATTR_RUNS}
+    assert {k: v for k, v in a.attrs.items() if k not in skip} == {k: v for k, v in b.attrs.items() if k not in skip}
+
+
+def test_score_into_s3_killed_and_resumed_equals_a_local_store(s3, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    url = f"s3://{BUCKET}/runs/killed.zarr"
+    proc = subprocess.Popen(CLI + ["--store", url], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    local = subprocess.Popen(CLI + ["--store", str(tmp_path / "ref.zarr")], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    fs, checkpoint = _fs(), f"{BUCKET}/runs/killed.zarr/checkpoints/run-0.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not fs.exists(checkpoint):
+        fs.invalidate_cache()
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)  # the writer dies mid-run, holding its leases
+    proc.wait()
+
+    ds = open_scores(url)  # readable after kill -9
+    done = ds.completed.values
+    assert done[0, 0] and not done.all(), "the kill should land mid-run"
+    statuses = {r.seed: r.status for r in summarize(ds).runs}
+    assert statuses[0] == S.RUN_INTERRUPTED  # its owner's lease names a dead process of this host
+    assert fs.exists(f"{BUCKET}/runs/killed.zarr/{STORE_LEASE}")  # left behind by the killed coordinator
+
+    resumed = subprocess.run(CLI + ["--store", url], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert local.wait() == 0, local.stderr.read().decode()
+    got = open_scores(url)
+    _values_equal(open_scores(tmp_path / "ref.zarr"), got)
+    assert got.completed.values.all()
+    assert {r.status for r in summarize(got).runs} == {S.RUN_COMPLETE}
+    fs.invalidate_cache()
+    left = [p.rsplit("/", 1)[-1] for p in fs.find(f"{BUCKET}/runs/killed.zarr")
+            if p.endswith((".owner", ".lease", ".creating"))]
+    assert left == []  # every lease released, no creation marker
+    assert fs.exists(checkpoint) and fs.exists(f"{BUCKET}/runs/killed.zarr/checkpoints/run-1.json")
+
+
+def _lease_doc(host: str, pid: int, renewed: float, ttl: float = 60.0) -> bytes:
+    return json.dumps({"token": "theirs", "host": host, "pid": pid, "renewed": renewed, "ttl": ttl,
+                       "holder": "scorebank coordinator"}).encode()
+
+
+def test_a_second_coordinator_is_refused_while_the_lease_is_fresh(s3, tiny_config):
+    from scorebank.pipeline.scoring import score
+
+    url = f"s3://{BUCKET}/runs/{uuid.uuid4().hex}.zarr"
+    fs = _fs()
+    lease = f"{url[len('s3://'):]}/{STORE_LEASE}"
+    fs.pipe_file(lease, _lease_doc("another-host", 4242, time.time()))
+    with pytest.raises(StoreLockedError, match=r"being written by another scorebank process; wait for it to "
+                                               r"finish \(lease .* host 'another-host' pid 4242, renewed \d+ s ago; "
+                                               r"it lapses 60 s after its last renewal\)"):
+        score(tiny_config(epochs=1), (0,), url, device="cpu")
+    assert not fs.exists(f"{url[len('s3://'):]}/zarr.json")  # nothing was created
+    # the same lease, not renewed for more than its ttl: stale, taken over
+    fs.pipe_file(lease, _lease_doc("another-host", 4242, time.time() - 61))
+    outcomes = score(tiny_config(epochs=1), (0,), url, device="cpu")
+    assert [o.status for o in outcomes] == [S.RUN_COMPLETE]
+    assert not fs.exists(lease)
+
+
+def test_the_cli_refuses_in_one_line_with_exit_status_1(s3, tmp_path):
+    url = f"s3://{BUCKET}/runs/{uuid.uuid4().hex}.zarr"
+    _fs().pipe_file(f"{url[len('s3://'):]}/{STORE_LEASE}", _lease_doc("another-host", 4242, time.time()))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(CLI + ["--store", url], env=env, capture_output=True, text=True)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: store ") and "another-host" in lines[0], out.stderr
+
+
+# ------------------------------------------------------------------------------ memory://, no server
+@pytest.fixture
+def place():
+    return ObjectLocation(f"memory://scorebank-tests/{uuid.uuid4().hex}.zarr")
+
+
+def _lease(place, **kw) -> Lease:
+    return Lease(place, STORE_LEASE, holder="test", busy="busy", **kw)
+
+
+def test_a_fresh_lease_refuses_others_until_released(place):
+    first = _lease(place).acquire()
+    with pytest.raises(StoreLockedError, match="^busy "):
+        _lease(place).acquire()
+    first.release()
+    assert place.read(STORE_LEASE) is None
+    with _lease(place) as second:
+        assert place.read_json(STORE_LEASE)["token"] == second.token
+
+
+def test_a_lease_of_a_dead_process_on_this_host_is_stale_at_once(place):
+    from scorebank.stores.partial import writer_tag
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    host, _ = writer_tag()
+    place.write(STORE_LEASE, _lease_doc(host, int(dead), time.time()))
+    assert not lease_fresh(place.read_json(STORE_LEASE))
+    place.write(STORE_LEASE, _lease_doc(host, os.getpid(), time.time()))
+    assert lease_fresh(place.read_json(STORE_LEASE))
+    place.write(STORE_LEASE, _lease_doc("elsewhere", int(dead), time.time() - 30, ttl=20))
+    assert not lease_fresh(place.read_json(STORE_LEASE))
+    with _lease(place):
+        pass
+
+
+def test_a_holder_whose_lease_was_taken_over_stops_writing(place):
+    lease = _lease(place).acquire()
+    try:
+        lease.check()
+        place.write(STORE_LEASE, _lease_doc("elsewhere", 1, time.time()))  # taken over meanwhile
+        lease.renew()
+        with pytest.raises(LeaseLostError, match="lost its lease"):
+            lease.check()
+    finally:
+        lease.release()
+    assert place.read_json(STORE_LEASE)["token"] == "theirs"  # release leaves someone else's lease alone
+
+
+def test_a_waiting_owner_takes_the_lease_once_it_lapses(place, monkeypatch):
+    import scorebank.stores.objectstore as objectstore
+
+    monkeypatch.setattr(objectstore, "POLL_SECONDS", 0.05)
+    place.write(STORE_LEASE, _lease_doc("elsewhere", 1, time.time() - 59.7))
+    start = time.monotonic()
+    with _lease(place, wait=True):
+        waited = time.monotonic() - start
+    assert 0.1 < waited < 5
+
+
+def _create_args(n: int = 5) -> dict:
+    return dict(n_epochs=2, labels=np.arange(n) % 2, true_labels=np.arange(n) % 2, original_index=np.arange(n),
+                seeds=(0,), features=frozenset(), attrs={S.ATTR_CONFIG: "{}"})
+
+
+def test_creation_is_atomic_and_a_killed_one_is_cleaned_up(place, monkeypatch):
+    real_write = ObjectLocation.write
+
+    def dies_before_the_root_metadata(self, name, data):
+        if name == "zarr.json":
+            raise KeyboardInterrupt
+        real_write(self, name, data)
+
+    monkeypatch.setattr(ObjectLocation, "write", dies_before_the_root_metadata)
+    with pytest.raises(KeyboardInterrupt):
+        create_object_store(place, **_create_args(7))
+    monkeypatch.undo()
+    left = place.names()
+    assert CREATING in left and "label/zarr.json" in left and "zarr.json" not in left
+    assert not is_object_store(place)
+    with pytest.raises(StoreNotFoundError):
+        open_scores(place.url)
+    create_object_store(place, **_create_args(5))  # the marker says the leftovers are scorebank's
+    assert is_object_store(place) and CREATING not in place.names()
+    np.testing.assert_array_equal(open_scores(place.url, complete=False).label.values, np.arange(5) % 2)
+
+
+def test_objects_that_are_not_a_store_are_never_replaced(place):
+    place.write("data/thesis.pdf", b"%PDF")
+    with pytest.raises(StoreExistsError, match="not a scorebank store"):
+        create_object_store(place, **_create_args())
+    assert place.read("data/thesis.pdf") == b"%PDF"
+
+
+def test_archives_and_read_only_urls_are_not_write_targets():
+    with pytest.raises(InvalidArgumentError, match="not into an archive or a read-only URL"):
+        store_target("s3://bucket/scores.scorebank.zip")
+    with pytest.raises(InvalidArgumentError, match="not into an archive or a read-only URL"):
+        store_target("https://example.org/scores.zarr")
+    assert type(store_target("file:///tmp/x.zarr")).__name__ == "LocalTarget"
