@@ -1,7 +1,8 @@
 """``scorebank holdout``, ``scorebank memorization`` and ``scorebank analyze STORE
 label-issues``: parse options, call :mod:`scorebank.pipeline.holdout`,
 :mod:`scorebank.pipeline.memorization`, :mod:`scorebank.analysis.memorization` and
-:mod:`scorebank.analysis.label_issues`, draw progress, print tables or ``--json``."""
+:mod:`scorebank.analysis.label_issues`, draw progress (one bar over every model's epochs, also when the models are Dask tasks:
+``--workers`` / ``--scheduler``), print tables or ``--json``."""
 
 from __future__ import annotations
 
@@ -14,38 +15,13 @@ import typer
 from rich import box
 from rich.table import Table
 
-from scorebank.cli.common import console, err_console, handle_errors, print_json
+from scorebank.cli.common import console, execution, execution_group, handle_errors, print_json
+from scorebank.cli.options import with_groups
+from scorebank.cli.progress import RunProgress
 
 MAX_ROWS = 15
-OPT_DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 OPT_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 OPT_JSON = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
-
-
-class _Progress:
-    """A rich progress bar over every epoch of every model, fed by the run lifecycle's
-    ProgressEvents (the latest ``done`` of each ``(group, seed)`` model)."""
-
-    def __init__(self, models: int, epochs: int, enabled: bool, label: str):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.done: dict[tuple, int] = {}
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                                 disable=not enabled)
-        self.task = self.progress.add_task(label, total=models * (epochs + 1))
-
-    def __enter__(self):
-        return self  # the bar appears with the first event, after the library validated everything
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-
-    def __call__(self, event) -> None:
-        self.progress.start()
-        self.done[(event.group, event.seed)] = event.done
-        self.progress.update(self.task, completed=sum(self.done.values()), description=event.describe())
 
 
 def _epochs(store: Path) -> int:
@@ -62,26 +38,28 @@ def _fmt(v: float, digits: int = 3) -> str:
 
 
 # ----------------------------------------------------------------------------- holdout
+@with_groups
 def holdout_command(
     store: Path = typer.Argument(..., help="The score store (a local directory) whose examples and configuration to use."),
     folds: int = typer.Option(5, help="K: each model trains on K-1 folds and predicts the held-out one."),
     seeds: str = typer.Option("0-2", help="Holdout seeds, e.g. 0-2 or 0,5: one class-stratified K-fold split each."),
-    device: str = OPT_DEVICE,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a holdout group made with another --folds or configuration."),
+    execution_options: dict = execution_group("Replace a holdout group made with another --folds or configuration."),
     quiet: bool = OPT_QUIET,
     json_out: bool = OPT_JSON,
 ) -> None:
     """Record every training example's out-of-fold predicted probabilities (K-fold, with the
     store's configuration) into the store's holdout/ group, for confident learning
-    ('scorebank analyze STORE label-issues').  Re-running skips finished folds."""
+    ('scorebank analyze STORE label-issues').  Re-running skips finished folds.  With
+    --workers or --scheduler every (seed, fold) model is a Dask task."""
     from scorebank.pipeline.config import parse_seeds
     from scorebank.pipeline.holdout import holdout
 
     with handle_errors():
         seed_list = parse_seeds(seeds)
-        with _Progress(len(seed_list) * max(folds, 1), _epochs(store), not quiet and not json_out,
-                       "holdout") as bar:
-            outcomes = holdout(store, folds, seed_list, device=device, overwrite=overwrite, progress=bar)
+        total = len(seed_list) * max(folds, 1) * (_epochs(store) + 1)
+        with execution(execution_options) as how, \
+                RunProgress("holdout", total, enabled=not quiet and not json_out) as bar:
+            outcomes = holdout(store, folds, seed_list, progress=bar, **how)
         rows = [{"seed": o.seed, "folds_trained": o.folds_trained, "folds_skipped": o.folds_skipped}
                 for o in outcomes]
         if json_out:
@@ -98,28 +76,31 @@ def holdout_command(
 
 
 # ----------------------------------------------------------------------------- memorization
+@with_groups
 def memorization_command(
     store: Path = typer.Argument(..., help="The score store (a local directory) whose examples and configuration to use."),
     subsets: int = typer.Option(100, help="M: models to train, each on its own random subset (Feldman & Zhang use thousands)."),
     keep: float = typer.Option(0.7, help="Fraction of the training set in each subset (the paper's 0.7)."),
     influence: bool = typer.Option(False, "--influence", help="Also estimate each training example's influence on each test example (top-k per test example)."),
     top_k: int = typer.Option(10, help="With --influence: influences kept per test example."),
-    device: str = OPT_DEVICE,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a memorization group made with another --keep or configuration."),
+    execution_options: dict = execution_group("Replace a memorization group made with another --keep or configuration."),
     quiet: bool = OPT_QUIET,
     json_out: bool = OPT_JSON,
 ) -> None:
     """Train M models on random subsets and store each example's memorisation estimate
     P(correct | in subset) - P(correct | held out) with its standard error in the store's
-    memorization/ group.  Re-running skips finished models; a larger --subsets adds models."""
+    memorization/ group.  Re-running skips finished models; a larger --subsets adds models.
+    With --workers or --scheduler every model is a Dask task."""
     from scorebank.analysis.memorization import check_top_k, memorization_scores, record_estimates
     from scorebank.pipeline.memorization import memorization
 
     with handle_errors():
         if influence:
             check_top_k(top_k)
-        with _Progress(max(subsets, 1), _epochs(store), not quiet and not json_out, "memorization") as bar:
-            outcome = memorization(store, subsets, keep, device=device, overwrite=overwrite, progress=bar)
+        total = max(subsets, 1) * (_epochs(store) + 1)
+        with execution(execution_options) as how, \
+                RunProgress("memorization", total, enabled=not quiet and not json_out) as bar:
+            outcome = memorization(store, subsets, keep, progress=bar, **how)
         attr = record_estimates(store, influence_k=top_k if influence else None)
         est = memorization_scores(store)
         mem, se = np.asarray(est["memorization"].values), np.asarray(est["memorization_se"].values)
