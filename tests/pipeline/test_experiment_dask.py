@@ -121,3 +121,13 @@ def test_every_training_stage_on_workers_equals_sequential(tmp_path, client, one
     events = []
     X.run_experiment(exp, tmp_path / "w", device="cpu", client=client, progress=events.append)
     assert [ev.stage.name for ev in events if ev.kind == "start"] == []
+
+
+def test_holdout_stage_keys_are_validated_up_front():
+    text = TINY.replace("folds = 2", "folds = 1")
+    with pytest.raises(X.ExperimentError) as err:
+        X.parse_experiment(text, "tiny.toml")
+    assert str(err.value) == "tiny.toml: stage 'ho': key 'folds' must be 2..1000, got 1"
+    with pytest.raises(X.ExperimentError, match="stage 'ho': unknown key 'fold' for kind 'holdout'; it takes "
+                                                "folds, seeds"):
+        X.parse_experiment(TINY.replace("folds = 2", "fold = 2"), "tiny.toml")
