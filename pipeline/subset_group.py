@@ -19,7 +19,8 @@ attributes.  Values a unit writes into a chunk it shares with other units (the
 probabilities of one holdout seed, the models' ``completed`` flags) are written under the
 group's chunk lock (:func:`shared_chunks`).  On exit the coordinator copies every record into
 the status table (:func:`collect_unit_status`); a unit recorded ``running`` whose owner is gone
-becomes ``interrupted`` (:func:`live_unit_status` shows the same to readers meanwhile).
+becomes ``interrupted`` (:func:`~scorebank.stores.heldout.live_unit_status` shows the same to
+readers meanwhile).
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ from scorebank.pipeline.config import ScoreConfig
 from scorebank.pipeline.lifecycle import RunOutcome
 from scorebank.stores import schema as S
 from scorebank.stores.errors import ConfigMismatchError
+from scorebank.stores.heldout import live_unit_status
 from scorebank.stores.zarrstore import (StoreWriter, _lock_exclusive, _unlock, atomic_file, consolidate,
-                                        now_iso, read_run_record, read_run_records, run_folder,
-                                        run_lock_path, run_owner_active, run_record_path, scorebank_version)
+                                        now_iso, read_run_record, run_folder, run_lock_path, run_record_path,
+                                        scorebank_version)
 
 SpecT = TypeVar("SpecT", bound="GroupSpec")
 
@@ -180,40 +182,9 @@ def shared_chunks(path: str | os.PathLike, name: str) -> Iterator[None]:
         _unlock(f)
 
 
-def _unit_records(path: Path, name: str) -> dict[str, tuple[dict, bool]]:
-    """``{unit key: (record, owner holds the unit's lock now)}`` of every unit record of the
-    group ``name`` (records in ``checkpoints/NAME/`` and its numbered sub-folders)."""
-    top = run_folder(path, name)
-    out: dict[str, tuple[dict, bool]] = {}
-    if not top.is_dir():
-        return out
-    for folder in sorted({f.parent for f in top.rglob("run-*.json")}):
-        prefix = folder.relative_to(top).parts
-        if not all(p.isdigit() for p in prefix):
-            continue
-        sub = "/".join((name, *prefix))
-        for n, record in read_run_records(path, sub).items():
-            key = "/".join((*prefix, n))
-            owned = record.get("status") == S.RUN_RUNNING and run_owner_active(path, int(n), sub)
-            out[key] = (record, owned)
-    return out
-
-
-def live_unit_status(path: str | os.PathLike, name: str, table: dict | None = None) -> dict[str, dict]:
-    """The status of every unit of the group ``name`` as a reader should show it now: the
-    group's status table ``table`` updated by the units' own records; a unit recorded
-    ``running`` whose owner is gone (no lock held) is ``interrupted``."""
-    units = {str(k): dict(v) for k, v in (table or {}).items() if isinstance(v, dict)}
-    for key, (record, owned) in _unit_records(Path(path), name).items():
-        if record.get("status") == S.RUN_RUNNING and not owned:
-            record = {**record, "status": S.RUN_INTERRUPTED}
-        units[key] = record
-    return units
-
-
 def collect_unit_status(path: Path, name: str, status_attr: str) -> None:
     """Coordinator, under the store's lock: every unit's record into the group's status table
-    ``status_attr`` (:func:`live_unit_status`)."""
+    ``status_attr`` (:func:`~scorebank.stores.heldout.live_unit_status`)."""
     group = open_group(path, name)
     old = dict(group.attrs.get(status_attr, {}))
     units = live_unit_status(path, name, old)

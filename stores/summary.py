@@ -6,11 +6,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from scorebank.core.registry import Registry
+from scorebank.stores import heldout as H
 from scorebank.stores import schema as S
 
 
@@ -131,3 +136,100 @@ def summarize(ds: xr.Dataset, shown: str | None = None) -> StoreSummary:
                         recorded_epochs=config.record_epochs if config else (),
                         features=tuple(ds.attrs.get(S.ATTR_FEATURES, ())),
                         config=dataclasses.asdict(config) if config else {}, runs=tuple(rows))
+
+
+# ----------------------------------------------------------------------------- training groups
+@dataclass(frozen=True)
+class TrainingGroupKind:
+    """A kind of group whose units of work are trained like runs (each under its own lock,
+    with its own status record): what one unit is called, the attribute holding the group's
+    consolidated status table, and the keys of the units the coordinator allocated."""
+
+    unit: str
+    status_attr: str
+    keys: Callable[[Any], list[str]]  # zarr group -> unit keys
+    nested: bool = False  # the kind's folder holds one group per sub-folder (retrain/NAME)
+
+
+def _retrain_keys(group) -> list[str]:
+    return [str(int(s)) for s in group[S.RUN][:]]
+
+
+def _holdout_keys(group) -> list[str]:
+    return [f"{int(s)}/{k}" for s in group[H.SEED][:] for k in range(group[H.FOLD].shape[0])]
+
+
+def _memorization_keys(group) -> list[str]:
+    return [str(int(m)) for m in group[H.MODEL][:]]
+
+
+TRAINING_GROUPS: Registry[TrainingGroupKind] = Registry("training group", "info")
+TRAINING_GROUPS.add(S.RETRAIN_GROUP, TrainingGroupKind("run", S.ATTR_RUNS, _retrain_keys, nested=True),
+                    help="retrain/NAME: one run per seed (retrain, prune-curve, easy-hard)")
+TRAINING_GROUPS.add(H.HOLDOUT_GROUP, TrainingGroupKind("fold", H.ATTR_FOLDS, _holdout_keys),
+                    help="one model per (seed, fold): key SEED/FOLD")
+TRAINING_GROUPS.add(H.MEMORIZATION_GROUP, TrainingGroupKind("model", H.ATTR_MODELS, _memorization_keys),
+                    help="one model per random subset: key MODEL")
+
+#: the order in which :meth:`GroupStatus.describe` counts statuses
+STATUS_ORDER = (S.RUN_COMPLETE, S.RUN_RUNNING, S.RUN_INTERRUPTED, S.RUN_FAILED, S.RUN_PENDING)
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """The units of one training group and their status now (``pending``: no record yet)."""
+
+    group: str  # "retrain/NAME", "holdout", "memorization"
+    unit: str  # what one unit is: "run", "fold", "model"
+    status: dict  # unit key -> status record
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for record in self.status.values():
+            out[record.get("status", S.RUN_PENDING)] = out.get(record.get("status", S.RUN_PENDING), 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: (STATUS_ORDER + (kv[0],)).index(kv[0])))
+
+    def describe(self) -> str:
+        """One line, e.g. ``holdout: 15 folds: 14 complete, 1 interrupted (0/3)``."""
+        parts = []
+        for status, n in self.counts().items():
+            part = f"{n} {status}"
+            if status not in (S.RUN_COMPLETE, S.RUN_PENDING):
+                keys = [k for k, r in self.status.items() if r.get("status", S.RUN_PENDING) == status]
+                part += f" ({', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''})"
+            parts.append(part)
+        return f"{self.group}: {len(self.status)} {self.unit}s: {', '.join(parts) or 'none'}"
+
+
+def training_groups(location: str | os.PathLike) -> list[GroupStatus]:
+    """The status now of every training group (:data:`TRAINING_GROUPS`) of the local store
+    directory ``location``, as ``info`` shows score runs (:func:`_live_runs`): each group's
+    status table updated by its units' own records, a unit recorded ``running`` whose owner
+    is gone shown ``interrupted`` (:func:`scorebank.stores.heldout.live_unit_status`).
+    Empty for anything but a local store directory (archives, URLs: not read)."""
+    import zarr
+
+    from scorebank.stores.heldout import live_unit_status
+
+    path = Path(location) if not isinstance(location, str) or "://" not in location else None
+    if path is None or not (path / "zarr.json").is_file():
+        return []
+    names = []
+    for kind_name in TRAINING_GROUPS:
+        kind = TRAINING_GROUPS.get(kind_name)
+        folder = path / kind_name
+        subs = sorted(d for d in folder.iterdir() if d.is_dir()) if kind.nested and folder.is_dir() else [folder]
+        names.extend((f"{kind_name}/{d.name}" if kind.nested else kind_name, kind) for d in subs)
+    out = []
+    for name, kind in names:
+        if not (path / name / "zarr.json").is_file():
+            continue
+        group = zarr.open_group(path / name, mode="r", zarr_format=3, use_consolidated=False)
+        try:
+            keys = kind.keys(group)
+        except KeyError:  # not a training group of this kind (e.g. a group left half-made)
+            continue
+        table = group.attrs.get(kind.status_attr) or {}
+        live = live_unit_status(path, name, table if isinstance(table, dict) else {})
+        out.append(GroupStatus(name, kind.unit, {k: live.get(k, {"status": S.RUN_PENDING}) for k in keys}))
+    return out
