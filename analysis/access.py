@@ -27,6 +27,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from scorebank.analysis.chunkfiles import ChunkView, chunk_files
 from scorebank.core.config import ScoreConfig
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError
@@ -261,6 +262,33 @@ def _runs_of(positions: np.ndarray) -> list[slice]:
     return [slice(int(p[0]), int(p[-1]) + 1) for p in np.split(pos, breaks)]
 
 
+def _streamed(var: xr.DataArray, files, sel: dict, ds: xr.Dataset, itemsize: int | None, depth: int):
+    """``stream(var.isel(sel), ...).data``; read from the chunk files when ``files`` (a
+    :class:`~scorebank.analysis.chunkfiles.ChunkFiles` of ``var``) is given: the same
+    blocks and values, without zarr's per-chunk overhead."""
+    import dask.array as da
+    from dask.base import tokenize
+
+    piece = var.isel(sel)
+    if files is None:
+        return stream(piece, ds, itemsize=itemsize, n_epochs=depth).data
+    selection = []
+    for dim, size in zip(var.dims, var.shape):
+        s = sel.get(dim, slice(None))
+        if isinstance(s, slice):
+            start, stop, _ = s.indices(size)
+            selection.append((start, max(start, stop)))
+        else:
+            selection.append(int(s))
+    view = ChunkView(files, tuple(selection))
+    per_block, examples = block_shape(ds, depth, itemsize or piece.dtype.itemsize)
+    sizes = {d: 1 if d == S.RUN else examples if d == S.EXAMPLE else max(1, min(n, per_block)) if d == S.EPOCH
+             else n for d, n in zip(piece.dims, piece.shape)}
+    return da.from_array(view, chunks=tuple(sizes[d] for d in piece.dims), lock=False, asarray=False,
+                         inline_array=True, meta=np.empty((0,) * view.ndim, dtype=view.dtype),
+                         name=f"read-{tokenize(view)}")  # equal selections share keys: read once
+
+
 def select(ds: xr.Dataset, name: str, *, runs: Sequence[int] | np.ndarray,
            epochs: Sequence[int] | np.ndarray | int | None = None, itemsize: int | None = None):
     """A per-example variable at the given run and epoch *positions* as a streaming Dask
@@ -269,7 +297,8 @@ def select(ds: xr.Dataset, name: str, *, runs: Sequence[int] | np.ndarray,
     Lazy zarr indexing with integer arrays reads chunk by chunk very slowly, so the
     positions are cut into consecutive stretches, each selected with a slice and chunked
     by :func:`stream`, and the pieces are concatenated.  An integer ``epochs`` drops the
-    epoch dimension."""
+    epoch dimension.  A variable of a store directory on this machine is read straight from
+    its chunk files (:mod:`scorebank.analysis.chunkfiles`): same blocks, same values."""
     import dask.array as da
 
     var = ds[name]
@@ -282,10 +311,10 @@ def select(ds: xr.Dataset, name: str, *, runs: Sequence[int] | np.ndarray,
     else:
         epoch_slices = _runs_of(np.asarray(epochs))
     depth = 0 if scalar_epoch else (int(var.sizes[S.EPOCH]) if epochs is None else int(np.asarray(epochs).size))
+    files = chunk_files(ds, name)
     rows = []
     for rs in run_slices:
-        pieces = [stream(var.isel({S.RUN: rs, S.EPOCH: es}), ds, itemsize=itemsize, n_epochs=depth).data
-                  for es in epoch_slices]
+        pieces = [_streamed(var, files, {S.RUN: rs, S.EPOCH: es}, ds, itemsize, depth) for es in epoch_slices]
         rows.append(pieces[0] if scalar_epoch or len(pieces) == 1 else da.concatenate(pieces, axis=1))
     return rows[0] if len(rows) == 1 else da.concatenate(rows, axis=0)
 

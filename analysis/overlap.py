@@ -54,6 +54,28 @@ def check_ks(ks: int | Iterable[int], n_examples: int) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+#: The bound on a row's k-th smallest margin comes from every ``_STRIDE``-th value of it (a
+#: sample of 4096 of a 65,536-example chunk): sixteen times fewer values to partition.
+_STRIDE = 16
+
+
+def _kth_bounds(rows: np.ndarray, kk: int) -> np.ndarray:
+    """(rows,) a value at least the ``kk``-th smallest of each row of the 2-D ``rows``
+    (NaN sorting last; inf when a row has fewer than ``kk`` numbers), close to it.
+
+    The ``kk``-th smallest of a sample of a row (every ``stride``-th value) is never below
+    the row's own, and, the sample being spread over the row, about the ``stride * kk``-th
+    smallest of the row: every value up to it is a candidate, a few thousand per row
+    instead of a partition of the whole row.  Rows whose sample has fewer than ``kk``
+    numbers are partitioned whole (the exact ``kk``-th)."""
+    stride = max(1, min(_STRIDE, rows.shape[1] // (4 * kk)))
+    thr = np.partition(rows[:, ::stride], kk - 1, axis=1)[:, kk - 1]
+    short = np.isnan(thr)
+    if stride > 1 and short.any():
+        thr[short] = np.partition(rows[short], kk - 1, axis=1)[:, kk - 1]
+    return np.where(np.isnan(thr), np.inf, thr)
+
+
 def _block_candidates(x: np.ndarray, k: int, block_info=None) -> np.ndarray:
     """The ``k`` smallest (value, example index) of each (run, epoch) row of a block, by
     value then index, NaN excluded; rows with fewer values are padded with (inf, _PAD)."""
@@ -62,23 +84,46 @@ def _block_candidates(x: np.ndarray, k: int, block_info=None) -> np.ndarray:
     out = np.empty((r * e, k, 2), dtype=np.float64)
     out[..., 0] = np.inf
     out[..., 1] = _PAD
-    rows2 = x.reshape(r * e, n)
+    rows2 = x.reshape(r * e, n)  # (run, epoch, example) -> (run x epoch, example)
     kk = min(k, n)
-    if kk < n:
-        thr = np.partition(rows2, kk - 1, axis=1)[:, kk - 1]  # NaN sorts last
-        thr = np.where(np.isnan(thr), np.inf, thr)  # fewer than kk values: take them all
-    else:
-        thr = np.full(r * e, np.inf, dtype=rows2.dtype)
+    thr = _kth_bounds(rows2, kk) if kk < n else np.full(r * e, np.inf, dtype=rows2.dtype)
     for i in range(r * e):
         row = rows2[i]
-        cand = np.flatnonzero(row <= thr[i])  # the kk smallest and any ties with the kk-th
+        cand = np.flatnonzero(row <= thr[i])  # the kk smallest, and more values up to the bound
         if cand.size == 0:
             continue
         vals = row[cand]
+        if cand.size > 2 * kk:  # keep the kk smallest and their ties before sorting
+            keep = vals <= np.partition(vals, kk - 1)[kk - 1]
+            cand, vals = cand[keep], vals[keep]
         take = np.lexsort((cand, vals))[:kk]
         out[i, :take.size, 0] = vals[take]
         out[i, :take.size, 1] = cand[take] + offset
     return out.reshape(r, e, 1, k, 2)
+
+
+def _block_nonfinite(x: np.ndarray) -> np.ndarray:
+    """(r, e, n) margins -> (r, e, 1) counts of NaN and infinite values."""
+    return np.count_nonzero(~np.isfinite(x), axis=2)[:, :, None]
+
+
+#: Smallest rho for which ``margin / rho`` of a finite float32 margin cannot overflow float64
+#: (float32's largest value over float64's, with room to spare).
+_SAFE_RHO = 1e-250
+
+
+def _lazy_nonfinite(x, rho: np.ndarray, valid: np.ndarray):
+    """Per (run, epoch): how many normalised margins ``x / rho`` are not finite, counted
+    where ``valid``.  With every valid rho at least :data:`_SAFE_RHO`, ``x / rho`` is finite
+    exactly when the float32 margin is, so the margins are counted as they are (no float64
+    copy of the block); otherwise :func:`scorebank.analysis.scores.lazy_nonfinite_nmargins`
+    divides."""
+    if not (rho[valid] >= _SAFE_RHO).all():
+        return lazy_nonfinite_nmargins(x, np.where(valid, rho, np.nan))
+    counts = da.map_blocks(_block_nonfinite, x, dtype=np.int64,
+                           chunks=(x.chunks[0], x.chunks[1], (1,) * len(x.chunks[2])),
+                           meta=np.empty((0, 0, 0), dtype=np.int64))
+    return counts.sum(axis=2)
 
 
 def _merge(cand: np.ndarray, k: int) -> np.ndarray:
@@ -111,8 +156,7 @@ def smallest_margin_sets(store: access.StoreLike, k: int, *, runs: Iterable[int]
     cand = da.map_blocks(_block_candidates, x, k, new_axis=[3, 4], dtype=np.float64,
                          chunks=(x.chunks[0], x.chunks[1], (1,) * len(x.chunks[2]), (k,), (2,)),
                          meta=np.empty((0,) * 5, dtype=np.float64))
-    cand_np, bad = access.compute(cand, lazy_nonfinite_nmargins(x, np.where(valid, rho, np.nan)),
-                                  scheduler=scheduler)
+    cand_np, bad = access.compute(cand, _lazy_nonfinite(x, rho, valid), scheduler=scheduler)
     check_finite_nmargins(bad, valid, seeds, ep[pos])
     idx = _merge(np.asarray(cand_np), k)
     ok = valid & (idx < n).all(axis=2)
