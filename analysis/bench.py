@@ -343,12 +343,18 @@ def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tu
                   ) -> BenchResult:
     """Time three analyses on the store at ``path`` with ``scheduler`` (never creates one):
 
-    * forgetting over all epochs (reads ``train_correct``: R x E x N bytes),
+    * forgetting over all epochs (reads ``train_correct`` at epochs 1..E: R x E x N bytes),
     * one Spearman matrix of ``spearman_specs`` (default ``el2n@E/10``, ``loss@E/10``,
       ``margin@E``, ``nmargin@E``, ``grand@0`` if present, ``forgetting@E``),
     * one overlap curve of the ``overlap_k`` smallest normalised margins between runs at
-      every epoch (reads ``margin``: R x E x N x 4 bytes); sizes larger than N are left out
-      (N itself when none is left), so a store of a few examples is timed too.
+      every epoch (reads ``margin`` at every recorded epoch: R x (E + 1) x N x 4 bytes);
+      sizes larger than N are left out (N itself when none is left), so a store of a few
+      examples is timed too.
+
+    MB/s is the decoded bytes of score data an analysis needs over its wall seconds: every
+    (variable, run, epoch) slab of N values it reads, at the variable's itemsize (1 byte
+    for booleans), counted once even where two scores read the same slab (``margin@E``
+    and ``nmargin@E``, read once); per-epoch values (rho, completion) are not counted.
 
     Peak memory is the resident memory of this process plus its child processes (so it
     includes the interpreter and libraries, about 0.3 GB, not only the analysis)."""
@@ -362,6 +368,14 @@ def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tu
     ds = access.open_store(path)
     r, e_total, n = (int(ds.sizes[d]) for d in (S.RUN, S.EPOCH, S.EXAMPLE))
     last = int(access.epochs(ds)[-1])
+
+    def slab_bytes(name: str, n_epochs: int) -> int:
+        """Decoded bytes of ``n_epochs`` epochs of variable ``name`` in every run (its
+        values without an epoch or run dimension once)."""
+        dims = S.BY_NAME[name].dims
+        return ((r if S.RUN in dims else 1) * (n_epochs if S.EPOCH in dims else 1) * n
+                * np.dtype(S.BY_NAME[name].dtype).itemsize)
+
     if spearman_specs is None:
         early = max(0, last // 10)
         specs = [f"el2n@{early}", f"loss@{early}", f"margin@{last}", f"nmargin@{last}"]
@@ -370,14 +384,19 @@ def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tu
         specs.append(f"forgetting@{last}" if last >= 1 else "forgetting")
         spearman_specs = tuple(specs)
 
-    def spec_bytes(spec: str) -> int:
-        """Bytes of the per-example variables the registry says ``spec`` reads: one epoch
-        of each for a score at one epoch, epochs 1..E (or all) for the others."""
-        s = parse_score(spec)
-        epochs_read = 1 if s.kind.at_epoch else (s.epoch if s.epoch is not None else last)
-        per_value = sum(np.dtype(S.BY_NAME[v].dtype).itemsize for v in s.kind.variables
-                        if S.EXAMPLE in S.BY_NAME[v].dims)
-        return r * epochs_read * n * per_value
+    def spearman_bytes(specs: tuple[str, ...]) -> int:
+        """Bytes of the per-example variables the registry says ``specs`` read, each
+        (variable, epoch) counted once however many scores read it (``margin@E`` and
+        ``nmargin@E`` read one slab): one epoch for a score at one epoch, epochs 1..E (or
+        all) for the others."""
+        reads: dict[str, set[int]] = {}
+        for spec in specs:
+            s = parse_score(spec)
+            epochs = {s.epoch} if s.kind.at_epoch else set(range(1, (s.epoch if s.epoch is not None else last) + 1))
+            for v in s.kind.variables:
+                if S.EXAMPLE in S.BY_NAME[v].dims:
+                    reads.setdefault(v, set()).update(epochs)
+        return sum(slab_bytes(v, len(eps)) for v, eps in reads.items())
 
     timings = []
     load = tuple(round(x, 2) for x in os.getloadavg())
@@ -389,13 +408,13 @@ def run_benchmark(path: str | os.PathLike, *, scheduler=None, spearman_specs: tu
             dt = time.perf_counter() - t0
         timings.append(Timing(name, dt, nbytes, mon.peak, mon.cpu_seconds))
 
-    timed("forgetting", r * (e_total - 1) * n,
+    timed("forgetting", slab_bytes(S.TRAIN_CORRECT, last),
           lambda: forgetting(ds, scheduler=scheduler))
-    timed("spearman matrix (" + ", ".join(spearman_specs) + ")",
-          sum(spec_bytes(s) for s in spearman_specs),
+    timed("spearman matrix (" + ", ".join(spearman_specs) + ")", spearman_bytes(spearman_specs),
           lambda: spearman_matrix(ds, list(spearman_specs), scheduler=scheduler))
     overlap_k = tuple(k for k in overlap_k if k <= n) or (n,)
-    timed(f"overlap curve (k={','.join(map(str, overlap_k))})", r * e_total * n * 4,
+    margin_epochs = access.margin_epochs(ds, access.completed_runs(ds))[0]
+    timed(f"overlap curve (k={','.join(map(str, overlap_k))})", slab_bytes(S.MARGIN, margin_epochs.size),
           lambda: pairwise_overlap(ds, k=overlap_k, scheduler=scheduler))
     return BenchResult(runs=r, epochs=e_total - 1, examples=n, store_bytes_on_disk=_disk_bytes(path),
                        build_seconds=build_seconds, timings=tuple(timings), cpu_count=os.cpu_count() or 0,

@@ -62,6 +62,9 @@ def test_benchmark_with_a_distributed_client(synthetic):
     np.testing.assert_array_equal(got["events"].values, expected)
     assert [t.name.split(" ")[0] for t in res.timings] == ["forgetting", "spearman", "overlap"]
     assert res.timings[0].bytes_read == 3 * 40 * 500 and res.timings[2].bytes_read == 3 * 41 * 500 * 4
+    # el2n@4, loss@4, margin@40 (nmargin@40 reads the same slab), grand@0: one float32 epoch
+    # each; forgetting@40: 40 boolean epochs
+    assert res.timings[1].bytes_read == 3 * 500 * (4 * 4 + 40)
     assert all(t.seconds > 0 and t.peak_memory_bytes > 0 for t in res.timings)
     assert res.to_dict()["mb_per_s"] == pytest.approx(res.total_bytes / 1e6 / res.total_seconds)
     # the timed overlap is the same computation as a direct call
