@@ -1,5 +1,7 @@
 """Per-run summary of a store, read from the small per-(run, epoch) arrays only (never
-the per-example scores), so it is cheap even for remote or archived stores."""
+the per-example scores), so it is cheap even for remote or archived stores; and the status
+of the units of its training groups (retrain runs, holdout folds, memorisation models:
+:func:`training_groups`), read from their status tables and records only."""
 
 from __future__ import annotations
 
