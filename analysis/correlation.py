@@ -26,24 +26,66 @@ from scorebank.analysis.scores import ScoreSpec, checked_averages, lazy_average_
 from scorebank.stores.errors import InvalidArgumentError
 
 
+def sort_order(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, x[order])``: an order that sorts the 1-D ``x`` ascending, equal values in
+    any order (what ``np.argsort(x)`` gives, up to the order within ties), and the sorted
+    values.
+
+    For float64 ``x`` of up to 2^32 values (no NaN), about twice as fast as
+    ``np.argsort``: each value becomes an unsigned 64-bit key ordered as the floats are
+    (sign bit flipped for positives, all bits for negatives; -0.0 taken as 0.0), its low
+    ``b`` bits replaced by the value's position (``b`` bits hold any position), and the
+    keys are sorted with ``np.sort`` (vectorised, unlike ``argsort``); the positions are
+    read back from the low bits.  Values whose keys agree above the low bits but differ
+    (closer than one part in 2^(52-b)) are then ordered by value within their group."""
+    x = np.asarray(x).ravel()
+    n = x.size
+    bits = max(1, (n - 1).bit_length())
+    if x.dtype != np.float64 or bits > 32 or n < 2:
+        order = np.argsort(x)
+        return order, x[order]
+    u = (x + 0.0).view(np.uint64)  # -0.0 + 0.0 is 0.0: one key for equal values
+    key = np.where(u >> np.uint64(63), ~u, u | np.uint64(1 << 63))
+    low = np.uint64((1 << bits) - 1)
+    key &= ~low
+    key |= np.arange(n, dtype=np.uint64)
+    key.sort()
+    order = (key & low).astype(np.intp)
+    key >>= np.uint64(bits)  # the truncated keys, ascending
+    xs = x[order]
+    same = key[1:] == key[:-1]
+    bad = same & (xs[1:] != xs[:-1])
+    if bad.any():  # groups of equal truncated keys holding different values: sort them by value
+        group = np.cumsum(np.concatenate(([True], ~same))) - 1  # group of each sorted position
+        redo = np.zeros(int(group[-1]) + 1, dtype=bool)
+        redo[group[1:][bad]] = True
+        pos = np.flatnonzero(redo[group])
+        sub = np.lexsort((xs[pos], group[pos]))
+        order[pos] = order[pos][sub]
+        xs[pos] = xs[pos][sub]
+    return order, xs
+
+
 def average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n of a 1-D array, ties getting the average of their ranks: the same float64
     values as ``scipy.stats.rankdata(x, method="average")`` (all NaN when ``x`` holds a NaN),
-    from one unstable argsort (SciPy's is a stable merge sort, slower at 1.28M values).
-    A tie group occupying sorted positions ``lo..hi-1`` (0-based) gets ``(lo + hi + 1) / 2``
-    whatever the order within it, so stability is not needed."""
+    from one unstable sort (:func:`sort_order`; SciPy's is a stable merge sort, slower at
+    1.28M values).  A tie group occupying sorted positions ``lo..hi-1`` (0-based) gets
+    ``(lo + hi + 1) / 2`` whatever the order within it, so stability is not needed."""
     x = np.asarray(x).ravel()
     n = x.size
     if x.dtype.kind in "fc" and np.isnan(x).any():
         return np.full(n, np.nan)
-    order = np.argsort(x)
-    xs = x[order]
+    order, xs = sort_order(x)
     first = np.empty(n, dtype=bool)  # sorted position starts a tie group
     first[:1] = True
     np.not_equal(xs[1:], xs[:-1], out=first[1:])
+    out = np.empty(n, dtype=np.float64)
+    if first.all():  # no ties: the ranks are the sorted positions + 1
+        out[order] = np.arange(1, n + 1, dtype=np.float64)
+        return out
     group = np.cumsum(first)  # 1-based tie group of each sorted position
     bounds = np.append(np.flatnonzero(first), n)  # group g spans bounds[g-1]..bounds[g]-1
-    out = np.empty(n, dtype=np.float64)
     out[order] = 0.5 * (bounds[group] + bounds[group - 1] + 1)
     return out
 
