@@ -26,7 +26,8 @@ An object store has no ``flock`` and no rename, so the local rules
   S3-compatible servers that implement them).  On other object stores the write is followed
   by a read-back after :data:`SETTLE_SECONDS`: the writer whose token is then there owns it
   (a best effort: two takers within that window can both believe they won).  A holder whose
-  renewal finds another token stops writing (:class:`LeaseLostError`).
+  renewal finds another token, or that could not renew for ``0.75 * ttl``
+  (:data:`FENCE_FRACTION`), stops writing before its next write (:class:`LeaseLostError`).
 * **Creation is atomic from readers' view**: the store is built in a local temporary
   directory (:func:`scorebank.stores.create.create_store`), uploaded with the root
   ``zarr.json`` last; until then the prefix holds no store.  A marker ``.scorebank.creating``
@@ -62,6 +63,8 @@ LEASE_SECONDS = 60.0
 SETTLE_SECONDS = 0.5
 #: How often a waiting run owner looks at the lease again (seconds).
 POLL_SECONDS = 1.0
+#: A holder that could not renew its lease for this fraction of the ttl stops writing.
+FENCE_FRACTION = 0.75
 STORE_LEASE = ".scorebank.lease"
 CREATING = ".scorebank.creating"
 ROOT_METADATA = "zarr.json"
@@ -243,6 +246,7 @@ class Lease:
         self.ttl = lease_seconds() if ttl is None else float(ttl)
         self.token = secrets.token_hex(16)
         self.lost = False
+        self._renewed = 0.0  # time.monotonic() of the last successful write of the lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -278,6 +282,7 @@ class Lease:
                     f"{str(doc.get('holder'))!r} on host {str(doc.get('host'))!r} pid {doc.get('pid')!r}, renewed "
                     f"{time.time() - renewed:.0f} s ago; it lapses {float(doc['ttl']):.0f} s after its last renewal)")
             time.sleep(POLL_SECONDS)
+        self._renewed = time.monotonic()
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.name}", daemon=True)
         self._thread.start()
         return self
@@ -298,11 +303,18 @@ class Lease:
         if not doc or doc.get("token") != self.token:
             self.lost = True
             return
+        started = time.monotonic()
         if not self.location.replace(self.name, self._body(), version):
             self.lost = True
+        else:
+            self._renewed = started
 
     def check(self) -> None:
-        """Raise :class:`LeaseLostError` once another process took the lease over."""
+        """Raise :class:`LeaseLostError` once another process took the lease over, or once
+        this holder failed to renew it for :data:`FENCE_FRACTION` of its ttl (so it stops
+        before anyone may take it over: self-fencing)."""
+        if not self.lost and time.monotonic() - self._renewed > FENCE_FRACTION * self.ttl:
+            self.lost = True
         if self.lost:
             raise LeaseLostError(
                 f"{self.holder} lost its lease {self.location.url + '/' + self.name!r} to another process "

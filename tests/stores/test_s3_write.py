@@ -174,6 +174,19 @@ def test_a_holder_whose_lease_was_taken_over_stops_writing(place):
     assert place.read_json(STORE_LEASE)["token"] == "theirs"  # release leaves someone else's lease alone
 
 
+def test_a_holder_that_cannot_renew_stops_before_its_lease_lapses(place, monkeypatch):
+    lease = _lease(place, ttl=2).acquire()
+    try:
+        lease._stop.set()  # no renewals from now on (a network outage, a paused process)
+        lease._thread.join()
+        lease.check()
+        time.sleep(1.6)  # > 0.75 * ttl, < ttl: nobody may take it over yet, and it stops already
+        with pytest.raises(LeaseLostError, match="lost its lease"):
+            lease.check()
+    finally:
+        lease.release()
+
+
 def test_a_waiting_owner_takes_the_lease_once_it_lapses(place, monkeypatch):
     import scorebank.stores.objectstore as objectstore
 
