@@ -31,6 +31,8 @@ import dataclasses
 
 import numpy as np
 
+from scorebank.core.errors import InvalidArgumentError
+
 #: Mixed into the seed so the threshold samples are drawn on a stream of their own, not the
 #: label noise's (which ``default_rng(label_noise_seed)`` draws).
 STREAM = 0x7A5
@@ -54,7 +56,10 @@ def choose_threshold_samples(n_examples: int, num_classes: int, seed: int) -> np
 
 def threshold_mask(config, n_examples: int, num_classes: int) -> np.ndarray | None:
     """The threshold samples ``config`` asks for, or None without ``threshold_samples``."""
-    if not getattr(config, "threshold_samples", False):
+    flag = getattr(config, "threshold_samples", False)
+    if not isinstance(flag, bool):
+        raise InvalidArgumentError(f"--threshold-samples is a flag (true or false), got {flag!r}")
+    if not flag:
         return None
     return choose_threshold_samples(n_examples, num_classes, config.label_noise_seed)
 

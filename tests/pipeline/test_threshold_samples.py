@@ -124,3 +124,11 @@ def test_the_store_is_extended_with_the_same_option_and_refused_without(scored, 
     np.testing.assert_array_equal(ds[S.THRESHOLD_SAMPLE].values, before)
     with pytest.raises(ConfigMismatchError, match="threshold_samples"):
         score(_config(threshold_samples=False), (2,), copy, device="cpu")
+
+
+def test_a_non_boolean_setting_is_refused():
+    from scorebank.core.errors import InvalidArgumentError
+    from scorebank.pipeline.threshold_samples import threshold_mask
+
+    with pytest.raises(InvalidArgumentError, match="--threshold-samples is a flag"):
+        threshold_mask(_config(threshold_samples="yes"), N, C)
