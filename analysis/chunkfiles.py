@@ -159,7 +159,8 @@ class ChunkView:
             hi.append(s[0] + stop)
         block = self.files.read(tuple(lo), tuple(hi))
         block = block.reshape(tuple(h - l for h, l, s in zip(hi, lo, self.selection) if isinstance(s, tuple)))
-        return block if all(r == slice(None) for r in rest) else block[tuple(rest)]
+        plain = all(isinstance(r, slice) and r == slice(None) for r in rest)
+        return block if plain else block[tuple(rest)]
 
 
 def _stored_array(var: xr.Variable):

@@ -78,3 +78,26 @@ def test_bad_k_and_single_run(store):
         final_set_retention(store.path, k=0)
     with pytest.raises(InvalidArgumentError, match="at least two runs"):
         pairwise_overlap(store.path, k=5, runs=[1])
+
+
+@pytest.mark.parametrize("k", [1, 20, 50])
+def test_block_candidates_from_a_sampled_bound_match_a_full_sort(k):
+    """Rows long enough for the k-th smallest to be bounded from a strided sample: random,
+    ascending (the sample then bounds far from the k-th), heavily tied, mostly NaN, all
+    NaN and constant rows all give the k smallest (value, index) of a plain sort."""
+    from scorebank.analysis.overlap import _block_candidates
+
+    rng = np.random.default_rng(k)
+    n, offset = 3000, 500
+    rows = [rng.normal(size=n), np.sort(rng.normal(size=n)), np.round(rng.normal(size=n), 1),
+            np.where(rng.random(n) < 0.99, np.nan, rng.normal(size=n)), np.full(n, np.nan), np.zeros(n)]
+    x = np.asarray(rows, dtype=np.float32).reshape(2, 3, n)
+    got = _block_candidates(x, k, block_info=[{"array-location": [(0, 2), (4, 7), (offset, offset + n)]}])
+    assert got.shape == (2, 3, 1, k, 2)
+    for i, row in enumerate(x.reshape(6, n)):
+        ok = np.flatnonzero(~np.isnan(row))
+        want = ok[np.lexsort((ok, row[ok]))][:k]
+        cand = got.reshape(6, k, 2)[i]
+        assert cand[:want.size, 1].tolist() == (want + offset).tolist()
+        assert cand[:want.size, 0].tolist() == row[want].astype(np.float64).tolist()
+        assert (cand[want.size:, 0] == np.inf).all()
