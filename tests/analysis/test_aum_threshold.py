@@ -149,3 +149,16 @@ def test_noise_cli_shows_own_threshold_only_for_scores_with_one(store, plain):
     assert doc["scores"][0]["own_threshold"] is None and "n_threshold_samples" not in doc
     r = CliRunner().invoke(app, ["analyze", str(store), "noise", "aum@3", "el2n@3"])
     assert r.exit_code == 0 and "—" in r.output and "13 AUM threshold samples left" in r.output
+
+
+def test_plot_marks_the_own_threshold_at_its_operating_point(store, tmp_path):
+    from scorebank.analysis.noise_plots import own_operating_point, plot_noise_curves
+
+    aum, ts, cut, flagged, noisy, hits = _by_hand(store, 3)
+    res = noise_detection(store, ["aum@3"])
+    n_clean = int((~ts).sum()) - len(noisy)
+    fpr, tpr, p = own_operating_point(res, 0, res[S.CORRUPTED].values)
+    assert fpr == pytest.approx((len(flagged) - hits) / n_clean)
+    assert tpr == pytest.approx(hits / len(noisy)) and p == pytest.approx(hits / len(flagged))
+    png = plot_noise_curves(res, tmp_path / "roc.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
