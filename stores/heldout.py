@@ -84,4 +84,8 @@ def live_unit_status(path: str | os.PathLike, name: str, table: dict | None = No
             if record.get("status") == S.RUN_RUNNING and not run_owner_active(path, int(n), sub):
                 record = {**record, "status": S.RUN_INTERRUPTED}
             units["/".join((*prefix, n))] = record
-    return units
+    return dict(sorted(units.items(), key=lambda kv: _numeric(kv[0])))  # 0/2 before 0/10, as trained
+
+
+def _numeric(key: str) -> tuple:
+    return tuple((0, int(p), "") if p.lstrip("-").isdigit() else (1, 0, p) for p in key.split("/"))
