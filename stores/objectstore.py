@@ -37,6 +37,7 @@ An object store has no ``flock`` and no rename, so the local rules
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -47,7 +48,9 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from scorebank.stores import schema as S
 from scorebank.stores.create import consolidate, create_store
@@ -55,7 +58,7 @@ from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreE
     StoreNotFoundError
 from scorebank.stores.partial import writer_gone, writer_tag
 from scorebank.stores.remote import RemoteStoreError, filesystem, remote_store, translate_remote_errors, url_scheme
-from scorebank.stores.zarrstore import RunWriter, StoreWriter
+from scorebank.stores.zarrstore import RunWriter, StoreWriter, predates
 
 #: Seconds after its last renewal that a lease lapses (environment ``SCOREBANK_LEASE_SECONDS``).
 LEASE_SECONDS = 60.0
@@ -562,6 +565,7 @@ class ObjectRunWriter(RunWriter):
             raise StoreNotFoundError(f"no scorebank store at {location.url!r}")
         self._lease: Lease | None = None
         self.root = None
+        self._arrays: dict[str, zarr.Array | None] = {}
         self.checkpoint = ObjectFile(location, run_object_name(self.seed, group, "pt"))
 
     def __enter__(self) -> "ObjectRunWriter":
@@ -586,6 +590,25 @@ class ObjectRunWriter(RunWriter):
         self._lease.check()
         self.location.write(run_object_name(self.seed, self.group, "json"), json.dumps(doc).encode())
 
-    def write_epoch(self, epoch, per_example, per_epoch) -> None:
+    def write_epoch(self, epoch: int, per_example: Mapping[str, np.ndarray], per_epoch: Mapping[str, float]) -> None:
+        """As :meth:`RunWriter.write_epoch` (same values, ``completed`` set last), with the
+        arrays' metadata read once per run and the epoch's chunks written concurrently: two
+        round trips' latency per epoch instead of two per array."""
         self._lease.check()
-        super().write_epoch(epoch, per_example, per_epoch)
+        writes = [(self._array(name), (self.index, epoch, slice(None)), np.asarray(values))
+                  for name, values in per_example.items() if self._array(name) is not None]
+        writes += [(self._array(name), (self.index, epoch), value) for name, value in per_epoch.items()]
+
+        async def write_all() -> None:
+            await asyncio.gather(*(array.async_array.setitem(where, value) for array, where, value in writes))
+
+        sync(write_all())
+        self._lease.check()
+        self._array(S.COMPLETED)[self.index, epoch] = True
+
+    def _array(self, name: str) -> zarr.Array | None:
+        """The run's array ``name`` (None: a variable the store's format predates), cached:
+        the coordinator allocated the runs before any owner writes, so shapes stay put."""
+        if name not in self._arrays:
+            self._arrays[name] = None if predates(self.root, name) else self.root[name]
+        return self._arrays[name]

@@ -115,14 +115,17 @@ def test_a_second_coordinator_is_refused_while_the_lease_is_fresh(s3, tiny_confi
     assert not fs.exists(lease)
 
 
-def test_the_cli_refuses_in_one_line_with_exit_status_1(s3, tmp_path):
+def test_the_cli_refuses_in_one_line_with_exit_status_1(s3):
+    from typer.testing import CliRunner
+
+    from scorebank.cli.main import app
+
     url = f"s3://{BUCKET}/runs/{uuid.uuid4().hex}.zarr"
     _fs().pipe_file(f"{url[len('s3://'):]}/{STORE_LEASE}", _lease_doc("another-host", 4242, time.time()))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run(CLI + ["--store", url], env=env, capture_output=True, text=True)
-    assert out.returncode == 1
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: store ") and "another-host" in lines[0], out.stderr
+    out = CliRunner().invoke(app, ["score", *ARGS, "--epochs", "1", "--store", url])
+    assert out.exit_code == 1, out.output
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: store ") and "another-host" in lines[0], out.output
 
 
 # ------------------------------------------------------------------------------ memory://, no server
