@@ -147,7 +147,13 @@ class ObjectLocation:
                 self.fs.pipe({self._path(k): v for k, v in objects.items()})
 
     def create(self, name: str, data: bytes) -> bool:
-        """Put the object only if there is none (``If-None-Match: *`` on S3); False if there was."""
+        """Put the object only if there is none (``If-None-Match: *`` on S3, atomic there;
+        elsewhere a look then a put); False if there was one."""
+        if not self.conditional:
+            if self.read(name) is not None:
+                return False
+            self.write(name, data)
+            return True
         try:
             with self._errors():
                 self.fs.pipe_file(self._path(name), data, mode="create")

@@ -20,6 +20,9 @@ Ownership when several processes write one store (``score --workers N``):
   shared with other runs;
 * readers combine both (:func:`live_runs`): a run recorded ``running`` whose per-run lock
   nobody holds lost its owner (``kill -9``, a lost worker) and shows as ``interrupted``.
+
+Stores on object stores (``s3://``...) follow the same rules with leases instead of locks:
+:mod:`scorebank.stores.objectstore` (:class:`ObjectStoreWriter`, :class:`ObjectRunWriter`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,13 @@ def require_store_directory(location: str | os.PathLike, what: str) -> Path:
     ``scorebank import`` first; anything else that is not a store is
     :class:`StoreNotFoundError`."""
     shown = os.fspath(location)
+    from scorebank.stores.objectstore import writable_url
+
+    if writable_url(shown):
+        raise InvalidArgumentError(
+            f"{what} writes into a local store, and {shown!r} is on an object store (only 'scorebank score' "
+            f"writes there); copy it with 'scorebank export {shown} FILE.zip' and "
+            "'scorebank import FILE.zip DIR', and pass DIR")
     if "://" in shown:
         raise InvalidArgumentError(
             f"{what} writes into the store, and {shown!r} is a URL (read-only); "

@@ -241,3 +241,8 @@ def test_archives_and_read_only_urls_are_not_write_targets():
     with pytest.raises(InvalidArgumentError, match="not into an archive or a read-only URL"):
         store_target("https://example.org/scores.zarr")
     assert type(store_target("file:///tmp/x.zarr")).__name__ == "LocalTarget"
+    from scorebank.stores.zarrstore import require_store_directory
+
+    with pytest.raises(InvalidArgumentError, match=r"retraining writes into a local store, and 's3://b/x.zarr' is "
+                                                   r"on an object store \(only 'scorebank score' writes there\)"):
+        require_store_directory("s3://b/x.zarr", "retraining")
