@@ -246,3 +246,27 @@ def test_archives_and_read_only_urls_are_not_write_targets():
     with pytest.raises(InvalidArgumentError, match=r"retraining writes into a local store, and 's3://b/x.zarr' is "
                                                    r"on an object store \(only 'scorebank score' writes there\)"):
         require_store_directory("s3://b/x.zarr", "retraining")
+
+
+def test_live_runs_show_a_running_run_without_a_fresh_lease_as_interrupted(place):
+    from scorebank.stores.objectstore import object_live_runs, run_object_name
+
+    attr = {"0": {"status": S.RUN_PENDING}, "1": {"status": S.RUN_PENDING}, "2": {"status": S.RUN_COMPLETE}}
+    for seed in (0, 1):
+        place.write(run_object_name(seed, None, "json"), json.dumps({"status": S.RUN_RUNNING, "epoch": 3}).encode())
+    place.write(run_object_name(0, None, "owner"), _lease_doc("elsewhere", 1, time.time()))
+    place.write(run_object_name(1, None, "owner"), _lease_doc("elsewhere", 1, time.time() - 61))
+    runs = object_live_runs(place.url, attr)
+    assert runs == {"0": {"status": S.RUN_RUNNING, "epoch": 3}, "1": {"status": S.RUN_INTERRUPTED, "epoch": 3},
+                    "2": {"status": S.RUN_COMPLETE}}
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "1e9"])
+def test_the_lease_time_from_the_environment_is_checked(monkeypatch, value):
+    from scorebank.stores.objectstore import lease_seconds
+
+    monkeypatch.setenv("SCOREBANK_LEASE_SECONDS", value)
+    with pytest.raises(InvalidArgumentError, match=f"SCOREBANK_LEASE_SECONDS={value!r} is not a number of seconds"):
+        lease_seconds()
+    monkeypatch.setenv("SCOREBANK_LEASE_SECONDS", "5")
+    assert lease_seconds() == 5.0
