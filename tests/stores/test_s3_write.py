@@ -270,3 +270,23 @@ def test_the_lease_time_from_the_environment_is_checked(monkeypatch, value):
         lease_seconds()
     monkeypatch.setenv("SCOREBANK_LEASE_SECONDS", "5")
     assert lease_seconds() == 5.0
+
+
+def test_overwrite_new_seeds_and_mismatch_on_an_object_store(place, tiny_config):
+    from scorebank.pipeline.scoring import score
+    from scorebank.stores.errors import ConfigMismatchError
+
+    cfg = tiny_config(epochs=1)
+    score(cfg, (0,), place.url, device="cpu")
+    first = open_scores(place.url).margin.values[0].copy()
+    with pytest.raises(ConfigMismatchError, match="lr: store has 0.05, asked 0.1"):
+        score(tiny_config(epochs=1, lr=0.1), (0,), place.url, device="cpu")
+    score(cfg, (0, 3), place.url, device="cpu")  # seed 0 skipped, seed 3 added
+    ds = open_scores(place.url)
+    assert ds.run.values.tolist() == [0, 3] and ds.completed.values.all()
+    np.testing.assert_array_equal(ds.margin.values[0], first)
+    assert place.read("checkpoints/run-3.pt") is not None
+    score(tiny_config(epochs=1, lr=0.1), (2,), place.url, device="cpu", overwrite=True)
+    ds = open_scores(place.url)
+    assert ds.run.values.tolist() == [2] and place.read("checkpoints/run-3.pt") is None
+    assert [n for n in place.names() if n.endswith((".lease", ".owner", ".creating"))] == []
