@@ -55,10 +55,10 @@ class LazyForgetting:
     seeds: list[int]
     epochs: np.ndarray  # the epochs considered (1..last)
     presented: np.ndarray  # (run, epoch) bool
-    events: da.Array  # int32
+    events: da.Array  # unsigned, the smallest type holding the last epoch
     ever_correct: da.Array  # bool
     last_correct: da.Array  # bool: correct at the run's last presentation
-    last_wrong: da.Array  # int64: last misclassified presentation epoch, 0 if none
+    last_wrong: da.Array  # last misclassified presentation epoch, 0 if none (unsigned, as events)
 
     @property
     def presentations(self) -> np.ndarray:
@@ -107,19 +107,22 @@ def lazy_forgetting(ds: xr.Dataset, seeds: list[int], last_epoch: int | None = N
     x = access.select(ds, S.TRAIN_CORRECT, runs=access.run_positions(ds, seeds), epochs=pos)
     # x (run, epoch, example) -> state (run, epoch block, 6, example): one row per quantity,
     # so every quantity is a contiguous row of the block
-    state = da.map_blocks(_block_state, x, presented, ep[pos].astype(np.int64), dtype=np.int32,
+    # every state value (0/1, events, an epoch) is at most the last epoch: the smallest
+    # unsigned type that holds it (one byte per value up to epoch 255)
+    kind = np.min_scalar_type(max(1, int(ep[pos].max())))
+    state = da.map_blocks(_block_state, x, presented, ep[pos].astype(np.int64), dtype=kind, kind=kind,
                           new_axis=[2], chunks=(x.chunks[0], (1,) * len(x.chunks[1]), (_NSTATE,), x.chunks[2]),
-                          meta=np.empty((0, 0, 0, 0), dtype=np.int32))
+                          meta=np.empty((0, 0, 0, 0), dtype=kind))
     bounds = np.cumsum(x.chunks[1])[:-1]  # first position of every epoch block but the first
     joins = presented[:, bounds - 1] & presented[:, bounds]  # (run, blocks - 1)
     state = state.rechunk({1: -1})
     # (run, all epoch blocks, 6, example) -> (run, 4, example)
-    folded = da.map_blocks(_fold_states, state, joins, dtype=np.int32, drop_axis=[1],
+    folded = da.map_blocks(_fold_states, state, joins, dtype=kind, drop_axis=[1],
                            chunks=(state.chunks[0], (_NFOLDED,), state.chunks[3]),
-                           meta=np.empty((0, 0, 0), dtype=np.int32))
+                           meta=np.empty((0, 0, 0), dtype=kind))
     events, ever_correct, last_correct, last_wrong = (folded[:, i, :] for i in range(_NFOLDED))
     return LazyForgetting(list(seeds), ep[pos], presented, events, ever_correct.astype(bool),
-                          last_correct.astype(bool), last_wrong.astype(np.int64))
+                          last_correct.astype(bool), last_wrong)
 
 
 # per-block state: events, first value, last value, ever correct, correct at the run's last
@@ -157,16 +160,16 @@ def _last_false(seen: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _block_state(x: np.ndarray, presented: np.ndarray, epoch_values: np.ndarray,
+def _block_state(x: np.ndarray, presented: np.ndarray, epoch_values: np.ndarray, kind=np.int32,
                  block_info=None) -> np.ndarray:
     """Forgetting state of one (1 run, e epochs, n examples) block of train_correct:
-    (1, 1, 6, n), one row per quantity (:data:`_NSTATE`)."""
+    (1, 1, 6, n) of dtype ``kind``, one row per quantity (:data:`_NSTATE`)."""
     (r0, _), (e0, e1), _ = block_info[0]["array-location"]
     xb = x[0]
     p_all = presented[r0]
     p = p_all[e0:e1]
     n = xb.shape[1]
-    out = np.zeros((1, 1, _NSTATE, n), dtype=np.int32)
+    out = np.zeros((1, 1, _NSTATE, n), dtype=kind)
     pairs = np.flatnonzero(p[:-1] & p[1:])
     if pairs.size:
         out[0, 0, 0] = _count_drops(xb, pairs)
@@ -189,8 +192,8 @@ def _fold_states(state: np.ndarray, joins: np.ndarray, block_info=None) -> np.nd
     (1, 4, n) events, ever correct, last correct, last wrong."""
     r0 = block_info[0]["array-location"][0][0]
     st = state[0]
-    out = np.empty((1, _NFOLDED, st.shape[2]), dtype=np.int32)
-    events = st[:, 0].sum(axis=0, dtype=np.int32)
+    out = np.empty((1, _NFOLDED, st.shape[2]), dtype=st.dtype)
+    events = st[:, 0].sum(axis=0, dtype=st.dtype)  # at most the last epoch: no overflow
     for b in np.flatnonzero(joins[r0]):
         events += st[b, 2] & (1 - st[b + 1, 1])
     out[0, 0] = events
@@ -233,17 +236,19 @@ def forgetting(store: access.StoreLike, *, epoch: int | None = None, runs: Itera
         idx = np.searchsorted(eps, np.arange(top + 2), side="right")
         ok = idx < eps.size
         nxt[i, ok] = eps[idx[ok]]
-    learned = np.take_along_axis(nxt, last_wrong.astype(np.int64), axis=1)
-    learned = np.where(last_correct, learned, access.NEVER)
+    # (run, example) results written in place, no full-size temporaries
+    learned = nxt[np.arange(len(seeds))[:, None], last_wrong]  # the presentation after the last wrong one
+    learned[~last_correct] = access.NEVER
     fill = np.inf if never_learned == "inf" else (pres_count + 1).astype(np.float64)[:, None]
-    score = np.where(ever, events.astype(np.float64), fill)
+    score = events.astype(np.float64)
+    np.copyto(score, fill, where=~ever)
     run_coord = {S.RUN: np.asarray(seeds, dtype=np.int64)}
     dims = (S.RUN, S.EXAMPLE)
     out = xr.Dataset(
         {"events": (dims, events.astype(np.int64)),
          "never_learned": (dims, ~ever),
          "score": (dims, score),
-         "learned_epoch": (dims, learned.astype(np.int64)),
+         "learned_epoch": (dims, learned),
          "presentations": ((S.RUN,), pres_count)},
         coords=run_coord)
     out.attrs.update(spec="forgetting" if epoch is None else f"forgetting@{int(epoch)}",
