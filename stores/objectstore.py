@@ -202,6 +202,12 @@ class ObjectLocation:
         except StoreNotFoundError:
             pass
 
+    def delete_many(self, names: list[str]) -> None:
+        """Delete several objects (in batches where the file system can)."""
+        if names:
+            with self._errors():
+                self.fs.rm([self._path(n) for n in names])
+
     def names(self, under: str = "") -> list[str]:
         """Every object under ``under`` (relative to the prefix), listed now."""
         self.fs.invalidate_cache(self.root)
@@ -386,9 +392,7 @@ def create_object_store(location: ObjectLocation, **kwargs) -> None:
         raise StoreExistsError(f"{location.url!r} holds objects that are not a scorebank store (e.g. "
                                f"{foreign[0]!r}); choose another --store prefix")
     location.write(CREATING, b"")
-    for name in location.names():
-        if name not in (STORE_LEASE, CREATING):
-            location.delete(name)  # a killed creation's leftovers
+    location.delete_many([n for n in location.names() if n not in (STORE_LEASE, CREATING)])  # a killed one's
     with tempfile.TemporaryDirectory(prefix="scorebank-create-") as tmp:
         local = Path(tmp) / "store.zarr"
         create_store(local, **kwargs)
@@ -407,9 +411,7 @@ def remove_object_store(location: ObjectLocation) -> None:
                                "yourself or choose another --store")
     location.write(CREATING, b"")
     location.delete(ROOT_METADATA)
-    for name in location.names():
-        if name not in (STORE_LEASE, CREATING):
-            location.delete(name)
+    location.delete_many([n for n in location.names() if n not in (STORE_LEASE, CREATING)])
     location.delete(CREATING)
 
 
