@@ -25,6 +25,7 @@ import xarray as xr
 
 from scorebank.analysis.label_issues import label_quality
 from scorebank.analysis.memorization import memorization_score
+from scorebank.analysis.own_thresholds import cleanlab_label_issues
 from scorebank.analysis.registry import EPOCH_NONE, score
 from scorebank.stores import schema as S
 from scorebank.stores.errors import InvalidArgumentError
@@ -45,7 +46,7 @@ def _per_run(read: Callable[[str], np.ndarray], ds: xr.Dataset, seeds: Sequence[
     return da.broadcast_to(values[None, :], (len(seeds), n))  # (run, example)
 
 
-@score("label_quality", high_is_hard=False, variables=(), epoch=EPOCH_NONE,
+@score("label_quality", high_is_hard=False, variables=(), epoch=EPOCH_NONE, own_threshold=cleanlab_label_issues,
        help="confident learning's label quality (cleanlab, self-confidence) from the out-of-fold probabilities "
             "of 'scorebank holdout'")
 def _label_quality(ds, seeds, epoch, options):

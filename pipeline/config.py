@@ -31,6 +31,8 @@ def resolve_config(*, record_every: int | None = None, record_epochs: str | tupl
            f"unknown model {cfg.model!r}; --model takes {MODELS.choices()}")
     model_builder(cfg.model)  # torchvision:NAME and package.module:factory: the name, import and signature
     _check(isinstance(cfg.cifar_stem, bool), f"--cifar-stem must be true or false, got {cfg.cifar_stem!r}")
+    _check(isinstance(cfg.threshold_samples, bool),
+           f"--threshold-samples must be true or false, got {cfg.threshold_samples!r}")
     if cfg.cifar_stem:
         check_cifar_stem(cfg.model)
     _check(isinstance(cfg.optimizer, str) and cfg.optimizer in OPTIMIZERS,

@@ -40,3 +40,9 @@ def test_no_cutoff_without_a_holdout_group_or_a_path(store, digits_store, config
     assert cleanlab_label_issues(ds, np.zeros(n)) is None
     in_memory = xr.Dataset({"label": xr.open_zarr(store)["label"].load()})  # no path to read holdout/ from
     assert cleanlab_label_issues(in_memory, np.zeros(n)) is None
+
+
+def test_label_quality_declares_cleanlabs_cut_as_its_own_threshold():
+    from scorebank.analysis.registry import SCORES
+
+    assert SCORES.get("label_quality").own_threshold is cleanlab_label_issues

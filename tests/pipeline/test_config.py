@@ -63,6 +63,7 @@ def test_record_epochs():
     (dict(label_noise=0.5, label_noise_seed=-1), "--label-noise-seed must be an integer >= 0, got -1"),
     (dict(nesterov=True, momentum=0.0), "--nesterov needs --momentum > 0, got --momentum 0.0"),
     (dict(lr="fast"), "--lr must be a positive number, got 'fast'"),
+    (dict(threshold_samples="yes"), "--threshold-samples must be true or false, got 'yes'"),
 ])
 def test_bad_fields(fields, message):
     with pytest.raises(InvalidArgumentError, match=message.replace("(", r"\(")):
