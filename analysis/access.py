@@ -127,9 +127,21 @@ def epochs(ds: xr.Dataset) -> np.ndarray:
     return np.asarray(ds[S.EPOCH].values, dtype=np.int64)
 
 
+def stored_values(ds: xr.Dataset, name: str) -> np.ndarray:
+    """The whole of variable ``name`` as a numpy array: from its chunk files when the store
+    is a directory on this machine (:mod:`scorebank.analysis.chunkfiles`; no round trip
+    through zarr's event loop, which costs a thread switch per read, tens of milliseconds
+    on a busy machine), else ``ds[name].values``.  Meant for the small arrays (per run and
+    epoch, per example) an analysis reads whole."""
+    files = chunk_files(ds, name)
+    if files is None:
+        return np.asarray(ds[name].values)
+    return files.read((0,) * len(files.shape), files.shape)
+
+
 def per_epoch(ds: xr.Dataset, name: str, seeds: Sequence[int]) -> np.ndarray:
     """A per-(run, epoch) variable for the given runs as a small numpy array (run, epoch)."""
-    return np.asarray(ds[name].isel({S.RUN: run_positions(ds, seeds)}).values)
+    return stored_values(ds, name)[run_positions(ds, seeds)]
 
 
 def completed_mask(ds: xr.Dataset, seeds: Sequence[int]) -> np.ndarray:
@@ -321,7 +333,7 @@ def select(ds: xr.Dataset, name: str, *, runs: Sequence[int] | np.ndarray,
 
 def labels(ds: xr.Dataset) -> np.ndarray:
     """The training labels (``label``, after any label noise) as int64 (N,)."""
-    return np.asarray(ds[S.LABEL].values, dtype=np.int64)
+    return np.asarray(stored_values(ds, S.LABEL), dtype=np.int64)
 
 
 def n_classes(ds: xr.Dataset, lab: np.ndarray | None = None) -> int:

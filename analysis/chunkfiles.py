@@ -32,13 +32,11 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 
 
-@dataclass(frozen=True)
 class ChunkFiles:
     """One stored array read chunk file by chunk file (see the module docstring).
 
@@ -46,18 +44,22 @@ class ChunkFiles:
     ``chunks`` (the chunk shape), ``dtype``, ``fill`` (the fill value); ``zstd``: chunks
     are zstd frames (else raw little-endian bytes); ``key_encoding``: zarr's chunk key
     encoding; ``guard``: the store's chunk guard; ``shown``: the store as the user named
-    it (for messages)."""
+    it (for messages).  A plain class, not a dataclass: Dask walks the fields of
+    dataclasses found in a task's arguments, and the guard holds the rules of every array."""
 
-    root: str
-    path: str
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    dtype: np.dtype
-    fill: object
-    zstd: bool
-    key_encoding: object
-    guard: object
-    shown: str
+    __slots__ = ("root", "path", "shape", "chunks", "dtype", "fill", "zstd", "key_encoding", "guard", "shown")
+
+    def __init__(self, root: str, path: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype,
+                 fill: object, zstd: bool, key_encoding: object, guard: object, shown: str):
+        self.root, self.path, self.shape, self.chunks, self.dtype = root, path, shape, chunks, np.dtype(dtype)
+        self.fill, self.zstd, self.key_encoding, self.guard, self.shown = fill, zstd, key_encoding, guard, shown
+
+    def __getstate__(self):
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __setstate__(self, state):
+        for k, v in zip(self.__slots__, state):
+            setattr(self, k, v)
 
     def __dask_tokenize__(self):
         return ("scorebank-chunkfiles", self.root, self.path, self.shape, self.chunks, str(self.dtype))
@@ -106,14 +108,21 @@ class ChunkFiles:
         return out
 
 
-@dataclass(frozen=True)
 class ChunkView:
     """An array-like selection of a :class:`ChunkFiles` for ``dask.array.from_array``:
     ``selection`` holds, per stored dimension, ``(start, stop)`` (kept) or an int (dropped),
     as ``isel`` with slices and integers would select."""
 
-    files: ChunkFiles
-    selection: tuple
+    __slots__ = ("files", "selection")
+
+    def __init__(self, files: ChunkFiles, selection: tuple):
+        self.files, self.selection = files, tuple(selection)
+
+    def __getstate__(self):
+        return (self.files, self.selection)
+
+    def __setstate__(self, state):
+        self.files, self.selection = state
 
     @property
     def shape(self) -> tuple[int, ...]:
