@@ -11,7 +11,9 @@ pool; CPU time, unlike wall time, stays meaningful on a machine loaded by other 
 * reading one example's trajectory (all runs and epochs of one example: R x E chunks of
   C values each, so it grows with C),
 * reading one epoch (all examples of every run: R x N / C chunks),
-* reading the whole variable (what the analyses stream).
+* reading the whole variable through zarr, and through the analyses' own reader of chunk
+  files (:mod:`scorebank.analysis.chunkfiles`, what the analyses stream a local store
+  with: its cost per chunk is a file read and a guard check, not zarr's machinery).
 
 Random normal values (which compress as little as real margins do) are written in a
 temporary directory that is removed afterwards."""
@@ -38,8 +40,9 @@ class ChunkCost:
     write_epoch: float  # one run's epoch, N values
     read_trajectory: float  # one example, all runs and epochs
     read_epoch: float  # one epoch, all runs and examples
-    read_all: float  # the whole R x E x N variable
+    read_all: float  # the whole R x E x N variable, through zarr
     bytes_on_disk: int
+    read_all_files: float = 0.0  # the whole variable, through the analyses' chunk-file reader
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,9 +94,24 @@ def chunk_costs(chunks: tuple[int, ...] = (1 << 14, 1 << 16, 1 << 18), *, runs: 
             it_e = iter(epoch_picks)
             epoch = _median_seconds(lambda: arr[:, int(next(it_e)), :], repeats)
             whole = _median_seconds(lambda: arr[:], min(repeats, 3))
+            files = _chunk_files(tmp, arr)
+            whole_files = _median_seconds(lambda: files.read((0, 0, 0), arr.shape), min(repeats, 3))
             size = sum(f.stat().st_size for f in (tmp / f"c{c}.zarr").rglob("*") if f.is_file())
-            out.append(ChunkCost(c, float(np.median(writes)), trajectory, epoch, whole, size))
+            out.append(ChunkCost(c, float(np.median(writes)), trajectory, epoch, whole, size, whole_files))
             shutil.rmtree(tmp / f"c{c}.zarr", ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _chunk_files(tmp: Path, arr):
+    """The analyses' chunk-file reader of the float32 candidate array ``arr`` (written in
+    ``tmp/c<C>.zarr``), its chunks checked by a guard as a store's are."""
+    from scorebank.analysis.chunkfiles import ChunkFiles
+    from scorebank.stores.location import ChunkGuard, ChunkRule
+
+    c = int(arr.chunks[-1])
+    root = tmp / f"c{c}.zarr"
+    guard = ChunkGuard({arr.path: ChunkRule(arr.path, arr.ndim, c, 4 * c, False, True)}, str(root))
+    return ChunkFiles(str(root), arr.path, tuple(arr.shape), tuple(arr.chunks), np.float32, np.nan, True,
+                      arr.metadata.chunk_key_encoding, guard, str(root))
