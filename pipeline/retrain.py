@@ -79,6 +79,7 @@ from scorebank.pipeline.dispatch import Task, run_tasks
 from scorebank.pipeline.lifecycle import ProgressEvent, RunOutcome, drive_run
 from scorebank.pipeline.outside import refuse_recorder_store
 from scorebank.pipeline.scoring import read_store_config
+from scorebank.pipeline.threshold_samples import with_fake_class
 from scorebank.pipeline.training import DeviceData, EpochResult, Trainer, resolve_device, to_device_data
 from scorebank.stores import schema as S
 from scorebank.stores.arrays import create_array
@@ -319,7 +320,9 @@ def load_store_data(store: str | os.PathLike, *, device: str = "auto", data: Ima
     import zarr
 
     labels = np.asarray(zarr.open_array(path / S.LABEL, mode="r")[:], dtype=np.int64)
-    return StoreData(config, data, labels, recorded, dev, to_device_data(data, labels, dev))
+    # AUM's threshold samples keep their fake class C, and the network its C + 1 outputs, as scored
+    mask = labels >= data.num_classes if config.threshold_samples else None
+    return StoreData(config, data, labels, recorded, dev, with_fake_class(to_device_data(data, labels, dev), mask))
 
 
 # ----------------------------------------------------------------------------- the engine

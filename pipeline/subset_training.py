@@ -73,6 +73,10 @@ def load_store_training(store: str | os.PathLike, what: str, *, device: str = "a
     ``data`` may be passed to skip loading (tests); it must be what the configuration names."""
     path = require_store_directory(store, what)
     config = read_store_config(path)
+    if config.threshold_samples:
+        raise InvalidArgumentError(
+            f"store {str(path)!r} was scored with --threshold-samples (AUM's fake class C on N/(C+1) examples); "
+            f"{what} trains on the data set's own classes: run it on a store scored without --threshold-samples")
     dev = resolve_device(device)
     attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
     recorded = attrs.get(S.ATTR_FINGERPRINT)

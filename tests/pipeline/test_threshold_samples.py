@@ -130,5 +130,39 @@ def test_a_non_boolean_setting_is_refused():
     from scorebank.core.errors import InvalidArgumentError
     from scorebank.pipeline.threshold_samples import threshold_mask
 
+    import dataclasses
+
+    with pytest.raises(InvalidArgumentError, match="--threshold-samples must be true or false, got 'yes'"):
+        _config(threshold_samples="yes")  # resolve_config
+    unresolved = dataclasses.replace(_config(threshold_samples=False), threshold_samples="yes")
     with pytest.raises(InvalidArgumentError, match="--threshold-samples is a flag"):
-        threshold_mask(_config(threshold_samples="yes"), N, C)
+        threshold_mask(unresolved, N, C)  # a library config that skipped resolve_config
+
+
+def test_retraining_keeps_the_fake_class_and_its_output(scored, tmp_path):
+    """A retrain on a subset that keeps threshold samples trains them on class C with C + 1
+    outputs, as scored (it crashed with 'Target 10 is out of bounds' before)."""
+    import shutil
+
+    from scorebank.pipeline.retrain import load_store_data, retrain
+
+    store = tmp_path / "t.zarr"
+    shutil.copytree(scored, store)
+    ds = xr.open_zarr(store)
+    ts = np.flatnonzero(ds[S.THRESHOLD_SAMPLE].values)
+    indices = np.union1d(ts, np.arange(0, N, 3))  # every threshold sample and a third of the rest
+    sd = load_store_data(store, device="cpu")
+    assert sd.device_data.num_classes == C + 1
+    assert (sd.labels[ts] == C).all() and (sd.labels >= C).sum() == ts.size
+    result = retrain(store, indices, "keep-ts", (0,), device="cpu")
+    assert result.outcomes[0].status == "complete"
+    acc = xr.open_zarr(store, group="retrain/keep-ts")["test_accuracy"].values
+    assert np.isfinite(acc[:, 1:]).all()
+
+
+def test_held_out_training_refuses_a_threshold_store(scored):
+    from scorebank.pipeline.holdout import holdout
+    from scorebank.stores.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="scored with --threshold-samples"):
+        holdout(scored, 2, (0,), device="cpu")
