@@ -33,15 +33,20 @@ kind or key, a wrong type, a bad value or a reference to a missing stage is one
 Idempotence: a finished stage is recognised from what its store records -- the scoring
 configuration and each run's status (score), the manifest (select), the retrain groups and
 their completed seeds (retrain, prune-curve), the compression group (compress), the
-easy/hard group (easy-hard), the holdout group's finished folds (holdout) -- and skipped.  Analyses write nothing into the store: they are
-done when the output directory's ledger (``experiment-state.json``) holds their result for
-the same definition and the same scoring state of the store (configuration and run
-statuses).  The ledger also keeps every stage's definition, so a stage whose definition
-changed since it ran is refused (:class:`StageChangedError`) unless it is named in
-``rerun`` (which replaces what it wrote); so is a stage whose earlier output no longer
-matches its inputs (a retrain trained on another subset than its select stage now records).
-The ``report`` stage (added last when the file has none) is redone when the results change.  ``results.json`` gathers every number the stages
-produced, next to the published ones.
+easy/hard group (easy-hard), the holdout group's finished folds (holdout) -- and skipped.
+Analyses write nothing into the store: they are done when the output directory's ledger
+(``experiment-state.json``) holds their result for the same definition and the same scoring
+state of the store (configuration and run statuses).  The ledger also keeps every stage's
+definition, so a stage whose definition changed since it ran is refused
+(:class:`StageChangedError`) unless it is named in ``rerun`` (which replaces what it wrote);
+so is a stage whose earlier output no longer matches its inputs (a retrain trained on another
+subset than its select stage now records).  The ``report`` stage (added last when the file
+has none) is redone when the results change.  ``results.json`` gathers every number the
+stages produced, next to the published ones.
+
+Dask: with a ``client`` the runs of every stage that trains (score, retrain, prune-curve,
+easy-hard, holdout) are tasks on its workers; the stores equal a sequential run's bit for bit
+on CPU at the same torch thread count.
 """
 
 from __future__ import annotations
