@@ -4,8 +4,9 @@
 real store layout (:func:`scorebank.stores.zarrstore.create_store`), one run and a few
 epochs at a time, so it never holds more than one block of the store in memory.
 :func:`run_benchmark` times forgetting, one Spearman matrix and one smallest-margin overlap
-curve with the scheduler the caller passes (a ``distributed.Client`` on a LocalCluster in
-``scorebank analyze-bench``), reporting seconds, peak memory and MB/s of score data read.  :func:`run_series` does that
+curve with the scheduler the caller passes (``scorebank analyze-bench``: Dask's threaded
+scheduler, the analyses' default, unless ``--scheduler`` names another, e.g. ``local`` for a
+LocalCluster), reporting seconds, peak memory and MB/s of score data read.  :func:`run_series` does that
 at several example counts (``analyze-bench --examples 50000,320000,1281167``, ImageNet's
 1,281,167 training images last), one store at a time, so that throughput and linear scaling
 in N are read side by side (:class:`BenchSeries`).

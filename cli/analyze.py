@@ -513,7 +513,8 @@ def bench_command(
     directory: Optional[Path] = typer.Option(None, "--dir", help="Where to build the store (default: a temporary directory, removed afterwards)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the built store (with --dir)."),
     reuse: bool = typer.Option(False, "--reuse", help="Time an existing store at --dir/bench.zarr instead of building one."),
-    scheduler: str = typer.Option("local", help=SCHEDULER_HELP + "  Benchmark default: local (a LocalCluster)."),
+    scheduler: str = typer.Option("threads", help=SCHEDULER_HELP + "  Benchmark default: threads, as for the "
+                                                                   "analyses ('local' times a LocalCluster)."),
     json_output: JsonOutput = False,
 ) -> None:
     """Build a synthetic R x E x N store chunk by chunk, then time forgetting, a Spearman
