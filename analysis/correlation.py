@@ -44,8 +44,11 @@ def sort_order(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if x.dtype != np.float64 or bits > 32 or n < 2:
         order = np.argsort(x)
         return order, x[order]
-    u = (x + 0.0).view(np.uint64)  # -0.0 + 0.0 is 0.0: one key for equal values
-    key = np.where(u >> np.uint64(63), ~u, u | np.uint64(1 << 63))
+    key = (x + 0.0).view(np.uint64)  # a new array; -0.0 + 0.0 is 0.0: one key for equal values
+    flip = key >> np.uint64(63)  # 1 for negatives
+    np.negative(flip, out=flip)  # all bits for negatives (unsigned wrap-around), 0 otherwise
+    flip |= np.uint64(1 << 63)  # and the sign bit for everything
+    key ^= flip  # in place: no temporaries of the size of x beyond flip
     low = np.uint64((1 << bits) - 1)
     key &= ~low
     key |= np.arange(n, dtype=np.uint64)
@@ -94,7 +97,10 @@ def _centred_ranks(x: np.ndarray) -> np.ndarray | None:
     r = average_ranks(x)
     r -= r.mean()
     norm = math.sqrt(float(r @ r))
-    return None if norm == 0 else r / norm
+    if norm == 0:
+        return None
+    r /= norm
+    return r
 
 
 def _centred_ranks_or_zeros(x: np.ndarray) -> np.ndarray:

@@ -84,3 +84,25 @@ def test_sensitivity_curve_random_subsets_are_reproducible(make_store):
         assert min(exact) - 1e-12 <= float(a.sel(k=k)["min"]) <= float(a.sel(k=k)["max"]) <= max(exact) + 1e-12
     with pytest.raises(InvalidArgumentError, match="draws 0"):
         sensitivity_curve(st.path, "loss@1", draws=0)
+
+
+def test_ranks_from_packed_keys_equal_scipy_where_values_are_closer_than_the_kept_bits():
+    """sort_order keeps the top 64 - b bits of each value's key (b bits hold a position):
+    values differing only below them (here a few units in the last place), signed zeros,
+    infinities, subnormals and large tie groups must still rank as scipy ranks them."""
+    from scipy.stats import rankdata
+
+    from scorebank.analysis.correlation import average_ranks, sort_order
+
+    rng = np.random.default_rng(5)
+    n = 50_000
+    ulps = 1.0 + rng.integers(0, 40, n) * 2.0**-52  # 40 values a few ulps apart, many ties each
+    mixed = np.round(rng.normal(size=n), 2) * rng.choice([1.0, -1.0, 5e-324, 1e300], n)
+    mixed[rng.random(n) < 0.01] = -0.0
+    mixed[rng.random(n) < 0.01] = np.inf
+    mixed[rng.random(n) < 0.01] = -np.inf
+    for x in (ulps, -ulps, mixed, rng.normal(size=n), np.r_[0.0, -0.0, 0.0, -0.0]):
+        np.testing.assert_array_equal(average_ranks(x), rankdata(x, method="average"))
+        order, xs = sort_order(x)
+        np.testing.assert_array_equal(np.sort(order), np.arange(x.size))  # a permutation
+        np.testing.assert_array_equal(xs, np.sort(x))
