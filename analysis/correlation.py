@@ -44,16 +44,21 @@ def sort_order(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if x.dtype != np.float64 or bits > 32 or n < 2:
         order = np.argsort(x)
         return order, x[order]
+    # two buffers of the size of x (key and work), reused in place throughout
     key = (x + 0.0).view(np.uint64)  # a new array; -0.0 + 0.0 is 0.0: one key for equal values
-    flip = key >> np.uint64(63)  # 1 for negatives
-    np.negative(flip, out=flip)  # all bits for negatives (unsigned wrap-around), 0 otherwise
-    flip |= np.uint64(1 << 63)  # and the sign bit for everything
-    key ^= flip  # in place: no temporaries of the size of x beyond flip
+    work = key >> np.uint64(63)  # 1 for negatives
+    np.negative(work, out=work)  # all bits for negatives (unsigned wrap-around), 0 otherwise
+    work |= np.uint64(1 << 63)  # and the sign bit for everything
+    key ^= work
     low = np.uint64((1 << bits) - 1)
     key &= ~low
-    key |= np.arange(n, dtype=np.uint64)
+    work.fill(1)
+    work[0] = 0
+    np.cumsum(work, out=work)  # 0, 1, ..., n - 1: the positions
+    key |= work
     key.sort()
-    order = (key & low).astype(np.intp)
+    np.bitwise_and(key, low, out=work)
+    order = work.view(np.int64)  # positions < 2^32: the same values as signed integers
     key >>= np.uint64(bits)  # the truncated keys, ascending
     xs = x[order]
     same = key[1:] == key[:-1]
@@ -85,7 +90,8 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     np.not_equal(xs[1:], xs[:-1], out=first[1:])
     out = np.empty(n, dtype=np.float64)
     if first.all():  # no ties: the ranks are the sorted positions + 1
-        out[order] = np.arange(1, n + 1, dtype=np.float64)
+        xs.fill(1.0)  # xs is ours and no longer needed: 1, 2, ..., n in its place (exact below 2^53)
+        out[order] = np.cumsum(xs, out=xs)
         return out
     group = np.cumsum(first)  # 1-based tie group of each sorted position
     bounds = np.append(np.flatnonzero(first), n)  # group g spans bounds[g-1]..bounds[g]-1
