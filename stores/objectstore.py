@@ -45,6 +45,7 @@ import secrets
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -58,7 +59,7 @@ from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreE
     StoreNotFoundError
 from scorebank.stores.partial import writer_gone, writer_tag
 from scorebank.stores.remote import RemoteStoreError, filesystem, remote_store, translate_remote_errors, url_scheme
-from scorebank.stores.zarrstore import RunWriter, StoreWriter, predates
+from scorebank.stores.zarrstore import RunWriter, StoreWriter, merge_live_runs, predates
 
 #: Seconds after its last renewal that a lease lapses (environment ``SCOREBANK_LEASE_SECONDS``).
 LEASE_SECONDS = 60.0
@@ -98,6 +99,9 @@ class ObjectLocation:
     :class:`StoreNotFoundError` for a missing bucket), one line naming the URL."""
 
     def __init__(self, url: str, storage_options: dict | None = None):
+        if not urllib.parse.urlparse(url).netloc:  # 's3://' would strip to 's3:', a local path
+            raise InvalidArgumentError(f"{url!r} names no bucket; give the store as "
+                                       f"{url_scheme(url)}://BUCKET/PREFIX (e.g. s3://my-bucket/runs/c10.zarr)")
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
         self.fs, root = filesystem(self.url, self.storage_options)
@@ -159,8 +163,8 @@ class ObjectLocation:
                 self.fs.pipe_file(self._path(name), data, mode="create")
         except FileExistsError:
             return False
-        except RemoteStoreError:
-            if self.read(name) is not None:
+        except RemoteStoreError as exc:
+            if _lost_race(exc) or self.read(name) is not None:
                 return False
             raise
         return True
@@ -177,13 +181,17 @@ class ObjectLocation:
 
     def replace(self, name: str, data: bytes, version: str | None) -> bool:
         """Put the object only if it still has ``version`` (``If-Match`` on S3, where the
-        server refuses otherwise: False).  Elsewhere it is written unconditionally."""
-        if self.protocol in ("s3", "s3a") and version is not None:
+        server refuses otherwise: False; a ``version`` of None there means the object was
+        missing when looked at, so it changed since: False, nothing written).  Elsewhere it is
+        written unconditionally."""
+        if self.conditional:
+            if version is None:
+                return False
             try:
                 with self._errors():
                     self.fs.pipe_file(self._path(name), data, IfMatch=version)
             except RemoteStoreError as exc:
-                if "pre-condition" in str(exc) or "Precondition" in str(exc):
+                if _lost_race(exc):
                     return False
                 raise
             return True
@@ -233,6 +241,14 @@ class ObjectLocation:
         except ValueError:
             return None
         return doc if isinstance(doc, dict) else None
+
+
+def _lost_race(exc: Exception) -> bool:
+    """Whether S3 refused a conditional write because the object changed (412
+    PreconditionFailed) or another conditional write to it was in flight (409
+    ConditionalRequestConflict): the caller looks again."""
+    text = str(exc)
+    return any(s in text for s in ("pre-condition", "Precondition", "conflicting conditional"))
 
 
 # ------------------------------------------------------------------------------ leases
@@ -470,29 +486,19 @@ def object_live_runs(url: str, runs_attr: Mapping | None = None, storage_options
 def _object_live_runs(location: ObjectLocation, runs_attr: Mapping | None) -> dict:
     if runs_attr is None:
         runs_attr = object_root_attrs(location).get(S.ATTR_RUNS) or {}
-    runs = {str(k): dict(v) for k, v in runs_attr.items() if isinstance(v, Mapping)}
-    records = read_object_run_records(location)
-    runs.update(records)
-    coordinator = None
-    for seed, info in runs.items():
-        if info.get("status") != S.RUN_RUNNING:
-            continue
-        if seed in records:
-            owned = object_run_owned(location, int(seed))
-        else:
-            coordinator = lease_fresh(location.read_json(STORE_LEASE)) if coordinator is None else coordinator
-            owned = coordinator
-        if not owned:
-            runs[seed] = {**info, "status": S.RUN_INTERRUPTED}
-    return runs
+    return merge_live_runs(runs_attr, read_object_run_records(location),
+                           lambda seed: object_run_owned(location, seed),
+                           lambda: lease_fresh(location.read_json(STORE_LEASE)))
 
 
 class ObjectFile:
     """One object (a run's checkpoint) with the three things the run lifecycle asks of a
-    checkpoint path: :meth:`is_file`, :meth:`read_bytes` and :meth:`write_bytes` (one PUT)."""
+    checkpoint path: :meth:`is_file`, :meth:`read_bytes` and :meth:`write_bytes` (one PUT,
+    after ``guard()``: the writer's lease check, so a fenced owner never replaces the
+    checkpoint of the process that took its run over)."""
 
-    def __init__(self, location: ObjectLocation, name: str):
-        self.location, self.name = location, name
+    def __init__(self, location: ObjectLocation, name: str, guard=None):
+        self.location, self.name, self.guard = location, name, guard
 
     def is_file(self) -> bool:
         return self.location.read(self.name) is not None
@@ -504,6 +510,8 @@ class ObjectFile:
         return data
 
     def write_bytes(self, data: bytes) -> None:
+        if self.guard is not None:
+            self.guard()
         self.location.write(self.name, data)
 
     def __str__(self) -> str:
@@ -542,8 +550,11 @@ class ObjectStoreWriter(StoreWriter):
             self._lease.release()
             self._lease = None
 
-    def _consolidate(self) -> None:
+    def _may_write(self) -> None:
         (self._given or self._lease or _NoLease).check()
+
+    def _consolidate(self) -> None:
+        self._may_write()
         consolidate(self.location.zarr_store())
 
     def _run_records(self, group: str | None) -> dict[str, dict]:
@@ -574,7 +585,7 @@ class ObjectRunWriter(RunWriter):
         self._lease: Lease | None = None
         self.root = None
         self._arrays: dict[str, zarr.Array | None] = {}
-        self.checkpoint = ObjectFile(location, run_object_name(self.seed, group, "pt"))
+        self.checkpoint = ObjectFile(location, run_object_name(self.seed, group, "pt"), guard=self._check)
 
     def __enter__(self) -> "ObjectRunWriter":
         self._lease = Lease(
@@ -594,15 +605,22 @@ class ObjectRunWriter(RunWriter):
         doc = self.location.read_json(run_object_name(self.seed, self.group, "json"))
         return doc if doc is not None and isinstance(doc.get("status"), str) else None
 
-    def _write_record(self, doc: dict) -> None:
+    def _check(self) -> None:
+        """Fencing: :class:`LeaseLostError` once the run's lease is lost (or never taken)."""
+        if self._lease is None:
+            raise LeaseLostError(f"run seed {self.seed} of {self.location.url!r} is written only by the holder "
+                                 "of its lease (inside 'with ObjectRunWriter(...)')")
         self._lease.check()
+
+    def _write_record(self, doc: dict) -> None:
+        self._check()
         self.location.write(run_object_name(self.seed, self.group, "json"), json.dumps(doc).encode())
 
     def write_epoch(self, epoch: int, per_example: Mapping[str, np.ndarray], per_epoch: Mapping[str, float]) -> None:
         """As :meth:`RunWriter.write_epoch` (same values, ``completed`` set last), with the
         arrays' metadata read once per run and the epoch's chunks written concurrently: two
         round trips' latency per epoch instead of two per array."""
-        self._lease.check()
+        self._check()
         writes = [(self._array(name), (self.index, epoch, slice(None)), np.asarray(values))
                   for name, values in per_example.items() if self._array(name) is not None]
         writes += [(self._array(name), (self.index, epoch), value) for name, value in per_epoch.items()]
@@ -610,9 +628,24 @@ class ObjectRunWriter(RunWriter):
         async def write_all() -> None:
             await asyncio.gather(*(array.async_array.setitem(where, value) for array, where, value in writes))
 
-        sync(write_all())
-        self._lease.check()
-        self._array(S.COMPLETED)[self.index, epoch] = True
+        with self._epoch_errors(epoch):
+            sync(write_all())
+            self._check()
+            self._array(S.COMPLETED)[self.index, epoch] = True
+
+    @contextlib.contextmanager
+    def _epoch_errors(self, epoch: int) -> Iterator[None]:
+        """A failed write (network, permissions) as one line: the store stays as it was
+        before this epoch (``completed`` unset), so the same command resumes it."""
+        try:
+            yield
+        except ScorebankError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - network layers raise many types
+            raise RemoteStoreError(
+                f"could not write epoch {epoch} of run seed {self.seed} to {self.location.url!r} "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())}); the store is left resumable, run the "
+                "same command again") from None
 
     def _array(self, name: str) -> zarr.Array | None:
         """The run's array ``name`` (None: a variable the store's format predates), cached:

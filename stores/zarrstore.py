@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -190,17 +190,26 @@ def live_runs(path: str | os.PathLike, runs_attr: Mapping | None = None) -> dict
     killed; re-running the command resumes it)."""
     if runs_attr is None:
         runs_attr = root_attrs(path, (S.ATTR_RUNS,))[S.ATTR_RUNS] or {}
+    return merge_live_runs(runs_attr, read_run_records(path), lambda seed: run_owner_active(path, seed),
+                           lambda: writer_active(path))
+
+
+def merge_live_runs(runs_attr: Mapping, records: Mapping[str, dict], run_owned: Callable[[int], bool],
+                    writer_owned: Callable[[], bool]) -> dict[str, dict]:
+    """The ``runs`` attribute updated by the per-run ``records``; a ``running`` run is shown
+    ``interrupted`` unless its owner is there: ``run_owned(seed)`` for a run with a record,
+    ``writer_owned()`` (the store's writer, asked once) for status kept in the attribute.
+    Shared by local stores (locks) and object stores (leases)."""
     runs = {str(k): dict(v) for k, v in runs_attr.items() if isinstance(v, Mapping)}
-    records = read_run_records(path)
     runs.update(records)
     store_writer = None
     for seed, info in runs.items():
         if info.get("status") != S.RUN_RUNNING:
             continue
         if seed in records:
-            owned = run_owner_active(path, int(seed))
+            owned = run_owned(int(seed))
         else:
-            store_writer = writer_active(path) if store_writer is None else store_writer
+            store_writer = writer_owned() if store_writer is None else store_writer
             owned = store_writer
         if not owned:
             runs[seed] = {**info, "status": S.RUN_INTERRUPTED}
@@ -393,6 +402,7 @@ class StoreWriter:
         new = [s for s in seeds if s not in self.seeds]
         if not new:
             return
+        self._may_write()
         old = len(self.seeds)
         total = old + len(new)
         for var in S.variables(self.features, self.format):
@@ -422,17 +432,23 @@ class StoreWriter:
                 record = {**record, "status": S.RUN_INTERRUPTED}
             runs[seed] = record
         if runs != old:
+            self._may_write()
             node.attrs[S.ATTR_RUNS] = runs
             self._consolidate()
         return runs
 
     def set_run_status(self, seed: int, status: str, **info) -> None:
+        self._may_write()
         runs = self.runs
         runs[str(seed)] = {"status": status, **info}
         self.root.attrs[S.ATTR_RUNS] = runs
         self._consolidate()
 
     # Where the store keeps what is outside the Zarr hierarchy (ObjectStoreWriter: on an object store)
+    def _may_write(self) -> None:
+        """Called before each write of the store's metadata: nothing here (the ``flock`` is held
+        until exit); on an object store it fences a coordinator whose lease is lost."""
+
     def _consolidate(self) -> None:
         consolidate(self.path)
 

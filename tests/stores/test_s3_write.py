@@ -290,3 +290,89 @@ def test_overwrite_new_seeds_and_mismatch_on_an_object_store(place, tiny_config)
     ds = open_scores(place.url)
     assert ds.run.values.tolist() == [2] and place.read("checkpoints/run-3.pt") is None
     assert [n for n in place.names() if n.endswith((".lease", ".owner", ".creating"))] == []
+
+
+# ------------------------------------------------------------------------------ review fixes
+@pytest.mark.parametrize("url", ["s3://", "gs://", "memory://", "s3:///runs/x.zarr"])
+def test_a_url_without_a_bucket_is_refused_not_written_as_a_local_path(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # 's3://' stripped to 's3:' was a relative local path
+    with pytest.raises(InvalidArgumentError, match=r"names no bucket; give the store as \w+://BUCKET/PREFIX"):
+        store_target(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_conditional_replace_of_an_object_seen_missing_writes_nothing(s3):
+    place = ObjectLocation(f"s3://{BUCKET}/runs/{uuid.uuid4().hex}.zarr")
+    assert place.version(STORE_LEASE) is None  # looked at while missing ...
+    place.write(STORE_LEASE, b"theirs")  # ... then somebody took it
+    assert place.replace(STORE_LEASE, b"mine", None) is False  # no unconditional PUT over theirs
+    assert place.read(STORE_LEASE) == b"theirs"
+    version = place.version(STORE_LEASE)
+    place.write(STORE_LEASE, b"renewed")
+    assert place.replace(STORE_LEASE, b"mine", version) is False  # If-Match on a changed ETag
+    assert place.replace(STORE_LEASE, b"mine", place.version(STORE_LEASE)) is True
+    assert place.read(STORE_LEASE) == b"mine"
+
+
+def test_a_fenced_run_owner_does_not_replace_its_checkpoint(place):
+    from scorebank.stores.objectstore import ObjectRunWriter, run_object_name
+
+    create_object_store(place, **_create_args())
+    with ObjectRunWriter(place, 0) as run:
+        run.checkpoint.write_bytes(b"epoch 0")
+        run._lease.lost = True  # its lease lapsed (or was taken over) while it was busy
+        with pytest.raises(LeaseLostError, match="lost its lease"):
+            run.checkpoint.write_bytes(b"epoch 1")
+        with pytest.raises(LeaseLostError):
+            run.set_status(S.RUN_COMPLETE)
+    assert place.read(run_object_name(0, None, "pt")) == b"epoch 0"
+    assert place.read(run_object_name(0, None, "json")) is None
+
+
+def test_a_fenced_coordinator_writes_no_metadata(place):
+    from scorebank.stores.objectstore import ObjectStoreWriter, run_object_name
+
+    create_object_store(place, **_create_args())
+    place.write(run_object_name(0, None, "json"), json.dumps({"status": S.RUN_COMPLETE}).encode())
+    before = {n: place.read(n) for n in place.names() if n.endswith("zarr.json")}
+    with ObjectStoreWriter(place) as writer:
+        writer._lease.lost = True
+        with pytest.raises(LeaseLostError):
+            writer.add_runs((0, 5))  # would resize every run array and rewrite the runs attribute
+        with pytest.raises(LeaseLostError):
+            writer.consolidate_runs()
+        with pytest.raises(LeaseLostError):
+            writer.set_run_status(0, S.RUN_FAILED)
+    assert {n: place.read(n) for n in place.names() if n.endswith("zarr.json")} == before
+
+
+def test_a_network_error_mid_run_is_one_line_and_the_store_resumes(place, tiny_config, monkeypatch):
+    from zarr.storage import FsspecStore
+
+    from scorebank.pipeline.scoring import score
+    from scorebank.stores.remote import RemoteStoreError
+
+    cfg = tiny_config(epochs=2)
+    real_set, margins = FsspecStore.set, []
+
+    async def connection_drops(self, key, value, *args, **kwargs):
+        if key.startswith(f"{S.MARGIN}/c"):
+            margins.append(key)
+            if len(margins) > 2:  # epochs 0 and 1 of seed 0 written, epoch 2 not
+                raise ConnectionResetError(104, "Connection reset by peer")
+        return await real_set(self, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(FsspecStore, "set", connection_drops)
+    with pytest.raises(RemoteStoreError, match=rf"^could not write epoch 2 of run seed 0 to {place.url!r} "
+                                               r"\(ConnectionResetError: .*Connection reset by peer\); the store is "
+                                               r"left resumable, run the same command again$"):
+        score(cfg, (0, 1), place.url, device="cpu")
+    monkeypatch.undo()
+    ds = open_scores(place.url, complete=False)
+    assert ds.completed.values.tolist() == [[True, True, False], [False, False, False]]
+    assert {r.seed: r.status for r in summarize(ds).runs} == {0: S.RUN_INTERRUPTED, 1: S.RUN_PENDING}
+    assert [n for n in place.names() if n.endswith((".lease", ".owner"))] == []
+    score(cfg, (0, 1), place.url, device="cpu")
+    reference = ObjectLocation(f"memory://scorebank-tests/{uuid.uuid4().hex}.zarr").url
+    score(cfg, (0, 1), reference, device="cpu")
+    _values_equal(open_scores(reference), open_scores(place.url))
