@@ -422,6 +422,8 @@ def aum_command(
     from scorebank.stores.manifest import write_manifest
 
     with handle_errors(), dask_scheduler(output["scheduler"]) as sched:
+        if rows < 0:
+            raise InvalidArgumentError(f"--rows must be 0 or more, got {rows!r}")
         res = aum_flags(_store(ctx), epoch, percentile=percentile, runs=_runs(runs), scheduler=sched)
         written = str(write_manifest(out, drop_manifest(res, _store(ctx), name=name))) if out is not None else None
         doc = {"score": res.spec, "epoch": res.epoch, "runs": list(res.runs), "percentile": res.percentile,

@@ -100,6 +100,11 @@ def test_bad_percentile_is_exit_2(store, value):
     assert r.exit_code == 2 and r.output.startswith("error: --percentile must be a number in (0, 100]")
 
 
+def test_negative_rows_is_exit_2(store):
+    r = CliRunner().invoke(app, ["analyze", str(store), "aum", "--rows", "-1"])
+    assert r.exit_code == 2 and r.output == "error: --rows must be 0 or more, got -1\n", r.output
+
+
 def test_cli_json_and_manifest(store, tmp_path):
     aum, ts, cut, flagged, noisy, hits = _by_hand(store, 3)
     out = tmp_path / "keep.json"
