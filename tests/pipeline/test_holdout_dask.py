@@ -90,7 +90,8 @@ def test_memorization_models_as_tasks_equal_sequential(digits_store, config, dat
 
 def test_worker_killed_mid_fold_is_retried_and_equals_sequential(digits_store, tiny_config, data, client,
                                                                  one_thread):
-    cfg = tiny_config(epochs=30, label_noise=0.2, record_epochs=(0, 30))  # folds long enough to kill mid-training
+    # folds long enough (about a second each) to be still training when the kill lands
+    cfg = tiny_config(epochs=150, label_noise=0.2, record_epochs=(0, 150))
     par, seq = digits_store(cfg, copy_to="k.zarr"), digits_store(cfg, copy_to="s.zarr")
     pids = client.run(os.getpid)  # worker address -> pid
     seen, killed = [], []
