@@ -352,10 +352,17 @@ class Lease:
                 f"(not renewed within {self.ttl:.0f} s); stopped writing, run the same command again to resume")
 
     def release(self) -> None:
+        """Stop renewing and delete the lease if it is still this holder's.  A fenced holder
+        (:meth:`check`) leaves it to lapse: its lease may be stale by now, so another process
+        may be taking it over between this one's look and its delete."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        try:
+            self.check()
+        except LeaseLostError:
+            return
         try:
             doc = self.location.read_json(self.name)
             if doc and doc.get("token") == self.token:
@@ -538,11 +545,14 @@ class ObjectStoreWriter(StoreWriter):
     def __enter__(self) -> "ObjectStoreWriter":
         if self._given is None:
             self._lease = store_lease(self.location).acquire()
-        if not is_object_store(self.location):
-            self.__exit__()
-            raise StoreLockedError(f"store {self.location.url!r} was removed by another scorebank process while "
-                                   "this one waited for it; run the command again")
-        self._open()
+        try:
+            if not is_object_store(self.location):
+                raise StoreLockedError(f"store {self.location.url!r} was removed by another scorebank process "
+                                       "while this one waited for it; run the command again")
+            self._open()
+        except BaseException:
+            self.__exit__()  # a failed start (network error too) leaves no lease behind
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -593,7 +603,11 @@ class ObjectRunWriter(RunWriter):
             wait=self.wait,
             busy=f"run seed {self.seed} of store {self.location.url!r} is being written by another scorebank "
                  "process; wait for it to finish").acquire()
-        root = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3, use_consolidated=False)
+        try:
+            root = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=3, use_consolidated=False)
+        except BaseException:
+            self.__exit__()  # a failed start (network error too) leaves no lease behind
+            raise
         return self._bind(root[self.group] if self.group else root)
 
     def __exit__(self, *exc) -> None:

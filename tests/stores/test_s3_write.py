@@ -392,3 +392,30 @@ def test_a_network_error_mid_run_is_one_line_and_the_store_resumes(place, tiny_c
     reference = ObjectLocation(f"memory://scorebank-tests/{uuid.uuid4().hex}.zarr").url
     score(cfg, (0, 1), reference, device="cpu")
     _values_equal(open_scores(reference), open_scores(place.url))
+
+
+def test_a_fenced_holder_leaves_its_lease_to_lapse(place):
+    lease = _lease(place, ttl=0.2).acquire()
+    lease.lost = True  # e.g. not renewed for 0.75 of the ttl: someone may be taking it over now
+    lease.release()
+    assert place.read_json(STORE_LEASE)["token"] == lease.token  # not deleted under a possible taker
+    time.sleep(0.25)
+    with _lease(place, ttl=30) as healthy:  # stale by now: taken over
+        pass
+    assert place.read(STORE_LEASE) is None and healthy.lost is False  # a healthy holder deletes its own
+
+
+def test_a_run_owner_that_fails_to_open_the_store_leaves_no_lease(place, monkeypatch):
+    import zarr
+
+    from scorebank.stores.objectstore import ObjectRunWriter
+
+    create_object_store(place, **_create_args())
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("network unreachable")
+
+    monkeypatch.setattr(zarr, "open_group", unreachable)
+    with pytest.raises(ConnectionError):
+        ObjectRunWriter(place, 0).__enter__()
+    assert [n for n in place.names() if n.endswith(".owner")] == []
