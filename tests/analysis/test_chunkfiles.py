@@ -3,10 +3,12 @@
 through zarr; every chunk still passes the store's guard; other locations read through
 zarr."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
-from scorebank.analysis import access, pairwise_overlap
+from scorebank.analysis import access, forgetting, margin_distribution, pairwise_overlap
 from scorebank.analysis.chunkfiles import ChunkView, chunk_files
 from scorebank.stores import schema as S
 from scorebank.stores.errors import ScorebankError
@@ -107,3 +109,58 @@ def test_a_margin_overflowing_its_normalisation_is_still_refused(make_store):
     with pytest.raises(ScorebankError, match=r"score 'nmargin@2' is not finite \(NaN or inf\) for 1 example\(s\) "
                                              r"in run 1;"):
         pairwise_overlap(tiny.path, k=3)
+
+
+@pytest.mark.parametrize("analysis,var,passes", [
+    (lambda ds: forgetting(ds, scheduler="synchronous"), S.TRAIN_CORRECT, 1),
+    (lambda ds: pairwise_overlap(ds, k=(3, 10), scheduler="synchronous"), S.MARGIN, 1),
+    (lambda ds: margin_distribution(ds, gammas=(0.1,), scheduler="synchronous"), S.MARGIN, 2),
+], ids=["forgetting", "pairwise_overlap", "margin_distribution"])
+def test_chunk_files_are_read_inside_tasks_a_few_at_a_time(make_store, monkeypatch, analysis, var, passes):
+    """As tests/analysis/test_laziness.py checks for zarr's reader: every chunk of the
+    chosen epochs once per pass, inside Dask tasks, at most 4 chunks of one run and one
+    example chunk per task; and every chunk read is checked by the store's guard."""
+    from dask.callbacks import Callback
+
+    from scorebank.analysis.chunkfiles import ChunkFiles
+    from scorebank.stores.location import ChunkGuard
+
+    st = make_store(epochs=12, n=120, chunk=20)  # 3 runs x 13 epochs x 6 chunks
+    monkeypatch.setattr(access, "BLOCK_BYTES", 80)  # 4 epochs of a bool chunk, 1 of a float32 one
+    read, checked, tasks = [], [], []
+    chunk_bytes, check = ChunkFiles._chunk_bytes, ChunkGuard.check
+
+    def recording_chunk_bytes(self, coords):
+        key, data = chunk_bytes(self, coords)
+        read.append(key)
+        return key, data
+
+    def recording_check(self, key, data):
+        checked.append(key)
+        return check(self, key, data)
+
+    monkeypatch.setattr(ChunkFiles, "_chunk_bytes", recording_chunk_bytes)
+    monkeypatch.setattr(ChunkGuard, "check", recording_check)
+
+    class PerTask(Callback):
+        def _pretask(self, key, dsk, state):
+            self.start = len(read)
+
+        def _posttask(self, key, result, dsk, state, id):
+            tasks.append(read[self.start:])
+
+    ds = access.open_store(st.path)
+    read.clear()
+    with PerTask():
+        analysis(ds)
+    per_example = [k for k in read if k.split("/")[0] in PER_EXAMPLE]
+    assert {k.split("/")[0] for k in per_example} == {var}
+    first = 1 if var == S.TRAIN_CORRECT else 0  # forgetting never reads epoch 0
+    assert set(per_example) == {f"{var}/c/{r}/{e}/{x}" for r in range(3) for e in range(first, 13) for x in range(6)}
+    assert set(Counter(per_example).values()) == {passes}
+    assert sorted(k for keys in tasks for k in keys if k in per_example) == sorted(per_example)
+    per_task = [[k for k in keys if k in per_example] for keys in tasks]
+    assert max(len(keys) for keys in per_task) <= 4
+    for keys in filter(None, per_task):
+        assert len({(k.split("/")[2], k.split("/")[4]) for k in keys}) == 1, keys
+    assert Counter(k for k in checked if k in per_example) == Counter(per_example)
