@@ -55,18 +55,7 @@ def _values_equal(a, b) -> None:
     assert {k: v for k, v in a.attrs.items() if k not in skip} == {k: v for k, v in b.attrs.items() if k not in skip}
 
 
-@pytest.fixture
-def one_torch_thread():
-    """The killed CLI's thread count in this process too (bit-identical values)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_score_into_s3_killed_and_resumed_equals_a_local_store(s3, tmp_path, one_torch_thread):
+def test_score_into_s3_killed_and_resumed_equals_a_local_store(s3, tmp_path):
     from scorebank.pipeline.config import resolve_config
     from scorebank.pipeline.scoring import score
 
@@ -89,8 +78,8 @@ def test_score_into_s3_killed_and_resumed_equals_a_local_store(s3, tmp_path, one
     assert statuses[0] == S.RUN_INTERRUPTED  # its owner's lease names a dead process of this host
     assert fs.exists(f"{BUCKET}/runs/killed.zarr/{STORE_LEASE}")  # left behind by the killed coordinator
 
-    # resumed and the reference written in this process (no interpreter start-ups): the same
-    # configuration as the CLI's (a different one would be refused by the store)
+    # resumed and the reference written in this process (no interpreter start-ups; one torch
+    # thread, tests/conftest.py): the CLI's configuration (another one would be refused)
     config = resolve_config(dataset="digits", limit=200, model="mlp", width=16, epochs=4, batch_size=16)
     events = []
     score(config, (0, 1), url, device="cpu", progress=events.append)
