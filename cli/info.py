@@ -41,6 +41,10 @@ def print_summary(location, summary=None) -> None:
                       pct(r.train_accuracy), *noise_cols, pct(r.test_accuracy),
                       "-" if r.separation_epoch is None else str(r.separation_epoch))
     console.print(table)
+    from scorebank.stores.summary import training_groups
+
+    for group in training_groups(location):  # retrain/NAME, holdout, memorization: live status per unit
+        console.print(plain(group.describe()), highlight=False)
 
 
 def info_command(
@@ -53,7 +57,13 @@ def info_command(
             from scorebank.stores.location import open_scores
             from scorebank.stores.summary import summarize
 
-            print_json(dataclasses.asdict(summarize(open_scores(store))))
+            from scorebank.stores.summary import training_groups
+
+            doc = dataclasses.asdict(summarize(open_scores(store)))
+            groups = training_groups(store)
+            if groups:  # only then, so stores without training groups print what they always did
+                doc["groups"] = [dataclasses.asdict(g) for g in groups]
+            print_json(doc)
         else:
             print_summary(store)
 

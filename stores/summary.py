@@ -200,7 +200,8 @@ class GroupStatus:
                 keys = [k for k, r in self.status.items() if r.get("status", S.RUN_PENDING) == status]
                 part += f" ({', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''})"
             parts.append(part)
-        return f"{self.group}: {len(self.status)} {self.unit}s: {', '.join(parts) or 'none'}"
+        n = len(self.status)
+        return f"{self.group}: {n} {self.unit}{'' if n == 1 else 's'}: {', '.join(parts) or 'none'}"
 
 
 def training_groups(location: str | os.PathLike) -> list[GroupStatus]:

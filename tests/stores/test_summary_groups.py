@@ -62,3 +62,22 @@ def test_describe_lists_at_most_eight_keys():
     status = {str(m): {"status": S.RUN_FAILED} for m in range(10)}
     line = GroupStatus("memorization", "model", status).describe()
     assert line == "memorization: 10 models: 10 failed (0, 1, 2, 3, 4, 5, 6, 7, ...)"
+
+
+def test_info_shows_the_groups_and_json_adds_them_only_when_there_are_some(store, data):
+    """``scorebank info`` prints one line per training group after the runs; ``--json`` gains
+    ``groups`` only for a store that has some (other stores print what they always did)."""
+    from typer.testing import CliRunner
+
+    from scorebank.cli.main import app
+
+    before = json.loads(CliRunner().invoke(app, ["info", str(store), "--json"]).output)
+    assert "groups" not in before
+    retrain(store, np.arange(100), "half", [0], overrides={"epochs": 1}, device="cpu", data=data)
+    shown = CliRunner().invoke(app, ["info", str(store)])
+    assert shown.exit_code == 0 and "retrain/half: 1 run: 1 complete" in shown.output
+    after = json.loads(CliRunner().invoke(app, ["info", str(store), "--json"]).output)
+    assert after["groups"] == [{"group": "retrain/half", "unit": "run",
+                                "status": {"0": training_groups(store)[0].status["0"]}}]
+    assert after["groups"][0]["status"]["0"]["status"] == S.RUN_COMPLETE
+    assert {k: v for k, v in after.items() if k != "groups"} == before
