@@ -432,6 +432,11 @@ def remove_object_store(location: ObjectLocation) -> None:
     if not is_object_store(location):
         raise StoreExistsError(f"refusing to delete {location.url!r}: it is not a scorebank store; remove it "
                                "yourself or choose another --store")
+    busy = [n for n in location.names(S.CHECKPOINT_DIR) if n.endswith(".owner") and lease_fresh(location.read_json(n))]
+    if busy:  # tasks of a coordinator that died (a lost client) may still be writing their runs
+        raise StoreLockedError(f"refusing to delete {location.url!r}: its run lease {busy[0]!r} is held by a "
+                               "running scorebank task; wait for it to finish (or to lapse) and run the command "
+                               "again")
     location.write(CREATING, b"")
     location.delete(ROOT_METADATA)
     location.delete_many([n for n in location.names() if n not in (STORE_LEASE, CREATING)])

@@ -408,3 +408,17 @@ def test_a_run_owner_that_fails_to_open_the_store_leaves_no_lease(place, monkeyp
     with pytest.raises(ConnectionError):
         ObjectRunWriter(place, 0).__enter__()
     assert [n for n in place.names() if n.endswith(".owner")] == []
+
+
+def test_a_store_whose_run_is_still_being_written_is_not_removed(place):
+    from scorebank.stores.objectstore import remove_object_store, run_object_name
+
+    create_object_store(place, **_create_args())
+    owner = run_object_name(0, None, "owner")
+    place.write(owner, _lease_doc("worker-host", 7, time.time()))  # a task of a lost client, still running
+    with pytest.raises(StoreLockedError, match=rf"refusing to delete {place.url!r}: its run lease {owner!r} is held"):
+        remove_object_store(place)
+    assert is_object_store(place) and CREATING not in place.names()
+    place.write(owner, _lease_doc("worker-host", 7, time.time() - 61))  # lapsed: the task is gone
+    remove_object_store(place)
+    assert place.names() == []
