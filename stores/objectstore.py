@@ -131,7 +131,10 @@ class ObjectLocation:
                                    f"{' '.join(str(exc).split())}") from None
 
     def read(self, name: str) -> bytes | None:
-        """The object's bytes, None when there is none."""
+        """The object's bytes, None when there is none.  Asked of the server each time: the
+        file system's cached listings (filled by :meth:`names`) do not see objects that other
+        processes wrote since, and s3fs answers "missing" from them."""
+        self.fs.invalidate_cache(self._path(name))
         try:
             return bytes(self.fs.cat_file(self._path(name)))
         except FileNotFoundError:

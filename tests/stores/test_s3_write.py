@@ -422,3 +422,14 @@ def test_a_store_whose_run_is_still_being_written_is_not_removed(place):
     place.write(owner, _lease_doc("worker-host", 7, time.time() - 61))  # lapsed: the task is gone
     remove_object_store(place)
     assert place.names() == []
+
+
+def test_an_object_another_process_wrote_after_a_listing_is_read(s3):
+    import boto3
+
+    place = ObjectLocation(f"s3://{BUCKET}/runs/{uuid.uuid4().hex}.zarr")
+    place.write("checkpoints/run-0.json", b"{}")
+    assert place.names() == ["checkpoints/run-0.json"]  # s3fs caches the listing of checkpoints/
+    key = place.url[len(f"s3://{BUCKET}/"):] + "/checkpoints/run-1.json"
+    boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"]).put_object(Bucket=BUCKET, Key=key, Body=b"{}")
+    assert place.read("checkpoints/run-1.json") == b"{}"  # a worker's record, not "missing"
