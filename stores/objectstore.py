@@ -58,7 +58,8 @@ from scorebank.stores.create import consolidate, create_store
 from scorebank.stores.errors import InvalidArgumentError, ScorebankError, StoreExistsError, StoreLockedError, \
     StoreNotFoundError
 from scorebank.stores.partial import writer_gone, writer_tag
-from scorebank.stores.remote import RemoteStoreError, filesystem, remote_store, translate_remote_errors, url_scheme
+from scorebank.stores.remote import (REMOTE_HINT, RemoteStoreError, filesystem, remote_store, translate_remote_errors,
+                                     url_scheme)
 from scorebank.stores.zarrstore import RunWriter, StoreWriter, merge_live_runs, predates
 
 #: Seconds after its last renewal that a lease lapses (environment ``SCOREBANK_LEASE_SECONDS``).
@@ -128,7 +129,7 @@ class ObjectLocation:
                 raise StoreNotFoundError(f"cannot write {self.url!r} ({exc}); check that the bucket exists "
                                          "and the URL is right") from None
             raise RemoteStoreError(f"could not write {self.url!r}: {type(exc).__name__}: "
-                                   f"{' '.join(str(exc).split())}") from None
+                                   f"{' '.join(str(exc).split())}; {REMOTE_HINT}") from None
 
     def read(self, name: str) -> bytes | None:
         """The object's bytes, None when there is none.  Asked of the server each time: the

@@ -117,7 +117,13 @@ def translate_remote_errors(url: str, exc: BaseException) -> ScorebankError:
     """A one-line scorebank error for a failure while reading ``url``."""
     if isinstance(exc, FileNotFoundError):
         return StoreNotFoundError(f"nothing found at {url!r} ({exc}); check the URL")
-    return RemoteStoreError(f"could not read {url!r}: {type(exc).__name__}: {exc}")
+    return RemoteStoreError(f"could not read {url!r}: {type(exc).__name__}: {' '.join(str(exc).split())}; "
+                            f"{REMOTE_HINT}")
+
+
+#: How to fix a failed request to a URL (the end of its one-line error).
+REMOTE_HINT = ("check the URL, the network, the endpoint (AWS_ENDPOINT_URL for an S3-compatible server) and the "
+               "credentials")
 
 
 class LocalReader:

@@ -433,3 +433,21 @@ def test_an_object_another_process_wrote_after_a_listing_is_read(s3):
     key = place.url[len(f"s3://{BUCKET}/"):] + "/checkpoints/run-1.json"
     boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"]).put_object(Bucket=BUCKET, Key=key, Body=b"{}")
     assert place.read("checkpoints/run-1.json") == b"{}"  # a worker's record, not "missing"
+
+
+def test_an_unreachable_endpoint_is_one_line_saying_what_to_check(monkeypatch):
+    s3fs = pytest.importorskip("s3fs")
+    from scorebank.stores.remote import RemoteStoreError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s3server._free_port()}")  # nobody listens
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(RemoteStoreError, match=r"^could not read 's3://scores/x.zarr': EndpointConnectionError: "
+                                                   r".*; check the URL, the network, the endpoint \(AWS_ENDPOINT_URL "
+                                                   r"for an S3-compatible server\) and the credentials$"):
+            store_target("s3://scores/x.zarr", {"config_kwargs": {"retries": {"max_attempts": 1}}}).exists()
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
