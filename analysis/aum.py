@@ -22,6 +22,7 @@ margin, a registry score):
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -64,7 +65,9 @@ def real_examples(ds: xr.Dataset) -> np.ndarray:
 
 
 def check_percentile(percentile) -> float:
-    ok = isinstance(percentile, (int, float)) and not isinstance(percentile, bool)
+    """``percentile`` as a float in (0, 100] (numpy scalars too), else one-line
+    :class:`InvalidArgumentError`."""
+    ok = isinstance(percentile, numbers.Real) and not isinstance(percentile, (bool, np.bool_))
     if not (ok and math.isfinite(percentile) and 0 < percentile <= 100):
         raise InvalidArgumentError(f"--percentile must be a number in (0, 100], got {percentile!r}; "
                                    "the paper uses 99")

@@ -85,6 +85,15 @@ def test_cutoff_on_a_small_example():
     assert flagged.tolist() == [False, False, False, True, False, False]  # a threshold sample is never flagged
 
 
+@pytest.mark.parametrize("q", [np.int64(50), np.float32(50.0), 50])
+def test_the_percentile_may_be_a_numpy_scalar(q):
+    aum = np.array([0.5, -1.0, 2.0, -3.0, 0.0, 1.0])
+    ts = np.array([True, True, False, False, False, False])
+    assert aum_cutoff(aum, ts, q)[0] == pytest.approx(-0.25)
+    with pytest.raises(InvalidArgumentError, match=r"got np.True_"):
+        aum_cutoff(aum, ts, np.bool_(True))
+
+
 def test_store_without_threshold_samples_is_refused_in_one_line(plain):
     with pytest.raises(InvalidArgumentError, match="--threshold-samples"):
         aum_flags(plain, 1)
