@@ -583,7 +583,7 @@ class ObjectStoreWriter(StoreWriter):
         return object_run_owned(self.location, seed, group)
 
     def checkpoint_path(self, seed: int) -> ObjectFile:
-        return ObjectFile(self.location, run_object_name(seed, None, "pt"))
+        return ObjectFile(self.location, run_object_name(seed, None, "pt"), guard=self._may_write)
 
 
 class _NoLease:

@@ -348,6 +348,9 @@ def test_a_fenced_coordinator_writes_no_metadata(place):
             writer.consolidate_runs()
         with pytest.raises(LeaseLostError):
             writer.set_run_status(0, S.RUN_FAILED)
+        with pytest.raises(LeaseLostError):
+            writer.checkpoint_path(0).write_bytes(b"state")
+    assert place.read(run_object_name(0, None, "pt")) is None
     assert {n: place.read(n) for n in place.names() if n.endswith("zarr.json")} == before
 
 
