@@ -409,9 +409,11 @@ def _foreign_objects(location: ObjectLocation) -> list[str]:
     return names
 
 
-def create_object_store(location: ObjectLocation, **kwargs) -> None:
+def create_object_store(location: ObjectLocation, *, lease: Lease | None = None, **kwargs) -> None:
     """Create a store at ``location`` (arguments as :func:`~scorebank.stores.create.create_store`),
-    atomically from readers' view (module docstring).  Call under the store lease."""
+    atomically from readers' view (module docstring).  Call under the store lease (``lease``:
+    checked again before the upload and before the root ``zarr.json``, so a coordinator that
+    lost it during a long upload never makes a store of its objects)."""
     if location.read(ROOT_METADATA) is not None:
         raise StoreExistsError(f"{location.url!r} already exists")
     foreign = _foreign_objects(location)
@@ -425,7 +427,10 @@ def create_object_store(location: ObjectLocation, **kwargs) -> None:
         create_store(local, **kwargs)
         files = {p.relative_to(local).as_posix(): p.read_bytes() for p in sorted(local.rglob("*")) if p.is_file()}
     root_meta = files.pop(ROOT_METADATA)
+    check = (lease or _NoLease).check
+    check()
     location.write_many(files)
+    check()
     location.write(ROOT_METADATA, root_meta)  # from now on the prefix holds a store
     location.delete(CREATING)
 

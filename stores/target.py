@@ -103,8 +103,9 @@ class ObjectTarget:
     def create(self, **kwargs) -> None:
         from scorebank.stores.objectstore import create_object_store
 
-        self._claimed().check()
-        create_object_store(self.location, **kwargs)
+        lease = self._claimed()
+        lease.check()
+        create_object_store(self.location, lease=lease, **kwargs)
 
     def writer(self):
         from scorebank.stores.objectstore import ObjectStoreWriter

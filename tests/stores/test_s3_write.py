@@ -454,3 +454,20 @@ def test_an_unreachable_endpoint_is_one_line_saying_what_to_check(monkeypatch):
             store_target("s3://scores/x.zarr", {"config_kwargs": {"retries": {"max_attempts": 1}}}).exists()
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_coordinator_that_loses_its_lease_while_uploading_makes_no_store(place, monkeypatch):
+    lease = _lease(place).acquire()
+    real_write_many = ObjectLocation.write_many
+
+    def slow_upload(self, objects):
+        real_write_many(self, objects)
+        lease.lost = True  # the upload outlasted 0.75 of the ttl
+
+    monkeypatch.setattr(ObjectLocation, "write_many", slow_upload)
+    try:
+        with pytest.raises(LeaseLostError):
+            create_object_store(place, lease=lease, **_create_args())
+    finally:
+        lease.release()
+    assert not is_object_store(place) and CREATING in place.names()  # leftovers the next creation removes
