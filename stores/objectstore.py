@@ -300,6 +300,7 @@ class Lease:
 
     def acquire(self) -> "Lease":
         while True:
+            started = time.monotonic()  # no later than the renewal time the lease will say
             version = self.location.version(self.name)  # before the read: a change in between fails If-Match
             if self.location.read(self.name) is None:
                 if self.location.create(self.name, self._body()) and self._settled():
@@ -317,7 +318,7 @@ class Lease:
                     f"{str(doc.get('holder'))!r} on host {str(doc.get('host'))!r} pid {doc.get('pid')!r}, renewed "
                     f"{time.time() - renewed:.0f} s ago; it lapses {float(doc['ttl']):.0f} s after its last renewal)")
             time.sleep(POLL_SECONDS)
-        self._renewed = time.monotonic()
+        self._renewed = started  # the fence counts from before the write, not after the read-back
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.name}", daemon=True)
         self._thread.start()
         return self

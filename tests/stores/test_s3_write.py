@@ -471,3 +471,15 @@ def test_a_coordinator_that_loses_its_lease_while_uploading_makes_no_store(place
     finally:
         lease.release()
     assert not is_object_store(place) and CREATING in place.names()  # leftovers the next creation removes
+
+
+def test_the_fence_counts_from_before_the_lease_was_written(place, monkeypatch):
+    import scorebank.stores.objectstore as objectstore
+
+    monkeypatch.setattr(objectstore, "SETTLE_SECONDS", 0.3)  # memory:// has no conditional writes: read-back
+    before = time.monotonic()
+    lease = _lease(place, ttl=60).acquire()
+    try:
+        assert before <= lease._renewed <= before + 0.3 <= time.monotonic()
+    finally:
+        lease.release()
