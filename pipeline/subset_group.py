@@ -243,6 +243,8 @@ def training_group(path: Path, name: str, spec: GroupSpec, *, spec_attr: str, st
     if old is not None and not overwrite:
         refuse_mismatch(path, name, old, spec, option)
     with StoreWriter(path) as writer:
+        # looked at again under the lock: another coordinator may have made (or replaced) it since
+        old = read_group_spec(path, name, spec_attr, type(spec))
         if old is not None and overwrite:
             shutil.rmtree(path / name)
             old = None
@@ -250,7 +252,7 @@ def training_group(path: Path, name: str, spec: GroupSpec, *, spec_attr: str, st
             shutil.rmtree(run_folder(path, name), ignore_errors=True)  # records of a replaced group
             _create_group(writer, name, spec_attr, spec, status_attr, create_arrays)
         else:
-            refuse_mismatch(path, name, read_group_spec(path, name, spec_attr, type(spec)), spec, option)
+            refuse_mismatch(path, name, old, spec, option)
         grow(open_group(path, name))
         consolidate(path)
         try:

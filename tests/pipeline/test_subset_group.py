@@ -1,0 +1,28 @@
+"""The subset-training group's opening (pipeline/subset_group.py): what the coordinator decides
+under the store's lock."""
+
+import pytest
+import zarr
+
+from scorebank.pipeline import subset_group
+from scorebank.pipeline.holdout import holdout
+from scorebank.stores.errors import ConfigMismatchError
+
+STORE_CONFIG = dict(epochs=1)  # ``config``; ``store``: a copy of its store (tests/conftest.py)
+
+
+def test_a_group_made_by_another_coordinator_before_the_lock_is_refused_not_clobbered(store, data, monkeypatch):
+    holdout(store, 2, [0], device="cpu", data=data)  # the other coordinator's group, finished
+    files = sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.suffix != ".lock")
+    real, looks = subset_group.read_group_spec, []
+
+    def first_look_before_it_existed(*args, **kwargs):  # this command looked before the other made it
+        looks.append(args)
+        return None if len(looks) == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(subset_group, "read_group_spec", first_look_before_it_existed)
+    with pytest.raises(ConfigMismatchError, match="folds: group has 2, asked 3"):
+        holdout(store, 3, [0], device="cpu", data=data)
+    # the other group and its folds' records are untouched
+    assert sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.suffix != ".lock") == files
+    assert zarr.open_group(store / "holdout", mode="r")["fold_done"][...].tolist() == [[True, True]]
