@@ -7,12 +7,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from scorebank.pipeline import experiment as X
 
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 
 TINY = """
 [experiment]
@@ -70,20 +69,11 @@ per-class = 1
 TRAINING_STAGES = {"score", "again", "prune", "eh", "ho"}
 
 
-@pytest.fixture(scope="module")
-def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    with cluster, distributed.Client(cluster) as c:
-        yield c
-
-
 @pytest.fixture
-def one_thread():
-    """The workers train with one torch thread: so does the sequential reference."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def client(process_client):
+    """The session's process LocalCluster (tests/pipeline/conftest.py), both workers up."""
+    process_client.wait_for_workers(2)
+    return process_client
 
 
 def arrays(path) -> dict[str, np.ndarray]:

@@ -8,7 +8,6 @@ import signal
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from scorebank.pipeline.holdout import holdout
@@ -16,26 +15,17 @@ from scorebank.pipeline.memorization import memorization
 from scorebank.stores import schema as S
 from scorebank.stores.zarrstore import read_run_records
 
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 
 EPOCHS = 2
 STORE_CONFIG = dict(epochs=EPOCHS, label_noise=0.2)  # ``config``; ``digits_store(config)``: copies of its store
 
 
-@pytest.fixture(scope="module")
-def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    with cluster, distributed.Client(cluster) as c:
-        yield c
-
-
 @pytest.fixture
-def one_thread():
-    """The workers train with one torch thread: so does the sequential reference."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def client(process_client):
+    """The session's process LocalCluster (tests/pipeline/conftest.py), both workers up."""
+    process_client.wait_for_workers(2)
+    return process_client
 
 
 def assert_same_group(a, b, name: str, status_attr: str) -> None:
