@@ -3,6 +3,7 @@
 through zarr; every chunk still passes the store's guard; other locations read through
 zarr."""
 
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -164,3 +165,30 @@ def test_chunk_files_are_read_inside_tasks_a_few_at_a_time(make_store, monkeypat
     for keys in filter(None, per_task):
         assert len({(k.split("/")[2], k.split("/")[4]) for k in keys}) == 1, keys
     assert Counter(k for k in checked if k in per_example) == Counter(per_example)
+
+
+def test_uncompressed_chunks_read_as_zarr_reads_them(gappy, monkeypatch):
+    """Arrays stored with the ``bytes`` codec alone (no zstd; gaps and a partial last chunk)."""
+    import zarr
+
+    for name in (S.MARGIN, S.TRAIN_CORRECT):
+        src = zarr.open_array(gappy.path / name, mode="r")
+        values, attrs, dims = src[...], dict(src.attrs), src.metadata.dimension_names
+        chunks, fill = src.chunks, src.fill_value
+        (gappy.path / name / "zarr.json").unlink()
+        for chunk in sorted((gappy.path / name).rglob("*"), reverse=True):
+            chunk.unlink() if chunk.is_file() else chunk.rmdir()
+        zarr.create_array(str(gappy.path), name=name, shape=values.shape, chunks=chunks, dtype=values.dtype,
+                          compressors=None, fill_value=fill, attributes=attrs, dimension_names=dims,
+                          overwrite=True)[...] = values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr: consolidated metadata is not in the v3 spec
+        zarr.consolidate_metadata(str(gappy.path))
+    ds = access.open_store(gappy.path)
+    for name in (S.MARGIN, S.TRAIN_CORRECT):
+        files = chunk_files(ds, name)
+        assert files is not None and not files.zstd
+        fast, slow = _select_both(ds, monkeypatch, name, [2, 0, 1], np.array([6, 3, 0]))
+        want = gappy[name][[2, 0, 1]][:, [6, 3, 0]]
+        np.testing.assert_array_equal(fast.compute(scheduler="synchronous"), want)
+        np.testing.assert_array_equal(slow.compute(scheduler="synchronous"), want)
