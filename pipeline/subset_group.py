@@ -41,7 +41,7 @@ import zarr
 from scorebank.pipeline.config import ScoreConfig
 from scorebank.pipeline.lifecycle import RunOutcome
 from scorebank.stores import schema as S
-from scorebank.stores.errors import ConfigMismatchError
+from scorebank.stores.errors import ConfigMismatchError, StoreLockedError
 from scorebank.stores.heldout import live_unit_status
 from scorebank.stores.zarrstore import (StoreWriter, _lock_exclusive, _unlock, atomic_file, consolidate,
                                         now_iso, read_run_record, run_folder, run_lock_path, run_record_path,
@@ -226,6 +226,17 @@ def _create_group(writer: StoreWriter, name: str, spec_attr: str, spec: GroupSpe
         raise
 
 
+def _refuse_units_in_training(path: Path, name: str) -> None:
+    """Refuse (:class:`StoreLockedError`) to replace the group ``name`` while a unit's owner
+    still holds its lock (a task of an earlier command whose client was lost): it would go on
+    writing into the new group, and deleting its lock would let a second owner train it."""
+    busy = [k for k, r in live_unit_status(path, name).items() if r.get("status") == S.RUN_RUNNING]  # records
+    if busy:
+        raise StoreLockedError(
+            f"{str(path)!r}: {name} unit(s) {', '.join(busy)} are still being trained (tasks of an earlier "
+            "command); wait for them to finish or stop their workers, then run again with --overwrite")
+
+
 @contextmanager
 def training_group(path: Path, name: str, spec: GroupSpec, *, spec_attr: str, status_attr: str, option: str,
                    overwrite: bool, create_arrays: Callable[[zarr.Group], None],
@@ -246,6 +257,7 @@ def training_group(path: Path, name: str, spec: GroupSpec, *, spec_attr: str, st
         # looked at again under the lock: another coordinator may have made (or replaced) it since
         old = read_group_spec(path, name, spec_attr, type(spec))
         if old is not None and overwrite:
+            _refuse_units_in_training(path, name)
             shutil.rmtree(path / name)
             old = None
         if old is None:
