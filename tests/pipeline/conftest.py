@@ -13,7 +13,10 @@ def process_client():
     kill its workers leave it usable: the nannies restart them."""
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    with cluster, distributed.Client(cluster) as c:
+    # not the default scheduler: it lives for the whole session, and every later test's Dask
+    # computations would otherwise run on its worker processes (which see neither this
+    # process's monkeypatches nor its memory:// file system)
+    with cluster, distributed.Client(cluster, set_as_default=False) as c:
         yield c
 
 
