@@ -6,7 +6,6 @@ import signal
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from scorebank.pipeline.scoring import score
@@ -17,20 +16,10 @@ from scorebank.stores.zarrstore import StoreWriter, read_run_records
 distributed = pytest.importorskip("distributed")
 
 
-@pytest.fixture(scope="module")
-def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    with cluster, distributed.Client(cluster) as c:
-        yield c
-
-
 @pytest.fixture
-def one_thread():
-    """The workers train with one torch thread: so does the sequential reference."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def client(process_client):
+    """The session's process LocalCluster (tests/pipeline/conftest.py; ``one_thread`` too)."""
+    return process_client
 
 
 def arrays(path) -> dict[str, np.ndarray]:
